@@ -1,0 +1,122 @@
+"""Start-up validation of a composed config, and the helpers every entry point shares.
+
+Every bad value stops the program before any work, with one line naming the value and what is allowed.
+"""
+from __future__ import annotations
+
+import functools
+import numbers
+import sys
+from typing import Any, Callable, Iterable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value that is not allowed."""
+
+
+class DataError(RuntimeError):
+    """Data that cannot be found, read or verified."""
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, throw_on_missing=True)
+
+
+def check_choice(cfg: DictConfig, key: str, allowed: Iterable[str]) -> None:
+    allowed = list(allowed)
+    value = _get(cfg, key)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(map(str, allowed))}")
+
+
+def check_number(cfg: DictConfig, key: str, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, integer: bool = False,
+                 optional: bool = False) -> None:
+    value = _get(cfg, key)
+    if value is None and optional:
+        return
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if low_open else '>='} {low}")
+        if high is not None:
+            bounds.append(f"{'<' if high_open else '<='} {high}")
+        extra = " or null" if optional else ""
+        raise ConfigError(f"{key}={value!r} is not allowed: must be {kind} {' and '.join(bounds)}{extra}".rstrip())
+
+
+def validate_training(cfg: DictConfig) -> None:
+    """Check the data, model, loss, perturb, init, optim and train groups of a training config."""
+    from pexp.data import DATASETS
+    from pexp.models import MODELS
+
+    check_choice(cfg, "data.name", sorted(DATASETS))
+    check_number(cfg, "data.n_train", low=1, integer=True, optional=True)
+    check_number(cfg, "data.n_test", low=1, integer=True, optional=True)
+    check_choice(cfg, "model.name", sorted(MODELS))
+    check_choice(cfg, "loss.name", ["mse", "ce"])
+    expected_outputs = {"mse": 1, "ce": 2}[cfg.loss.name]
+    if _get(cfg, "model.outputs") != expected_outputs:
+        raise ConfigError(f"model.outputs={cfg.model.outputs!r} is not allowed with loss {cfg.loss.name}: "
+                          f"must be {expected_outputs}")
+    check_choice(cfg, "perturb.layers", ["none", "all", "first"])
+    check_number(cfg, "perturb.eps", low=0)
+    check_number(cfg, "perturb.pieces", low=1, integer=True)
+    check_number(cfg, "perturb.ramp_steps", low=1, integer=True)
+    check_number(cfg, "init.factor", low=0, low_open=True)
+    layers = _get(cfg, "init.layers")
+    if not (layers == "all" or OmegaConf.is_list(layers) or isinstance(layers, list)):
+        raise ConfigError(f"init.layers={layers!r} is not allowed: must be 'all' or a list of layer names")
+    check_choice(cfg, "optim.name", ["summed_momentum", "sgd"])
+    check_number(cfg, "optim.lr", low=0, low_open=True)
+    check_number(cfg, "optim.momentum", low=0, high=1, high_open=True)
+    check_number(cfg, "optim.weight_decay", low=0)
+    check_number(cfg, "train.epochs", low=1, integer=True)
+    check_number(cfg, "train.batch_size", low=1, integer=True)
+    check_number(cfg, "seed", low=0, integer=True)
+    check_choice(cfg, "device", ["auto", "cpu", "cuda"])
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' is not allowed here: no CUDA device is available (use auto or cpu)")
+
+
+def validate_margin_eval(cfg: DictConfig) -> None:
+    check_choice(cfg, "eval.name", ["margin"])
+    check_choice(cfg, "eval.norm", ["linf", "l2"])
+    check_number(cfg, "eval.eps_max", low=0, low_open=True)
+    check_number(cfg, "eval.resolution", low=0, low_open=True, high=float(cfg.eval.eps_max))
+    check_number(cfg, "eval.steps", low=1, integer=True)
+    check_number(cfg, "eval.rel_stepsize", low=0, low_open=True)
+    check_number(cfg, "eval.n_train", low=1, integer=True, optional=True)
+    check_number(cfg, "eval.n_test", low=1, integer=True, optional=True)
+    check_number(cfg, "eval.batch_size", low=1, integer=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def exit_on_user_error(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a ConfigError / DataError into one clear line on stderr and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except (ConfigError, DataError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

@@ -1,0 +1,81 @@
+"""What a figure is: the runs it needs, how their results become one tidy table, claims, and a plot."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from pexp.eval.evaluate import evaluate  # noqa: E402
+from pexp.figures.compose import compose_experiment  # noqa: E402
+from pexp.runs import atomic_write, write_csv, write_json  # noqa: E402
+from pexp.train.loop import train  # noqa: E402
+
+Claims = list[dict]
+
+
+@dataclass
+class Figure:
+    """A figure id: ``runs`` maps a label to an experiment name; ``evaluator`` is the eval config group option
+    applied to each run; ``claims(table, metrics)`` and ``plot(table)`` work from the tidy table alone
+    (plus each run's metrics.json for the claims)."""
+
+    id: str
+    paper: str
+    what: str
+    runs: dict[str, str]
+    evaluator: str
+    claims: Callable[[pd.DataFrame, dict[str, dict]], Claims]
+    plot: Callable[[pd.DataFrame], plt.Figure]
+    extra_overrides: Sequence[str] = field(default_factory=tuple)
+
+
+def data_label(table: pd.DataFrame) -> str:
+    sources = sorted(set(table["data"]))
+    return sources[0] if len(sources) == 1 else "+".join(sources)
+
+
+def title_suffix(table: pd.DataFrame) -> str:
+    return " [SYNTHETIC stand-in data, not CIFAR-10]" if "synthetic" in set(table["data"]) else ""
+
+
+def claim(text: str, measured: object, expected: str, holds: bool, data: str) -> dict:
+    return dict(claim=text, measured=measured, expected=expected, holds=bool(holds), data=data)
+
+
+def make_figure(figure: Figure, overrides: Sequence[str], figures_dir: Path | str, device: str = "auto",
+                progress: bool = True) -> dict[str, Path]:
+    """Train / evaluate what is missing, then write ``<id>.{csv,claims.json,png,pdf}`` atomically."""
+    frames, metrics = [], {}
+    for label, experiment in figure.runs.items():
+        cfg: DictConfig = compose_experiment(experiment, [f"eval={figure.evaluator}", *figure.extra_overrides,
+                                                          *overrides])
+        run = train(cfg)
+        results = evaluate(run, cfg.eval, device, progress=progress)
+        metrics[label] = pd.read_json(run / "metrics.json", typ="series").to_dict()
+        frames.append(results.assign(run=label, experiment=experiment, run_dir=str(run.path),
+                                     data=metrics[label]["data"]))
+    table = pd.concat(frames, ignore_index=True)
+    return write_figure(figure, table, metrics, figures_dir)
+
+
+def write_figure(figure: Figure, table: pd.DataFrame, metrics: dict[str, dict], figures_dir: Path | str
+                 ) -> dict[str, Path]:
+    out = Path(figures_dir)
+    paths = {ext: out / f"{figure.id}.{ext}" for ext in ("csv", "claims.json", "png", "pdf")}
+    write_csv(paths["csv"], table)
+    claims = figure.claims(table, metrics)
+    write_json(paths["claims.json"], claims)
+    fig = figure.plot(table)
+    for ext in ("png", "pdf"):
+        atomic_write(paths[ext], lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight"))
+    plt.close(fig)
+    for item in claims:
+        print(f"[pexp] claim {'HOLDS' if item['holds'] else 'FAILS'}: {item['claim']} -> {item['measured']}")
+    return paths

@@ -1,0 +1,33 @@
+"""Compose the config of an experiment (a training run a figure needs) with the user's command-line overrides."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from pexp import CONF_DIR
+
+# Overrides that select what to make, not how: they are not passed on to the runs a figure needs.
+_STEP_KEYS = ("experiment", "run", "fig")
+
+
+def run_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides of a command line that apply to the runs behind it (drops experiment/run/fig/hydra ones)."""
+    kept = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in _STEP_KEYS or key.startswith("hydra"):
+            continue
+        kept.append(override)
+    return kept
+
+
+def compose_experiment(experiment: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """The full config of ``experiment=<name>`` plus ``overrides`` (run-level ones only)."""
+    arguments = [f"experiment={experiment}", *run_overrides(overrides)]
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="config", overrides=arguments)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=arguments)

@@ -1,0 +1,71 @@
+"""Margin-CDF figures (papers R and PE): % of points misclassified against the l_inf size of the disturbance."""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from pexp.figures.base import Claims, claim, data_label, title_suffix
+
+SPLIT_STYLE = {"train": dict(color="tab:blue", linestyle="-"), "test": dict(color="tab:orange", linestyle="--")}
+
+
+def margin_cdf(margins: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Percentage of points whose margin is at most each size (margin 0: already misclassified)."""
+    margins = np.sort(np.asarray(margins, dtype=float))
+    return 100.0 * np.searchsorted(margins, sizes, side="right") / max(len(margins), 1)
+
+
+def plot_margin_cdfs(table: pd.DataFrame, panels: dict[str, str], x_max: float = 0.1) -> plt.Figure:
+    """One panel per run label (in ``panels`` order, titled by its value), train and test curves in each."""
+    sizes = np.linspace(0.0, x_max, 401)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), sharey=True, squeeze=False)
+    for ax, (label, title) in zip(axes[0], panels.items()):
+        rows = table[table["run"] == label]
+        for split, style in SPLIT_STYLE.items():
+            margins = rows.loc[rows["split"] == split, "margin"].to_numpy()
+            ax.plot(sizes, margin_cdf(margins, sizes), label=f"{split} ({len(margins)} points)", **style)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(r"$\ell_\infty$ size of the disturbance")
+        ax.set_xlim(0, x_max)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    axes[0][0].set_ylabel("% of points misclassified")
+    fig.suptitle(f"Margin CDFs{title_suffix(table)}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def median_margins(table: pd.DataFrame, label: str, lossless_only: bool = False) -> dict[str, float]:
+    rows = table[table["run"] == label]
+    if lossless_only:
+        rows = rows[rows["lossless"].astype(bool)]
+    out = {split: float(rows.loc[rows["split"] == split, "margin"].median()) for split in ("train", "test")}
+    ratio = out["train"] / out["test"] if out["test"] > 0 else math.inf
+    return dict(median_train=out["train"], median_test=out["test"], ratio_train_over_test=ratio)
+
+
+def all_vs_first_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:
+    """richness-fig2 / pe-fig6: with only the input perturbed the train margins are much larger than the test
+    margins; with every layer perturbed they are close. Thresholds fixed before measuring: 'much larger' is a
+    train/test median ratio >= 1.5; 'close' is a ratio <= 1.25 and below the first-layer-only ratio."""
+    data = data_label(table)
+    measured = {}
+    for label in ("first", "all"):
+        measured[label] = median_margins(table, label)
+        measured[label]["test_accuracy"] = metrics[label].get("test_accuracy")
+        measured[label]["train_accuracy"] = metrics[label].get("train_accuracy")
+        if data == "cifar10":
+            measured[label]["lossless_test"] = median_margins(table, label, lossless_only=True)["median_test"]
+            measured[label]["test_accuracy_lossless"] = metrics[label].get("test_accuracy_lossless")
+    first, every = measured["first"]["ratio_train_over_test"], measured["all"]["ratio_train_over_test"]
+    return [
+        claim("first layer only: median train margin much larger than median test margin", measured["first"],
+              "train/test median ratio >= 1.5", first >= 1.5, data),
+        claim("all layers: train and test margins close", measured["all"],
+              "train/test median ratio <= 1.25 and below the first-layer-only ratio",
+              every <= 1.25 and every < first, data),
+    ]

@@ -1,0 +1,124 @@
+"""Networks with a perturbation entry point before every affine layer (Algorithm 1 of Nar & Sastry)."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+Perturbations = Sequence[torch.Tensor | None]
+
+
+class Block(nn.Module):
+    """One affine layer followed by its activation and an optional pooling / flattening."""
+
+    def __init__(self, affine: nn.Module, activation: nn.Module | None = None, after: nn.Module | None = None):
+        super().__init__()
+        self.affine = affine
+        self.activation = activation or nn.Identity()
+        self.after = after or nn.Identity()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.after(self.activation(self.affine(h)))
+
+
+class EntryNet(nn.Module):
+    """A chain of blocks, each starting with an affine layer; ``forward(x, perturbations)`` adds
+    ``perturbations[i]`` (batch dimension first, one perturbation per sample, or None) to the input of block i."""
+
+    def __init__(self, blocks: Sequence[Block], names: Sequence[str], input_shape: Sequence[int]):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.layer_names = list(names)
+        self.input_shape = tuple(input_shape)
+        with torch.no_grad():
+            shapes, h = [], torch.zeros(1, *input_shape)
+            for block in self.blocks:
+                shapes.append(tuple(h.shape[1:]))
+                h = block(h)
+        self.entry_shapes: list[tuple[int, ...]] = shapes
+        self.outputs = h.shape[1]
+
+    def forward(self, x: torch.Tensor, perturbations: Perturbations | None = None) -> torch.Tensor:
+        h = x
+        for index, block in enumerate(self.blocks):
+            if perturbations is not None and perturbations[index] is not None:
+                h = h + perturbations[index]
+            h = block(h)
+        return h
+
+    def affine(self, name: str) -> nn.Module:
+        return self.blocks[self.layer_names.index(name)].affine
+
+
+def score(outputs: torch.Tensor) -> torch.Tensor:
+    """The scalar a model's decision thresholds: f for one output, logit_1 - logit_0 for two."""
+    return outputs[:, 0] if outputs.shape[1] == 1 else outputs[:, 1] - outputs[:, 0]
+
+
+def predict(outputs: torch.Tensor) -> torch.Tensor:
+    """Class predictions: f > 0.5 for one output (0/1 targets), argmax for logits."""
+    return (outputs[:, 0] > 0.5).long() if outputs.shape[1] == 1 else outputs.argmax(1)
+
+
+class AsLogits(nn.Module):
+    """Present a one-output squared-error model to attacks as the two logits (0.5, f(x))."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if out.shape[1] != 1:
+            return out
+        return torch.cat([torch.full_like(out, 0.5), out], dim=1)
+
+
+def pe_net(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
+    s, slope = int(cfg.size), float(cfg.negative_slope)
+    act = lambda: nn.LeakyReLU(slope)  # noqa: E731
+    c1, c2, f1, f2 = 6 * s, 16 * s, 120 * s, 96 * s
+    conv_out = c2 * ((((input_shape[1] - 4) // 2) - 4) // 2) ** 2
+    blocks = [
+        Block(nn.Conv2d(input_shape[0], c1, 5), act(), nn.MaxPool2d(2)),
+        Block(nn.Conv2d(c1, c2, 5), act(), nn.Sequential(nn.MaxPool2d(2), nn.Flatten())),
+        Block(nn.Linear(conv_out, f1), act()),
+        Block(nn.Linear(f1, f2), act()),
+        Block(nn.Linear(f2, int(cfg.outputs))),
+    ]
+    return EntryNet(blocks, ["conv1", "conv2", "fc1", "fc2", "fc3"], input_shape)
+
+
+MODELS: dict[str, Callable[[DictConfig, Sequence[int]], EntryNet]] = {"pe_net": pe_net}
+
+
+def build_model(cfg: DictConfig, input_shape: Sequence[int], init: DictConfig | None = None) -> EntryNet:
+    """Instantiate ``cfg.name`` for inputs of ``input_shape`` (the caller seeds torch first)."""
+    from pexp.config import ConfigError
+
+    if cfg.name not in MODELS:
+        raise ConfigError(f"model.name={cfg.name!r} is not allowed: choose one of {', '.join(sorted(MODELS))}")
+    model = MODELS[cfg.name](cfg, input_shape)
+    if init is not None:
+        scale_init(model, init)
+    return model
+
+
+def scale_init(model: EntryNet, init: DictConfig) -> None:
+    """Divide the default weights of ``init.layers`` ('all', or names; 'first' = the first affine layer)."""
+    from pexp.config import ConfigError
+
+    factor = float(init.factor)
+    names = model.layer_names if init.layers == "all" else [
+        model.layer_names[0] if name == "first" else name for name in init.layers]
+    for name in names:
+        if name not in model.layer_names:
+            raise ConfigError(f"init.layers entry {name!r} is not allowed: choose from all, first, "
+                              f"{', '.join(model.layer_names)}")
+    if factor == 1.0:
+        return
+    with torch.no_grad():
+        for name in names:
+            model.affine(name).weight.div_(factor)

@@ -1,0 +1,134 @@
+"""Run directories keyed by config hash, atomic writes, completion markers and locks.
+
+The one run-directory mechanism of pexp: training runs and evaluations both use :class:`RunDir`.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+COMPLETE = "COMPLETE"
+
+# The keys of the training config that define a run, and the ones inside them that only say where or how
+# to find/show things (not hashed).
+RUN_KEYS = ("data", "model", "loss", "perturb", "init", "optim", "train", "seed")
+NOT_HASHED = {"data.root", "data.download", "data.verify_checksums", "train.progress"}
+
+
+def _plain(cfg: Any) -> Any:
+    if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def _drop(tree: dict, dotted: set[str], prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if name in dotted:
+            continue
+        out[key] = _drop(value, dotted, name + ".") if isinstance(value, dict) else value
+    return out
+
+
+def config_hash(tree: Mapping[str, Any], length: int = 12) -> str:
+    """A short stable hash of a (resolved) config tree."""
+    text = json.dumps(_plain(tree), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def run_identity(cfg: DictConfig) -> dict:
+    """The part of a training config that identifies a run (what is hashed)."""
+    tree = {key: _plain(cfg[key]) for key in RUN_KEYS}
+    return _drop(tree, NOT_HASHED)
+
+
+def atomic_write(path: Path | str, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text(path: Path | str, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _strict(obj: Any) -> Any:
+    """JSON has no NaN or infinity: NaN becomes null, infinities the strings "inf" / "-inf"."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {key: _strict(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(value) for value in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy / torch scalars
+        return _strict(obj.item())
+    return obj
+
+
+def write_json(path: Path | str, obj: Any) -> Path:
+    """Strict JSON (no NaN / Infinity tokens), written atomically."""
+    return write_text(path, json.dumps(_strict(obj), indent=2, allow_nan=False) + "\n")
+
+
+def write_csv(path: Path | str, frame: pd.DataFrame) -> Path:
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def torch_save(path: Path | str, obj: Any) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+class RunDir:
+    """A directory holding one unit of work (a training run or an evaluation), finished when its marker exists."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / COMPLETE).exists()
+
+    def mark_complete(self, info: Mapping[str, Any] | None = None) -> None:
+        """Written last: its presence means every other file of the run is final."""
+        write_json(self.path / COMPLETE, dict(info or {}))
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock on the directory, so two processes never work on the same run at once."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def training_run_dir(cfg: DictConfig) -> RunDir:
+    """``<runs_dir>/<run_name>/<hash of the run identity>``."""
+    return RunDir(Path(cfg.paths.runs_dir) / str(cfg.run_name) / config_hash(run_identity(cfg)))

@@ -1,0 +1,17 @@
+"""``python -m pexp.train experiment=<name> [overrides]``: train (or reuse) one run."""
+import hydra
+from omegaconf import DictConfig
+
+from pexp import CONF_DIR
+from pexp.config import exit_on_user_error
+from pexp.train.loop import train
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    print(train(cfg).path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TINY = [
+    "data=synthetic_cifar2", "data.n_train=120", "data.n_test=60", "model.size=1", "train.epochs=2",
+    "train.batch_size=20", "train.progress=false", "eval.n_train=20", "eval.n_test=20", "eval.resolution=0.005",
+    "eval.steps=10",
+]
+
+
+@pytest.fixture(autouse=True)
+def no_real_data(monkeypatch):
+    """Tests never read the user's data: PEXP_DATA is unset unless a test sets it."""
+    monkeypatch.delenv("PEXP_DATA", raising=False)
+    monkeypatch.delenv("PEXP_OUTPUT", raising=False)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Overrides for a tiny synthetic run whose outputs go under tmp_path."""
+    return [*TINY, f"paths.output_dir={tmp_path / 'outputs'}"]

@@ -1,0 +1,108 @@
+"""Every YAML under conf/ composes; experiments instantiate; bad values stop with one clear line."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from pexp import CONF_DIR
+from pexp.config import ConfigError, validate_margin_eval, validate_training
+from pexp.data import load_dataset
+from pexp.models import build_model
+
+from conftest import ROOT, TINY
+
+GROUPS = sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir())
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((Path(CONF_DIR) / group).glob("*.yaml"))]
+
+
+def compose_with(overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_every_group_has_options():
+    assert {"data", "model", "loss", "perturb", "init", "optim", "train", "eval", "experiment"} <= set(GROUPS)
+
+
+@pytest.mark.parametrize("group,option", OPTIONS)
+def test_every_yaml_composes(group, option):
+    cfg = compose_with([f"{group}={option}"])
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    if group not in ("paths", "scale"):
+        validate_training(cfg)
+        validate_margin_eval(cfg)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml")))
+def test_every_experiment_instantiates_its_model_and_data(experiment):
+    cfg = compose_with([f"experiment={experiment}", *TINY])
+    validate_training(cfg)
+    data = load_dataset(cfg.data)
+    model = build_model(cfg.model, data.input_shape, cfg.init)
+    assert model(data.train.x[:2]).shape == (2, cfg.model.outputs)
+    assert cfg.run_name == experiment
+
+
+def test_richness_fig2_experiments_differ_only_in_perturbed_layers():
+    every = compose_with(["experiment=richness_fig2_all"])
+    first = compose_with(["experiment=richness_fig2_first"])
+    assert every.perturb.layers == "all" and first.perturb.layers == "first"
+    assert every.perturb.eps == first.perturb.eps == 0.02
+    assert every.train.epochs == 40 and every.train.batch_size == 50 and every.seed == 1
+    assert every.optim.name == "summed_momentum" and every.optim.lr == 1e-3 and every.optim.momentum == 0.9
+
+
+@pytest.mark.parametrize("override,message", [
+    ("perturb.eps=-0.1", "perturb.eps=-0.1 is not allowed: must be a number >= 0"),
+    ("perturb.pieces=0", "perturb.pieces=0 is not allowed: must be an integer >= 1"),
+    ("perturb.pieces=1.5", "perturb.pieces=1.5 is not allowed"),
+    ("perturb.layers=middle", "perturb.layers='middle' is not allowed: choose one of none, all, first"),
+    ("model.name=resnet", "model.name='resnet' is not allowed: choose one of pe_net"),
+    ("data.name=imagenet", "data.name='imagenet' is not allowed: choose one of cifar2, synthetic_cifar2"),
+    ("optim.lr=0", "optim.lr=0 is not allowed: must be a number > 0"),
+    ("optim.momentum=1.0", "optim.momentum=1.0 is not allowed"),
+    ("train.epochs=0", "train.epochs=0 is not allowed"),
+    ("device=tpu", "device='tpu' is not allowed: choose one of auto, cpu, cuda"),
+    ("loss=ce", None),  # valid: the model follows the loss's number of outputs
+    ("model.outputs=3", "model.outputs=3 is not allowed with loss mse: must be 1"),
+])
+def test_invalid_values_are_named_with_what_is_allowed(override, message):
+    cfg = compose_with([override])
+    if message is None:
+        validate_training(cfg)
+        return
+    with pytest.raises(ConfigError) as error:
+        validate_training(cfg)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_invalid_eval_values():
+    cfg = compose_with(["eval.resolution=0.5"])
+    with pytest.raises(ConfigError, match=r"eval.resolution=0.5 is not allowed: must be a number > 0 and <= 0.1"):
+        validate_margin_eval(cfg)
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_bad_value_is_one_line_and_exit_2(tmp_path):
+    result = run_cli("pexp.train", "perturb.eps=-1", f"paths.output_dir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: perturb.eps=-1 is not allowed: must be a number >= 0"
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_cli_unknown_group_option_names_it_and_the_choices(tmp_path):
+    result = run_cli("pexp.train", "model=resnet", f"paths.output_dir={tmp_path}")
+    assert result.returncode != 0
+    assert "model/resnet" in result.stderr and "pe_net" in result.stderr
+
+
+def test_cli_unknown_figure_id(tmp_path):
+    result = run_cli("pexp.figures", "fig=fig99", f"paths.output_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "fig='fig99' is not allowed: choose one of richness-fig2" in result.stderr

@@ -1,0 +1,101 @@
+"""Data: CIFAR-10 layout and checksums, clear errors when missing, the synthetic stand-in."""
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from omegaconf import OmegaConf
+
+from pexp.config import DataError
+from pexp.data import data_root, load_dataset
+
+CIFAR = dict(name="cifar2", root=None, classes=[0, 7], verify_checksums=True, download=False,
+             n_train=None, n_test=None)
+
+
+def fake_cifar(root, per_file=20):
+    """A small file-compatible CIFAR-10 copy (not the official files: its checksums differ)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = list(rng.integers(0, 10, per_file))
+        labels[:2] = [0, 7]
+        data = rng.integers(0, 256, (per_file, 3072), dtype=np.uint8)
+        data[0, :] = 0
+        data[1, :] = 255
+        with open(folder / name, "wb") as handle:
+            pickle.dump({"data": data, "labels": labels, "batch_label": name, "filenames": []}, handle)
+    return folder
+
+
+def test_missing_cifar_says_where_it_looked_and_how_to_provide_it(tmp_path):
+    cfg = OmegaConf.create({**CIFAR, "root": str(tmp_path)})
+    with pytest.raises(DataError) as error:
+        load_dataset(cfg)
+    text = str(error.value)
+    assert str(tmp_path / "cifar-10-batches-py") in text and "PEXP_DATA" in text
+    assert "data=synthetic_cifar2" in text and "\n" not in text
+
+
+def test_failed_download_is_reported(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", refuse)
+    cfg = OmegaConf.create({**CIFAR, "root": str(tmp_path), "download": True})
+    with pytest.raises(DataError, match="download failed: OSError: no network"):
+        load_dataset(cfg)
+
+
+def test_pexp_data_wins_over_data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("PEXP_DATA", str(tmp_path / "env"))
+    assert data_root(OmegaConf.create({"root": str(tmp_path / "cfg")})) == tmp_path / "env"
+    monkeypatch.delenv("PEXP_DATA")
+    assert data_root(OmegaConf.create({"root": str(tmp_path / "cfg")})) == tmp_path / "cfg"
+    assert str(data_root(OmegaConf.create({"root": None}))) == "data"
+
+
+def test_checksums_are_verified_by_default_and_the_switch_warns(tmp_path):
+    fake_cifar(tmp_path)
+    cfg = OmegaConf.create({**CIFAR, "root": str(tmp_path)})
+    with pytest.raises(DataError, match="fail the official MD5 checksum.*data.verify_checksums=false"):
+        load_dataset(cfg)
+    cfg.verify_checksums = False
+    with pytest.warns(UserWarning, match="not the official release"):
+        data = load_dataset(cfg)
+    assert data.source == "cifar10" and data.input_shape == (3, 32, 32)
+    assert set(data.train.y.tolist()) == {0, 1}
+    # the all-black image of class 0 maps to -1 and target 0; the all-white one of class 7 to +1 and target 1
+    assert data.train.x[0].min() == -1 and data.train.y[0] == 0
+    assert data.train.x[1].max() == 1 and data.train.y[1] == 1
+    assert not data.test.extras["lossless"].any()  # an unofficial copy without a mask: not known to be exact
+
+
+def test_lossless_mask_beside_the_folder_is_used(tmp_path):
+    fake_cifar(tmp_path)
+    np.save(tmp_path / "cifar-10-batches-py.test_is_lossless.npy", np.arange(20) < 10)
+    cfg = OmegaConf.create({**CIFAR, "root": str(tmp_path), "verify_checksums": False})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = load_dataset(cfg)
+    index = data.test.extras["source_index"]
+    assert torch.equal(data.test.extras["lossless"], index < 10)
+
+
+def test_synthetic_stand_in_is_deterministic_two_class_and_in_range():
+    cfg = OmegaConf.create(dict(name="synthetic_cifar2", n_train=200, n_test=50, rank=8, separation=1.0,
+                                class_std=0.2, spread=1.5, noise=0.02, seed=3))
+    first, second = load_dataset(cfg), load_dataset(cfg)
+    assert torch.equal(first.train.x, second.train.x) and torch.equal(first.test.y, second.test.y)
+    assert first.source == "synthetic" and first.input_shape == (3, 32, 32)
+    assert first.train.x.min() >= -1 and first.train.x.max() <= 1
+    assert first.train.y.bincount().tolist() == [100, 100]
+    cfg.seed = 4
+    assert not torch.equal(load_dataset(cfg).train.x, first.train.x)
+    # low-dimensional: 8 patterns carry nearly all of the variance
+    centred = first.train.x.flatten(1) - first.train.x.flatten(1).mean(0)
+    variance = torch.linalg.svdvals(centred) ** 2
+    assert variance[:8].sum() / variance.sum() > 0.9
