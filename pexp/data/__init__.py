@@ -1,0 +1,68 @@
+"""Data sets: each returns a :class:`Split` pair (train, test) of tensors, built from a config group."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from omegaconf import DictConfig
+
+
+@dataclass
+class Split:
+    """One split of a data set, all in memory: inputs, integer targets, and per-point extras."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        return Split(self.x[index], self.y[index], {k: v[index] for k, v in self.extras.items()})
+
+
+@dataclass
+class Dataset:
+    train: Split
+    test: Split
+    source: str          # "cifar10" | "mnist" | "synthetic" | "toy": what a figure made from it says
+    subspace: torch.Tensor | None = None  # (k, d) orthonormal rows spanning the data's subspace, where known
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+
+def data_root(cfg: DictConfig) -> Path:
+    """The PEXP_DATA environment variable, else data.root, else ./data."""
+    root = os.environ.get("PEXP_DATA") or cfg.get("root") or "./data"
+    return Path(root).expanduser()
+
+
+def _limit(split: Split, n: int | None) -> Split:
+    return split if n is None or n >= len(split) else split.subset(torch.arange(n))
+
+
+def load_dataset(cfg: DictConfig) -> Dataset:
+    """Build the data set named by ``cfg.name`` (a data config group)."""
+    from pexp.config import ConfigError
+
+    if cfg.name not in DATASETS:
+        raise ConfigError(f"data.name={cfg.name!r} is not allowed: choose one of {', '.join(sorted(DATASETS))}")
+    data = DATASETS[cfg.name](cfg)
+    return Dataset(_limit(data.train, cfg.get("n_train")), _limit(data.test, cfg.get("n_test")), data.source,
+                   data.subspace)
+
+
+def _registry() -> dict[str, Callable[[DictConfig], Dataset]]:
+    from pexp.data.cifar import load_cifar2
+    from pexp.data.synthetic import load_synthetic_cifar2
+
+    return {"cifar2": load_cifar2, "synthetic_cifar2": load_synthetic_cifar2}
+
+
+DATASETS = _registry()

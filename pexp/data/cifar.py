@@ -1,0 +1,108 @@
+"""CIFAR-10 from torchvision's on-disk layout (``<root>/cifar-10-batches-py``), checksums verified by default."""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from omegaconf import DictConfig
+
+from pexp.config import DataError
+from pexp.data import Dataset, Split, data_root
+
+FOLDER = "cifar-10-batches-py"
+LOSSLESS_MASK = "cifar-10-batches-py.test_is_lossless.npy"  # optional: marks test images known to be exact
+TRAIN_FILES = [name for name, _ in torchvision.datasets.CIFAR10.train_list]
+TEST_FILES = [name for name, _ in torchvision.datasets.CIFAR10.test_list]
+OFFICIAL_MD5 = dict(torchvision.datasets.CIFAR10.train_list + torchvision.datasets.CIFAR10.test_list)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _locate(cfg: DictConfig) -> Path:
+    root = data_root(cfg)
+    folder = root / FOLDER
+    missing = [name for name in TRAIN_FILES + TEST_FILES if not (folder / name).is_file()]
+    if not missing:
+        return folder
+    reason = "download disabled (data.download=false)"
+    if cfg.get("download", True):
+        try:
+            torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+            return folder
+        except Exception as error:  # noqa: BLE001 - any failure means: tell the user how to provide the files
+            reason = f"download failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
+    raise DataError(
+        f"CIFAR-10 not found: looked for {folder} (missing {', '.join(missing)}); {reason}. "
+        f"Put the python version of CIFAR-10 ({FOLDER}/data_batch_1..5, test_batch) under a folder and set "
+        f"PEXP_DATA=<that folder> (or data.root=<folder>), or use data=synthetic_cifar2 for a synthetic stand-in."
+    )
+
+
+def _verify(folder: Path, verify: bool) -> bool:
+    """True when every file has its official MD5. A mismatch is an error unless ``verify`` is False."""
+    bad = [name for name in TRAIN_FILES + TEST_FILES if _md5(folder / name) != OFFICIAL_MD5[name]]
+    if bad and verify:
+        raise DataError(
+            f"CIFAR-10 files in {folder} fail the official MD5 checksum ({', '.join(bad)}); if this is a known "
+            f"non-official copy, rerun with data.verify_checksums=false to accept it with a warning"
+        )
+    if bad:
+        warnings.warn(f"CIFAR-10 in {folder} is not the official release ({len(bad)} files differ from the "
+                      f"official MD5s); accepted because data.verify_checksums=false", stacklevel=2)
+    return not bad
+
+
+def _read_batches(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for name in names:
+        with open(folder / name, "rb") as handle:
+            batch = pickle.load(handle, encoding="latin1")
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _to_unit_range(images: np.ndarray) -> torch.Tensor:
+    """uint8 -> [-1, 1] exactly as ToTensor() then Normalize(0.5, 0.5)."""
+    return (torch.from_numpy(images).float() / 255.0 - 0.5) / 0.5
+
+
+def load_cifar2(cfg: DictConfig) -> Dataset:
+    """The classes ``cfg.classes`` of CIFAR-10 (in file order), relabelled 0..k-1 by their position."""
+    folder = _locate(cfg)
+    official = _verify(folder, bool(cfg.get("verify_checksums", True)))
+    classes = list(cfg.classes)
+    splits = []
+    for names, is_test in ((TRAIN_FILES, False), (TEST_FILES, True)):
+        images, labels = _read_batches(folder, names)
+        keep = np.isin(labels, classes)
+        position = np.full(labels.max() + 1, -1, dtype=np.int64)
+        position[classes] = np.arange(len(classes))
+        targets = position[labels[keep]]
+        extras = {}
+        if is_test:
+            extras["lossless"] = torch.from_numpy(_lossless_mask(folder, len(labels), official)[keep])
+        extras["source_index"] = torch.from_numpy(np.flatnonzero(keep))
+        splits.append(Split(_to_unit_range(images[keep]), torch.from_numpy(targets), extras))
+    return Dataset(splits[0], splits[1], source="cifar10")
+
+
+def _lossless_mask(folder: Path, size: int, official: bool) -> np.ndarray:
+    """Which test images are exact: all of an official copy; else as a mask file beside the folder says."""
+    mask_file = folder.parent / LOSSLESS_MASK
+    if mask_file.is_file():
+        mask = np.load(mask_file).astype(bool)
+        if mask.shape == (size,):
+            return mask
+    return np.full(size, official, dtype=bool)
