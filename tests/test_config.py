@@ -60,7 +60,7 @@ def test_richness_fig2_experiments_differ_only_in_perturbed_layers():
     ("perturb.pieces=0", "perturb.pieces=0 is not allowed: must be an integer >= 1"),
     ("perturb.pieces=1.5", "perturb.pieces=1.5 is not allowed"),
     ("perturb.layers=middle", "perturb.layers='middle' is not allowed: choose one of none, all, first"),
-    ("model.name=resnet", "model.name='resnet' is not allowed: choose one of pe_net"),
+    ("model.name=resnet", "model.name='resnet' is not allowed: choose one of mlp, pe_net"),
     ("data.name=imagenet", "data.name='imagenet' is not allowed: choose one of cifar2, synthetic_cifar2"),
     ("optim.lr=0", "optim.lr=0 is not allowed: must be a number > 0"),
     ("optim.momentum=1.0", "optim.momentum=1.0 is not allowed"),

@@ -11,16 +11,19 @@ Perturbations = Sequence[torch.Tensor | None]
 
 
 class Block(nn.Module):
-    """One affine layer followed by its activation and an optional pooling / flattening."""
+    """One affine layer followed by its activation and an optional pooling / flattening
+    (``before``: a reshaping of the block's input, e.g. flattening an image for a first linear layer)."""
 
-    def __init__(self, affine: nn.Module, activation: nn.Module | None = None, after: nn.Module | None = None):
+    def __init__(self, affine: nn.Module, activation: nn.Module | None = None, after: nn.Module | None = None,
+                 before: nn.Module | None = None):
         super().__init__()
+        self.before = before or nn.Identity()
         self.affine = affine
         self.activation = activation or nn.Identity()
         self.after = after or nn.Identity()
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.after(self.activation(self.affine(h)))
+        return self.after(self.activation(self.affine(self.before(h))))
 
 
 class EntryNet(nn.Module):
@@ -91,7 +94,17 @@ def pe_net(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
     return EntryNet(blocks, ["conv1", "conv2", "fc1", "fc2", "fc3"], input_shape)
 
 
-MODELS: dict[str, Callable[[DictConfig, Sequence[int]], EntryNet]] = {"pe_net": pe_net}
+def mlp(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
+    """Fully connected ReLU network: flatten -> widths... -> outputs (PyTorch's default init,
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)))."""
+    sizes = [int(torch.tensor(input_shape).prod()), *map(int, cfg.widths)]
+    blocks = [Block(nn.Linear(a, b), nn.ReLU()) for a, b in zip(sizes[:-1], sizes[1:])]
+    blocks.append(Block(nn.Linear(sizes[-1], int(cfg.outputs))))
+    blocks[0].before = nn.Flatten()
+    return EntryNet(blocks, [f"fc{i + 1}" for i in range(len(blocks))], input_shape)
+
+
+MODELS: dict[str, Callable[[DictConfig, Sequence[int]], EntryNet]] = {"pe_net": pe_net, "mlp": mlp}
 
 
 def build_model(cfg: DictConfig, input_shape: Sequence[int], init: DictConfig | None = None) -> EntryNet:
