@@ -65,8 +65,9 @@ def validate_training(cfg: DictConfig) -> None:
     check_number(cfg, "data.n_train", low=1, integer=True, optional=True)
     check_number(cfg, "data.n_test", low=1, integer=True, optional=True)
     check_choice(cfg, "model.name", sorted(MODELS))
-    check_choice(cfg, "loss.name", ["mse", "ce"])
-    expected_outputs = {"mse": 1, "ce": 2}[cfg.loss.name]
+    check_choice(cfg, "loss.name", ["mse", "ce", "logistic"])
+    check_number(cfg, "loss.output_divisor", low=0, low_open=True, optional=True)
+    expected_outputs = {"mse": 1, "ce": 2, "logistic": 1}[cfg.loss.name]
     if _get(cfg, "model.outputs") != expected_outputs:
         raise ConfigError(f"model.outputs={cfg.model.outputs!r} is not allowed with loss {cfg.loss.name}: "
                           f"must be {expected_outputs}")
@@ -83,7 +84,13 @@ def validate_training(cfg: DictConfig) -> None:
     check_number(cfg, "optim.momentum", low=0, high=1, high_open=True)
     check_number(cfg, "optim.weight_decay", low=0)
     check_number(cfg, "train.epochs", low=1, integer=True)
-    check_number(cfg, "train.batch_size", low=1, integer=True)
+    check_number(cfg, "train.batch_size", low=1, integer=True, optional=True)
+    check_number(cfg, "train.log_every", low=1, integer=True, optional=True)
+    check_number(cfg, "train.checkpoint_every", low=1, integer=True, optional=True)
+    log_every, checkpoint_every = cfg.train.get("log_every") or 1, cfg.train.get("checkpoint_every") or 1
+    if checkpoint_every % log_every:
+        raise ConfigError(f"train.checkpoint_every={checkpoint_every} is not allowed: must be a multiple of "
+                          f"train.log_every={log_every}")
     check_number(cfg, "seed", low=0, integer=True)
     check_choice(cfg, "device", ["auto", "cpu", "cuda"])
     if cfg.device == "cuda" and not torch.cuda.is_available():

@@ -23,7 +23,8 @@ COMPLETE = "COMPLETE"
 # The keys of the training config that define a run, and the ones inside them that only say where or how
 # to find/show things (not hashed).
 RUN_KEYS = ("data", "model", "loss", "perturb", "init", "optim", "train", "seed")
-NOT_HASHED = {"data.root", "data.download", "data.verify_checksums", "train.progress"}
+NOT_HASHED = {"data.root", "data.download", "data.verify_checksums", "train.progress", "train.log_every",
+              "train.checkpoint_every"}
 
 
 def _plain(cfg: Any) -> Any:

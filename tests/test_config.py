@@ -59,6 +59,8 @@ def test_richness_fig2_experiments_differ_only_in_perturbed_layers():
     ("perturb.eps=-0.1", "perturb.eps=-0.1 is not allowed: must be a number >= 0"),
     ("perturb.pieces=0", "perturb.pieces=0 is not allowed: must be an integer >= 1"),
     ("perturb.pieces=1.5", "perturb.pieces=1.5 is not allowed"),
+    ("loss.name=hinge", "loss.name='hinge' is not allowed: choose one of mse, ce, logistic"),
+    ("train.log_every=2", "train.checkpoint_every=1 is not allowed: must be a multiple of train.log_every=2"),
     ("perturb.layers=middle", "perturb.layers='middle' is not allowed: choose one of none, all, first"),
     ("model.name=resnet", "model.name='resnet' is not allowed: choose one of mlp, pe_net"),
     ("data.name=imagenet", "data.name='imagenet' is not allowed: choose one of cifar2, synthetic_cifar2"),

@@ -13,7 +13,7 @@ from pexp.data import Split, load_dataset
 from pexp.eval.margin import minimal_perturbation
 from pexp.models import AsLogits
 from pexp.runs import RunDir, config_hash, write_csv, write_json
-from pexp.train.loop import load_trained
+from pexp.train.loop import decision_threshold, load_trained
 
 NOT_HASHED = ("batch_size", "progress")
 
@@ -52,7 +52,7 @@ def margin_results(run: RunDir, eval_cfg: DictConfig, device: str = "auto", prog
                 subset, index = _subset(split, n, int(eval_cfg.seed))
                 torch.manual_seed(int(eval_cfg.seed))
                 started = time.perf_counter()
-                margins = minimal_perturbation(AsLogits(model), subset.x, subset.y, **search)
+                margins = minimal_perturbation(AsLogits(model, decision_threshold(cfg.loss)), subset.x, subset.y, **search)
                 seconds = time.perf_counter() - started
                 lossless = subset.extras.get("lossless", torch.ones(len(subset), dtype=torch.bool))
                 write_csv(part, pd.DataFrame(dict(split=name, index=index.numpy(), target=subset.y.numpy(),

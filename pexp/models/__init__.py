@@ -60,23 +60,25 @@ def score(outputs: torch.Tensor) -> torch.Tensor:
     return outputs[:, 0] if outputs.shape[1] == 1 else outputs[:, 1] - outputs[:, 0]
 
 
-def predict(outputs: torch.Tensor) -> torch.Tensor:
-    """Class predictions: f > 0.5 for one output (0/1 targets), argmax for logits."""
-    return (outputs[:, 0] > 0.5).long() if outputs.shape[1] == 1 else outputs.argmax(1)
+def predict(outputs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Class predictions: f > threshold for one output (0.5 for 0/1 squared-error targets), argmax for logits."""
+    return (outputs[:, 0] > threshold).long() if outputs.shape[1] == 1 else outputs.argmax(1)
 
 
 class AsLogits(nn.Module):
-    """Present a one-output squared-error model to attacks as the two logits (0.5, f(x))."""
+    """Present a one-output model to attacks as the two logits (threshold, f(x)): (0.5, f(x)) for a squared-error
+    model with 0/1 targets. Models with logits pass through."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, threshold: float = 0.5):
         super().__init__()
         self.model = model
+        self.threshold = threshold
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
         if out.shape[1] != 1:
             return out
-        return torch.cat([torch.full_like(out, 0.5), out], dim=1)
+        return torch.cat([torch.full_like(out, self.threshold), out], dim=1)
 
 
 def pe_net(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:

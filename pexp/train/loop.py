@@ -1,6 +1,7 @@
 """The one training loop of pexp: pluggable loss, perturbation strategy (Algorithm 1) and optimiser rule."""
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from pathlib import Path
@@ -19,15 +20,33 @@ from pexp.train.optim import build_optimizer
 from pexp.train.perturb import active_layers, eps_at_epoch, extreme_perturbations
 
 
-def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
-    """Squared error (f(x) - y)^2 on one output, or cross-entropy on logits; one value per sample."""
-    if loss == "mse":
-        return (outputs[:, 0] - targets.to(outputs.dtype)) ** 2
+LOSSES = ("mse", "ce", "logistic")
+
+
+def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: DictConfig) -> torch.Tensor:
+    """One value per sample, on the outputs divided by ``loss.output_divisor`` (default 1):
+    mse: (f - t_y)^2 with t = ``loss.targets`` (default 0/1); ce: cross-entropy on logits;
+    logistic: binary cross-entropy of sigmoid(f) against the 0/1 target."""
+    outputs = outputs / float(loss.get("output_divisor", 1))
+    if loss.name == "mse":
+        values = torch.as_tensor(list(loss.get("targets", (0.0, 1.0))), dtype=outputs.dtype, device=outputs.device)
+        return (outputs[:, 0] - values[targets]) ** 2
+    if loss.name == "logistic":
+        return F.binary_cross_entropy_with_logits(outputs[:, 0], targets.to(outputs.dtype), reduction="none")
     return F.cross_entropy(outputs, targets, reduction="none")
 
 
+def decision_threshold(loss: DictConfig) -> float:
+    """Where a one-output model's decision flips, on the raw output: the midpoint of the squared-error targets
+    (0.5 for 0/1) times the output divisor; 0 for the logistic loss."""
+    if loss.name == "mse":
+        low, high = loss.get("targets", (0.0, 1.0))
+        return float(loss.get("output_divisor", 1)) * (low + high) / 2
+    return 0.0
+
+
 def training_step(model: EntryNet, optimizer: torch.optim.Optimizer, reduction: str, x: torch.Tensor,
-                  y: torch.Tensor, loss: str, eps: float, pieces: int, active: list[bool]) -> torch.Tensor:
+                  y: torch.Tensor, loss: DictConfig, eps: float, pieces: int, active: list[bool]) -> torch.Tensor:
     """One update; returns the summed loss of the batch (detached). With perturbations (Algorithm 1) each
     sample's loss is the sum of its losses at the argmax- and argmin-perturbed forward passes."""
     if any(active) and eps > 0:
@@ -45,9 +64,11 @@ def training_step(model: EntryNet, optimizer: torch.optim.Optimizer, reduction: 
 
 
 @torch.no_grad()
-def error_rate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+def error_rate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threshold: float = 0.5,
+               batch_size: int = 2000) -> torch.Tensor:
     """Per-point misclassification (bool) of clean inputs."""
-    wrong = [predict(model(x[i:i + batch_size])) != y[i:i + batch_size] for i in range(0, len(y), batch_size)]
+    wrong = [predict(model(x[i:i + batch_size]), threshold) != y[i:i + batch_size]
+             for i in range(0, len(y), batch_size)]
     return torch.cat(wrong) if wrong else torch.zeros(0, dtype=torch.bool)
 
 
@@ -95,38 +116,55 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
 
     x_train, y_train = data.train.x.to(device), data.train.y.to(device)
     x_test, y_test = data.test.x.to(device), data.test.y.to(device)
+    threshold = decision_threshold(cfg.loss)
     active = active_layers(model, cfg.perturb.layers)
-    epochs, batch_size, n = int(cfg.train.epochs), int(cfg.train.batch_size), len(y_train)
-    for epoch in range(start_epoch, epochs):
+    epochs, n = int(cfg.train.epochs), len(y_train)
+    batch_size = int(cfg.train.batch_size or n)  # null: full batch
+    log_every, checkpoint_every = int(cfg.train.get("log_every", 1)), int(cfg.train.get("checkpoint_every", 1))
+    batches = range(0, n, batch_size)
+    epoch_bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc=str(cfg.run_name),
+                     unit="epoch", disable=not cfg.train.progress)
+    started, total = time.perf_counter(), torch.zeros((), device=device)
+    for epoch in epoch_bar:
         eps = eps_at_epoch(cfg.perturb.eps, epoch, epochs, int(cfg.perturb.ramp_steps))
         order = torch.randperm(n, generator=torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + epoch))
-        started, total = time.perf_counter(), torch.zeros((), device=device)
-        bar = tqdm(range(0, n, batch_size), desc=f"{cfg.run_name} epoch {epoch + 1}/{epochs} eps={eps:.4f}",
-                   leave=False, disable=not cfg.train.progress, unit="batch")
-        for first in bar:
-            index = order[first:first + batch_size].to(device)
-            total += training_step(model, optimizer, reduction, x_train[index], y_train[index], cfg.loss.name,
+        inner = tqdm(batches, desc=f"epoch {epoch + 1} eps={eps:.4f}", leave=False, unit="batch",
+                     disable=not cfg.train.progress or len(batches) < 20)
+        for first in inner:
+            index = order[first:first + batch_size].to(device) if batch_size < n else order.to(device)
+            total += training_step(model, optimizer, reduction, x_train[index], y_train[index], cfg.loss,
                                    eps, int(cfg.perturb.pieces), active)
-        mean_loss = float(total) / n
-        if not torch.isfinite(torch.tensor(mean_loss)):
-            raise FloatingPointError(f"training loss became {mean_loss} in epoch {epoch + 1} of run {run.path}; "
+        done = epoch + 1
+        if done % log_every and done != epochs:
+            continue
+        seen = log_every if done % log_every == 0 else done % log_every
+        mean_loss = float(total) / (n * seen)
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"training loss became {mean_loss} by epoch {done} of run {run.path}; "
                                      f"lower optim.lr or check the data")
-        seconds = time.perf_counter() - started
-        rows.append(dict(epoch=epoch + 1, eps=eps, loss=mean_loss,
-                         train_error=float(error_rate(model, x_train, y_train).float().mean()),
-                         test_error=float(error_rate(model, x_test, y_test).float().mean()), seconds=seconds))
-        print(f"[pexp] {cfg.run_name} epoch {epoch + 1}/{epochs}: eps {eps:.4f} loss {mean_loss:.4f} "
-              f"train err {rows[-1]['train_error']:.4f} test err {rows[-1]['test_error']:.4f} ({seconds:.1f}s)")
-        torch_save(run / "checkpoint.pt", dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                               epoch=epoch + 1, log=rows))
-        write_csv(run / "train_log.csv", pd.DataFrame(rows))
+        seconds = (time.perf_counter() - started) / seen
+        rows.append(dict(epoch=done, eps=eps, loss=mean_loss,
+                         train_error=float(error_rate(model, x_train, y_train, threshold).float().mean()),
+                         test_error=float(error_rate(model, x_test, y_test, threshold).float().mean()),
+                         seconds=seconds))
+        epoch_bar.set_postfix(loss=f"{mean_loss:.4f}", train_err=f"{rows[-1]['train_error']:.4f}")
+        if log_every == 1 or not cfg.train.progress:
+            print(f"[pexp] {cfg.run_name} epoch {done}/{epochs}: eps {eps:.4f} loss {mean_loss:.4f} "
+                  f"train err {rows[-1]['train_error']:.4f} test err {rows[-1]['test_error']:.4f} "
+                  f"({seconds:.2f}s/epoch)")
+        started, total = time.perf_counter(), torch.zeros((), device=device)
+        if done % checkpoint_every == 0 or done == epochs:
+            torch_save(run / "checkpoint.pt", dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                                   epoch=done, log=rows))
+            write_csv(run / "train_log.csv", pd.DataFrame(rows))
 
-    test_wrong = error_rate(model, x_test, y_test).cpu()
+    test_wrong = error_rate(model, x_test, y_test, threshold).cpu()
     lossless = data.test.extras.get("lossless", torch.ones_like(test_wrong))
     metrics = dict(
         data=data.source,
         input_shape=list(data.input_shape),
-        train_accuracy=1 - float(error_rate(model, x_train, y_train).float().mean()),
+        decision_threshold=threshold,
+        train_accuracy=1 - float(error_rate(model, x_train, y_train, threshold).float().mean()),
         test_accuracy=1 - float(test_wrong.float().mean()),
         test_accuracy_lossless=(1 - float(test_wrong[lossless].float().mean())) if lossless.any() else None,
         n_test_lossless=int(lossless.sum()),
