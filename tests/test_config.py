@@ -83,7 +83,7 @@ def test_invalid_values_are_named_with_what_is_allowed(override, message):
 
 def test_invalid_eval_values():
     cfg = compose_with(["eval.resolution=0.5"])
-    with pytest.raises(ConfigError, match=r"eval.resolution=0.5 is not allowed: must be a number > 0 and <= 0.1"):
+    with pytest.raises(ConfigError, match=r"eval.resolution=0.5 is not allowed: must be a number > 0 and <= 0.3"):
         validate_margin_eval(cfg)
 
 

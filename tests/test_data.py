@@ -86,8 +86,8 @@ def test_lossless_mask_beside_the_folder_is_used(tmp_path):
 
 
 def test_synthetic_stand_in_is_deterministic_two_class_and_in_range():
-    cfg = OmegaConf.create(dict(name="synthetic_cifar2", n_train=200, n_test=50, rank=8, separation=1.0,
-                                class_std=0.2, spread=1.5, noise=0.02, seed=3))
+    cfg = OmegaConf.create(dict(name="synthetic_cifar2", n_train=200, n_test=50, rank=8, separation=3.0,
+                                class_std=0.5, spread=1.5, noise=0.02, seed=3))
     first, second = load_dataset(cfg), load_dataset(cfg)
     assert torch.equal(first.train.x, second.train.x) and torch.equal(first.test.y, second.test.y)
     assert first.source == "synthetic" and first.input_shape == (3, 32, 32)

@@ -18,8 +18,12 @@ def margin_cdf(margins: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return 100.0 * np.searchsorted(margins, sizes, side="right") / max(len(margins), 1)
 
 
-def plot_margin_cdfs(table: pd.DataFrame, panels: dict[str, str], x_max: float = 0.1) -> plt.Figure:
-    """One panel per run label (in ``panels`` order, titled by its value), train and test curves in each."""
+def plot_margin_cdfs(table: pd.DataFrame, panels: dict[str, str], x_max: float | None = None) -> plt.Figure:
+    """One panel per run label (in ``panels`` order, titled by its value), train and test curves in each.
+    ``x_max`` defaults to the largest finite margin rounded up to 0.05 (at least 0.1)."""
+    if x_max is None:
+        finite = table["margin"][np.isfinite(table["margin"])]
+        x_max = max(0.1, math.ceil(float(finite.max() if len(finite) else 0) / 0.05) * 0.05)
     sizes = np.linspace(0.0, x_max, 401)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), sharey=True, squeeze=False)
     for ax, (label, title) in zip(axes[0], panels.items()):
