@@ -97,16 +97,27 @@ def validate_training(cfg: DictConfig) -> None:
         raise ConfigError("device='cuda' is not allowed here: no CUDA device is available (use auto or cpu)")
 
 
-def validate_margin_eval(cfg: DictConfig) -> None:
-    check_choice(cfg, "eval.name", ["margin"])
-    check_choice(cfg, "eval.norm", ["linf", "l2"])
+EVALUATORS = ("margin", "boundary")
+
+
+def validate_eval(cfg: DictConfig) -> None:
+    """Check the eval group: the margin search settings every evaluator shares, then its own."""
+    check_choice(cfg, "eval.name", EVALUATORS)
     check_number(cfg, "eval.eps_max", low=0, low_open=True)
     check_number(cfg, "eval.resolution", low=0, low_open=True, high=float(cfg.eval.eps_max))
     check_number(cfg, "eval.steps", low=1, integer=True)
     check_number(cfg, "eval.rel_stepsize", low=0, low_open=True)
-    check_number(cfg, "eval.n_train", low=1, integer=True, optional=True)
-    check_number(cfg, "eval.n_test", low=1, integer=True, optional=True)
     check_number(cfg, "eval.batch_size", low=1, integer=True)
+    if cfg.eval.name == "margin":
+        check_choice(cfg, "eval.norm", ["linf", "l2"])
+        check_number(cfg, "eval.n_train", low=1, integer=True, optional=True)
+        check_number(cfg, "eval.n_test", low=1, integer=True, optional=True)
+    if cfg.eval.name == "boundary":
+        check_number(cfg, "eval.grid", low=2, integer=True)
+        view = list(_get(cfg, "eval.view"))
+        if len(view) != 4 or not (view[0] < view[1] and view[2] < view[3]):
+            raise ConfigError(f"eval.view={view} is not allowed: must be [x_min, x_max, y_min, y_max] with "
+                              f"x_min < x_max and y_min < y_max")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -12,14 +12,14 @@ from pexp.config import exit_on_user_error
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    from pexp.eval.evaluate import evaluate, eval_dir, find_run
+    from pexp.eval.evaluate import RESULTS, eval_dir, evaluate, find_run
     from pexp.figures.compose import compose_experiment
 
     if cfg.run is not None and not _is_dir(cfg.run):  # an experiment name: compose it with the same overrides
         cfg = compose_experiment(str(cfg.run), list(HydraConfig.get().overrides.task))
     run = find_run(cfg)
     results = evaluate(run, cfg.eval, cfg.device, progress=True)
-    print(f"{eval_dir(run, cfg.eval).path / 'margins.csv'} ({len(results)} rows)")
+    print(f"{eval_dir(run, cfg.eval).path / RESULTS} ({len(results)} rows)")
 
 
 def _is_dir(path: str) -> bool:

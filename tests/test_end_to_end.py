@@ -86,7 +86,7 @@ def test_cli_end_to_end_train_evaluate_figure(tiny, tmp_path):
     assert (tmp_path / "outputs" / "runs" / "richness_fig2_first").is_dir() and run_dir.endswith(
         training_run_dir(compose_experiment("richness_fig2_first", tiny)).path.name)
     out = cli("pexp.evaluate", "eval=margin", f"run={run_dir}")
-    assert "margins.csv (40 rows)" in out
+    assert "results.csv (40 rows)" in out
     out = cli("pexp.figures", "fig=richness-fig2")
     assert "richness-fig2.png" in out
     assert (tmp_path / "outputs" / "figures" / "richness-fig2.pdf").exists()

@@ -61,8 +61,9 @@ def load_dataset(cfg: DictConfig) -> Dataset:
 def _registry() -> dict[str, Callable[[DictConfig], Dataset]]:
     from pexp.data.cifar import load_cifar2
     from pexp.data.synthetic import load_synthetic_cifar2
+    from pexp.data.toys import TOYS
 
-    return {"cifar2": load_cifar2, "synthetic_cifar2": load_synthetic_cifar2}
+    return {"cifar2": load_cifar2, "synthetic_cifar2": load_synthetic_cifar2, **TOYS}
 
 
 DATASETS = _registry()

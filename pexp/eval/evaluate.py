@@ -3,24 +3,33 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pexp.config import resolve_device, validate_margin_eval
+from pexp.config import ConfigError, resolve_device, validate_eval
 from pexp.data import Split, load_dataset
 from pexp.eval.margin import minimal_perturbation
-from pexp.models import AsLogits
+from pexp.models import AsLogits, EntryNet, score
 from pexp.runs import RunDir, config_hash, write_csv, write_json
 from pexp.train.loop import decision_threshold, load_trained
 
 NOT_HASHED = ("batch_size", "progress")
+RESULTS = "results.csv"
 
 
 def eval_dir(run: RunDir, eval_cfg: DictConfig) -> RunDir:
     tree = {k: v for k, v in OmegaConf.to_container(eval_cfg, resolve=True).items() if k not in NOT_HASHED}
     return RunDir(run / "eval" / f"{eval_cfg.name}-{config_hash(tree)}")
+
+
+def _search_settings(eval_cfg: DictConfig, progress: bool) -> dict:
+    return dict(eps_max=eval_cfg.eps_max, resolution=eval_cfg.resolution, steps=eval_cfg.steps,
+                rel_stepsize=eval_cfg.rel_stepsize, random_start=eval_cfg.random_start,
+                batch_size=eval_cfg.batch_size, progress=progress)
 
 
 def _subset(split: Split, n: int | None, seed: int) -> tuple[Split, torch.Tensor]:
@@ -31,51 +40,84 @@ def _subset(split: Split, n: int | None, seed: int) -> tuple[Split, torch.Tensor
     return split.subset(index), index
 
 
-def margin_results(run: RunDir, eval_cfg: DictConfig, device: str = "auto", progress: bool = True) -> pd.DataFrame:
-    """Margins of a random train subset and of the test set: columns split, index, target, margin, lossless."""
-    validate_margin_eval(OmegaConf.create({"eval": eval_cfg}))
-    out = eval_dir(run, eval_cfg)
-    if out.complete:
-        return pd.read_csv(out / "margins.csv")
-    with out.lock():
-        if out.complete:
-            return pd.read_csv(out / "margins.csv")
-        model, cfg = load_trained(run, resolve_device(device))
-        data = load_dataset(cfg.data)
-        search = dict(norm=eval_cfg.norm, eps_max=eval_cfg.eps_max, resolution=eval_cfg.resolution,
-                      steps=eval_cfg.steps, rel_stepsize=eval_cfg.rel_stepsize, random_start=eval_cfg.random_start,
-                      batch_size=eval_cfg.batch_size, progress=progress)
-        frames = []
-        for name, split, n in (("train", data.train, eval_cfg.n_train), ("test", data.test, eval_cfg.n_test)):
-            part = out / f"{name}.csv"  # each split is kept as soon as it is done, so an interruption loses less
-            if not part.exists():
-                subset, index = _subset(split, n, int(eval_cfg.seed))
-                torch.manual_seed(int(eval_cfg.seed))
-                started = time.perf_counter()
-                margins = minimal_perturbation(AsLogits(model, decision_threshold(cfg.loss)), subset.x, subset.y, **search)
-                seconds = time.perf_counter() - started
-                lossless = subset.extras.get("lossless", torch.ones(len(subset), dtype=torch.bool))
-                write_csv(part, pd.DataFrame(dict(split=name, index=index.numpy(), target=subset.y.numpy(),
-                                                  margin=margins.numpy(), lossless=lossless.numpy())))
-                print(f"[pexp] margins of {len(subset)} {name} points of {run.path}: median "
-                      f"{float(margins.median()):.4f} ({seconds:.1f}s)")
-            frames.append(pd.read_csv(part))
-        results = pd.concat(frames, ignore_index=True)
-        write_csv(out / "margins.csv", results)
-        write_json(out / "eval.json", OmegaConf.to_container(eval_cfg, resolve=True))
-        out.mark_complete()
-        return results
+def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
+                   progress: bool) -> pd.DataFrame:
+    """Margins (``minimal_perturbation``) of a random train subset and of the test set:
+    columns split, index, target, margin, lossless."""
+    data = load_dataset(cfg.data)
+    logits = AsLogits(model, decision_threshold(cfg.loss))
+    frames = []
+    for name, split, n in (("train", data.train, eval_cfg.n_train), ("test", data.test, eval_cfg.n_test)):
+        part = out / f"{name}.csv"  # each split is kept as soon as it is done, so an interruption loses less
+        if not part.exists():
+            subset, index = _subset(split, n, int(eval_cfg.seed))
+            torch.manual_seed(int(eval_cfg.seed))
+            started = time.perf_counter()
+            margins = minimal_perturbation(logits, subset.x, subset.y, norm=eval_cfg.norm,
+                                           **_search_settings(eval_cfg, progress))
+            seconds = time.perf_counter() - started
+            lossless = subset.extras.get("lossless", torch.ones(len(subset), dtype=torch.bool))
+            write_csv(part, pd.DataFrame(dict(split=name, index=index.numpy(), target=subset.y.numpy(),
+                                              margin=margins.numpy(), lossless=lossless.numpy())))
+            print(f"[pexp] margins of {len(subset)} {name} points of {out.path.parent.parent}: median "
+                  f"{float(margins.median()):.4f} ({seconds:.1f}s)")
+        frames.append(pd.read_csv(part))
+    return pd.concat(frames, ignore_index=True)
 
 
-EVALUATORS = {"margin": margin_results}
+def boundary_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
+                     progress: bool) -> pd.DataFrame:
+    """2D toys: rows ``kind=point`` (training points: x0, x1, target, margin = Euclidean distance to the boundary,
+    0 when misclassified) and rows ``kind=boundary`` (the boundary traced on the grid: segment, x0, x1)."""
+    import contourpy
+
+    data = load_dataset(cfg.data)
+    threshold = decision_threshold(cfg.loss)
+    x, y = data.train.x, data.train.y
+    if x.shape[1] != 2:
+        raise ConfigError(f"eval=boundary is for 2D data: data.name={cfg.data.name!r} has {x.shape[1]} features")
+    if len(model.blocks) == 1:  # affine model: the exact distance to its hyperplane
+        layer = model.blocks[0].affine
+        w = (layer.weight[0] if layer.out_features == 1 else layer.weight[1] - layer.weight[0]).detach().double()
+        b = float(layer.bias[0] if layer.out_features == 1 else layer.bias[1] - layer.bias[0]) - threshold
+        signed = (x.double() @ w + b) / w.norm() * torch.where(y == 1, 1.0, -1.0).double()
+        margins = signed.clamp(min=0)
+    else:
+        torch.manual_seed(int(eval_cfg.seed))
+        margins = minimal_perturbation(AsLogits(model, threshold), x, y, norm="l2", bounds=(-1e6, 1e6),
+                                       **_search_settings(eval_cfg, progress))
+    x_min, x_max, y_min, y_max = map(float, eval_cfg.view)
+    gx, gy = np.linspace(x_min, x_max, int(eval_cfg.grid)), np.linspace(y_min, y_max, int(eval_cfg.grid))
+    mesh = torch.tensor(np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2), dtype=x.dtype)
+    with torch.no_grad():
+        values = score(model(mesh)).reshape(len(gy), len(gx)).double().numpy()
+    level = threshold if model.outputs == 1 else 0.0
+    segments = contourpy.contour_generator(gx, gy, values).lines(level)
+    boundary = [pd.DataFrame(dict(kind="boundary", segment=i, x0=line[:, 0], x1=line[:, 1]))
+                for i, line in enumerate(segments)]
+    points = pd.DataFrame(dict(kind="point", index=np.arange(len(y)), x0=x[:, 0].numpy(), x1=x[:, 1].numpy(),
+                               target=y.numpy(), margin=margins.double().numpy()))
+    return pd.concat([points, *boundary], ignore_index=True)
+
+
+EVALUATORS: dict[str, Callable[..., pd.DataFrame]] = {"margin": margin_results, "boundary": boundary_results}
 
 
 def evaluate(run: RunDir, eval_cfg: DictConfig, device: str = "auto", progress: bool = True) -> pd.DataFrame:
-    from pexp.config import ConfigError
-
-    if eval_cfg.name not in EVALUATORS:
-        raise ConfigError(f"eval.name={eval_cfg.name!r} is not allowed: choose one of {', '.join(EVALUATORS)}")
-    return EVALUATORS[eval_cfg.name](run, eval_cfg, device, progress)
+    """The evaluator ``eval_cfg.name`` on a finished run, computed once and cached in
+    ``<run>/eval/<name>-<hash>/results.csv``."""
+    validate_eval(OmegaConf.create({"eval": eval_cfg}))
+    out = eval_dir(run, eval_cfg)
+    if out.complete:
+        return pd.read_csv(out / RESULTS)
+    with out.lock():
+        if not out.complete:
+            model, cfg = load_trained(run, resolve_device(device))
+            results = EVALUATORS[eval_cfg.name](model, cfg, eval_cfg, out, progress)
+            write_csv(out / RESULTS, results)
+            write_json(out / "eval.json", OmegaConf.to_container(eval_cfg, resolve=True))
+            out.mark_complete()
+    return pd.read_csv(out / RESULTS)
 
 
 def find_run(cfg: DictConfig) -> RunDir:

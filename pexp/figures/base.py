@@ -1,6 +1,7 @@
 """What a figure is: the runs it needs, how their results become one tidy table, claims, and a plot."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,16 +21,26 @@ from pexp.train.loop import train  # noqa: E402
 Claims = list[dict]
 
 
+@dataclass(frozen=True)
+class Run:
+    """One training run a figure needs: an experiment, extra overrides (e.g. a seed), and tags that become
+    columns of the figure's table."""
+
+    experiment: str
+    overrides: tuple[str, ...] = ()
+    tags: tuple[tuple[str, object], ...] = ()
+
+
 @dataclass
 class Figure:
-    """A figure id: ``runs`` maps a label to an experiment name; ``evaluator`` is the eval config group option
-    applied to each run; ``claims(table, metrics)`` and ``plot(table)`` work from the tidy table alone
-    (plus each run's metrics.json for the claims)."""
+    """A figure id: ``runs`` maps a label to an experiment name or a :class:`Run`; ``evaluator`` is the eval
+    config group option applied to each run; ``claims(table, metrics)`` and ``plot(table)`` work from the tidy
+    table alone (plus each run's metrics.json for the claims)."""
 
     id: str
     paper: str
     what: str
-    runs: dict[str, str]
+    runs: dict[str, str | Run]
     evaluator: str
     claims: Callable[[pd.DataFrame, dict[str, dict]], Claims]
     plot: Callable[[pd.DataFrame], plt.Figure]
@@ -53,14 +64,15 @@ def make_figure(figure: Figure, overrides: Sequence[str], figures_dir: Path | st
                 progress: bool = True) -> dict[str, Path]:
     """Train / evaluate what is missing, then write ``<id>.{csv,claims.json,png,pdf}`` atomically."""
     frames, metrics = [], {}
-    for label, experiment in figure.runs.items():
-        cfg: DictConfig = compose_experiment(experiment, [f"eval={figure.evaluator}", *figure.extra_overrides,
-                                                          *overrides])
+    for label, spec in figure.runs.items():
+        spec = spec if isinstance(spec, Run) else Run(spec)
+        cfg: DictConfig = compose_experiment(spec.experiment, [f"eval={figure.evaluator}", *figure.extra_overrides,
+                                                               *spec.overrides, *overrides])
         run = train(cfg)
         results = evaluate(run, cfg.eval, device, progress=progress)
-        metrics[label] = pd.read_json(run / "metrics.json", typ="series").to_dict()
-        frames.append(results.assign(run=label, experiment=experiment, run_dir=str(run.path),
-                                     data=metrics[label]["data"]))
+        metrics[label] = json.loads((run / "metrics.json").read_text())
+        frames.append(results.assign(run=label, experiment=spec.experiment, run_dir=str(run.path),
+                                     data=metrics[label]["data"], **dict(spec.tags)))
     table = pd.concat(frames, ignore_index=True)
     return write_figure(figure, table, metrics, figures_dir)
 

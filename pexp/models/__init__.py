@@ -103,10 +103,21 @@ def mlp(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
     blocks = [Block(nn.Linear(a, b), nn.ReLU()) for a, b in zip(sizes[:-1], sizes[1:])]
     blocks.append(Block(nn.Linear(sizes[-1], int(cfg.outputs))))
     blocks[0].before = nn.Flatten()
+    bias_scale = float(cfg.get("hidden_bias_scale", 1.0))  # pe-fig1: hidden biases x10 after default init
+    if bias_scale != 1.0:
+        with torch.no_grad():
+            for block in blocks[:-1]:
+                block.affine.bias.mul_(bias_scale)
     return EntryNet(blocks, [f"fc{i + 1}" for i in range(len(blocks))], input_shape)
 
 
-MODELS: dict[str, Callable[[DictConfig, Sequence[int]], EntryNet]] = {"pe_net": pe_net, "mlp": mlp}
+def linear(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
+    """An affine classifier w.x + b (PyTorch's default init)."""
+    size = int(torch.tensor(input_shape).prod())
+    return EntryNet([Block(nn.Linear(size, int(cfg.outputs)), before=nn.Flatten())], ["fc1"], input_shape)
+
+
+MODELS: dict[str, Callable[[DictConfig, Sequence[int]], EntryNet]] = {"pe_net": pe_net, "mlp": mlp, "linear": linear}
 
 
 def build_model(cfg: DictConfig, input_shape: Sequence[int], init: DictConfig | None = None) -> EntryNet:

@@ -127,13 +127,18 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     started, total = time.perf_counter(), torch.zeros((), device=device)
     for epoch in epoch_bar:
         eps = eps_at_epoch(cfg.perturb.eps, epoch, epochs, int(cfg.perturb.ramp_steps))
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + epoch))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + epoch)) \
+            if batch_size < n else None
         inner = tqdm(batches, desc=f"epoch {epoch + 1} eps={eps:.4f}", leave=False, unit="batch",
                      disable=not cfg.train.progress or len(batches) < 20)
         for first in inner:
-            index = order[first:first + batch_size].to(device) if batch_size < n else order.to(device)
-            total += training_step(model, optimizer, reduction, x_train[index], y_train[index], cfg.loss,
-                                   eps, int(cfg.perturb.pieces), active)
+            if order is None:  # full batch
+                x_batch, y_batch = x_train, y_train
+            else:
+                index = order[first:first + batch_size].to(device)
+                x_batch, y_batch = x_train[index], y_train[index]
+            total += training_step(model, optimizer, reduction, x_batch, y_batch, cfg.loss, eps,
+                                   int(cfg.perturb.pieces), active)
         done = epoch + 1
         if done % log_every and done != epochs:
             continue
