@@ -4,9 +4,12 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 FIG     ?=
 ARGS    ?=
-SMOKE   := data=synthetic_cifar2 scale=smoke paths.output_dir=outputs/smoke
+SMOKE   := scale=smoke paths.output_dir=outputs/smoke train.progress=false
+SHORT   := train.epochs=3000 train.log_every=1000 train.checkpoint_every=1000
 
-.PHONY: install test smoke reproduce reproduce-fig2 clean-smoke
+JOBS    ?= $(shell nproc)
+
+.PHONY: install test smoke reproduce reproduce-fig2 sweep-eps clean-smoke
 
 install: $(STAMP)
 
@@ -19,8 +22,13 @@ $(STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest
 
+# Every figure from tiny configs: synthetic stand-ins for CIFAR-10, shortened toys (outputs/smoke/figures).
 smoke: install
-	$(PY) -m pexp.figures fig=richness-fig2 $(SMOKE) $(ARGS)
+	$(PY) -m pexp.figures fig=richness-fig2 data=synthetic_cifar2 $(SMOKE) $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pexp.figures fig=pe-fig1 $(SMOKE) $(SHORT) $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pexp.figures fig=pe-fig2 $(SMOKE) $(SHORT) $(ARGS)
+	for fig in pe-fig4 pe-fig5 pe-fig6 richness-fig1; do \
+		$(PY) -m pexp.figures fig=$$fig data=synthetic_cifar2 $(SMOKE) $(ARGS) || exit 1; done
 
 reproduce: install
 	@test -n "$(FIG)" || (echo "usage: make reproduce FIG=<figure id>   (ids: python -m pexp.figures --list)"; exit 2)
@@ -28,6 +36,13 @@ reproduce: install
 
 reproduce-fig2: install
 	$(PY) -m pexp.figures fig=richness-fig2 $(ARGS)
+
+# pe-fig5's runs as a Hydra multirun over eps, run in parallel by the joblib launcher (one thread per job);
+# then `make reproduce FIG=pe-fig5` finds them by config.
+sweep-eps: install
+	OMP_NUM_THREADS=1 $(PY) -m pexp.train -m experiment=pe_alg1 perturb.eps=0.005,0.01,0.02 \
+		hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.progress=false $(ARGS)
+	$(PY) -m pexp.figures fig=pe-fig5 $(ARGS)
 
 clean-smoke:
 	rm -rf outputs/smoke

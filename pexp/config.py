@@ -97,17 +97,20 @@ def validate_training(cfg: DictConfig) -> None:
         raise ConfigError("device='cuda' is not allowed here: no CUDA device is available (use auto or cpu)")
 
 
-EVALUATORS = ("margin", "boundary")
+EVALUATORS = ("margin", "boundary", "pca")
 
 
 def validate_eval(cfg: DictConfig) -> None:
-    """Check the eval group: the margin search settings every evaluator shares, then its own."""
+    """Check the eval group: the margin search settings of the evaluators that search, then each one's own."""
     check_choice(cfg, "eval.name", EVALUATORS)
+    check_number(cfg, "eval.batch_size", low=1, integer=True)
+    if cfg.eval.name == "pca":
+        check_number(cfg, "eval.n_train", low=2, integer=True, optional=True)
+        return
     check_number(cfg, "eval.eps_max", low=0, low_open=True)
     check_number(cfg, "eval.resolution", low=0, low_open=True, high=float(cfg.eval.eps_max))
     check_number(cfg, "eval.steps", low=1, integer=True)
     check_number(cfg, "eval.rel_stepsize", low=0, low_open=True)
-    check_number(cfg, "eval.batch_size", low=1, integer=True)
     if cfg.eval.name == "margin":
         check_choice(cfg, "eval.norm", ["linf", "l2"])
         check_number(cfg, "eval.n_train", low=1, integer=True, optional=True)

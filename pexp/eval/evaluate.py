@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pexp.config import ConfigError, resolve_device, validate_eval
 from pexp.data import Split, load_dataset
+from pexp.eval.geometry import cumulative_explained_variance
 from pexp.eval.margin import minimal_perturbation
 from pexp.models import AsLogits, EntryNet, score
 from pexp.runs import RunDir, config_hash, write_csv, write_json
@@ -100,7 +101,26 @@ def boundary_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out
     return pd.concat([points, *boundary], ignore_index=True)
 
 
-EVALUATORS: dict[str, Callable[..., pd.DataFrame]] = {"margin": margin_results, "boundary": boundary_results}
+def pca_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
+                progress: bool) -> pd.DataFrame:  # noqa: ARG001
+    """Cumulative explained variance of the principal components of each hidden layer's activations over the
+    training set (all min(n, width) of them): columns layer, name, width, component, cumulative."""
+    data = load_dataset(cfg.data)
+    subset, _ = _subset(data.train, eval_cfg.n_train, int(eval_cfg.seed))
+    device = next(model.parameters()).device
+    frames = []
+    for layer, name in enumerate(model.layer_names[:-1]):
+        with torch.no_grad():  # one layer at a time: at most n x width activations held (10,000 x 4704 floats)
+            activations = torch.cat([model.hidden_activations(chunk.to(device))[layer].cpu()
+                                     for chunk in subset.x.split(int(eval_cfg.batch_size))])
+        cumulative = cumulative_explained_variance(activations)
+        frames.append(pd.DataFrame(dict(layer=layer + 1, name=name, width=activations.shape[1],
+                                        component=np.arange(1, len(cumulative) + 1), cumulative=cumulative.numpy())))
+    return pd.concat(frames, ignore_index=True)
+
+
+EVALUATORS: dict[str, Callable[..., pd.DataFrame]] = {"margin": margin_results, "boundary": boundary_results,
+                                                      "pca": pca_results}
 
 
 def evaluate(run: RunDir, eval_cfg: DictConfig, device: str = "auto", progress: bool = True) -> pd.DataFrame:

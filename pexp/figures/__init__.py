@@ -4,10 +4,15 @@ from __future__ import annotations
 from functools import partial
 
 from pexp.figures.base import Figure, Run
-from pexp.figures.margins import all_vs_first_claims, plot_margin_cdfs
+from pexp.figures.margins import (all_vs_first_claims, eps_sweep_claims, plot_margin_cdfs,
+                                  small_test_margin_claims)
+from pexp.figures.pca import layer_pca_claims, plot_layer_pca
 from pexp.figures.toys import pe_fig1_claims, pe_fig2_claims, plot_pe_fig1, plot_pe_fig2
 
 PE_FIG1_SEEDS = (1, 21, 41, 61, 81, 101)
+PE_FIG5_EPS = (0.005, 0.010, 0.020)
+ALL_VS_FIRST = dict(runs={"first": "richness_fig2_first", "all": "richness_fig2_all"}, evaluator="margin",
+                    claims=all_vs_first_claims)
 
 FIGURES: dict[str, Figure] = {
     "richness-fig2": Figure(
@@ -20,6 +25,45 @@ FIGURES: dict[str, Figure] = {
         plot=partial(plot_margin_cdfs, panels={"first": "(a) perturbation at the input only",
                                                "all": "(b) perturbation at every layer"},
                      title="richness-fig2: margins after Algorithm 1 at eps 0.020 (PE-net, airplane vs horse)"),
+    ),
+    "pe-fig6": Figure(
+        id="pe-fig6",
+        paper="PE",
+        what="all layers vs first layer only (the richness-fig2 runs, found by hash, not retrained)",
+        **ALL_VS_FIRST,
+        plot=partial(plot_margin_cdfs, panels={"first": "(a) only the first layer perturbed",
+                                               "all": "(b) all layers perturbed"},
+                     title="pe-fig6: Algorithm 1 at eps 0.020, first layer vs all layers"),
+    ),
+    "pe-fig4": Figure(
+        id="pe-fig4",
+        paper="PE",
+        what="margin CDFs of the PE-net trained with cross-entropy and with squared error (Algorithm 1, eps 0)",
+        runs={"cross-entropy": "pe_fig4_ce", "squared error": "pe_fig4_se"},
+        evaluator="margin",
+        claims=small_test_margin_claims,
+        plot=partial(plot_margin_cdfs, panels={"cross-entropy": "(a) cross-entropy",
+                                               "squared error": "(b) squared error"},
+                     title="pe-fig4: neither loss gives test margin"),
+    ),
+    "pe-fig5": Figure(
+        id="pe-fig5",
+        paper="PE",
+        what="margin CDFs of Algorithm 1 (all layers) at eps 0.005, 0.010, 0.020 (the sweep-eps multirun)",
+        runs={f"eps {eps:.3f}": Run("pe_alg1", (f"perturb.eps={eps}",), (("eps", eps),)) for eps in PE_FIG5_EPS},
+        evaluator="margin",
+        claims=eps_sweep_claims,
+        plot=partial(plot_margin_cdfs, panels={f"eps {eps:.3f}": f"eps = {eps:.3f}" for eps in PE_FIG5_EPS},
+                     title="pe-fig5: Algorithm 1 at three radii"),
+    ),
+    "richness-fig1": Figure(
+        id="richness-fig1",
+        paper="R",
+        what="cumulative explained variance of the first 80 principal components of each hidden layer",
+        runs={"cnn": "richness_fig1"},
+        evaluator="pca",
+        claims=layer_pca_claims,
+        plot=plot_layer_pca,
     ),
     "pe-fig1": Figure(
         id="pe-fig1",

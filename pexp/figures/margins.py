@@ -89,3 +89,35 @@ def cdf_gap(table: pd.DataFrame, label: str, x_max: float = 0.1) -> float:
     curves = {split: margin_cdf(rows.loc[rows["split"] == split, "margin"].to_numpy(), sizes)
               for split in ("train", "test")}
     return float((curves["test"] - curves["train"]).mean())
+
+
+def small_test_margin_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:
+    """pe-fig4: neither loss gives test margin. 'Small' is fixed beforehand as a median test margin below 0.1,
+    the end of the paper's plotted range."""
+    data = data_label(table)
+    out = []
+    for label in sorted(table["run"].unique()):
+        measured = median_margins(table, label)
+        measured["test_accuracy"] = metrics[label].get("test_accuracy")
+        out.append(claim(f"{label}: small test margins", measured, "median test margin < 0.1",
+                         measured["median_test"] < 0.1, data))
+    return out
+
+
+def eps_sweep_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:
+    """pe-fig5: train margins grow with eps; at the largest eps the training error no longer reaches zero; test
+    margins are largest at the largest eps (medians)."""
+    data = data_label(table)
+    labels = sorted(table["run"].unique(), key=lambda label: float(table.loc[table["run"] == label, "eps"].iloc[0]))
+    medians = {label: median_margins(table, label) for label in labels}
+    train = [medians[label]["median_train"] for label in labels]
+    test = [medians[label]["median_test"] for label in labels]
+    errors = {label: 1 - metrics[label]["train_accuracy"] for label in labels}
+    return [
+        claim("train margins grow with eps", dict(zip(labels, train)), "median train margin increasing in eps",
+              all(a < b for a, b in zip(train, train[1:])), data),
+        claim(f"at {labels[-1]} the training error no longer reaches zero", errors,
+              f"final training error at {labels[-1]} > 0", errors[labels[-1]] > 0, data),
+        claim(f"test margins are largest at {labels[-1]}", dict(zip(labels, test)),
+              "median test margin largest at the largest eps", test[-1] == max(test), data),
+    ]

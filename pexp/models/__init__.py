@@ -51,6 +51,15 @@ class EntryNet(nn.Module):
             h = block(h)
         return h
 
+    def hidden_activations(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The activations of every hidden layer (after the nonlinearity, before pooling), flattened per sample."""
+        outputs, h = [], x
+        for block in self.blocks[:-1]:
+            a = block.activation(block.affine(block.before(h)))
+            outputs.append(a.flatten(1))
+            h = block.after(a)
+        return outputs
+
     def affine(self, name: str) -> nn.Module:
         return self.blocks[self.layer_names.index(name)].affine
 
@@ -96,6 +105,22 @@ def pe_net(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
     return EntryNet(blocks, ["conv1", "conv2", "fc1", "fc2", "fc3"], input_shape)
 
 
+def richness_cnn(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
+    """Paper R's 5-layer CNN: conv(3->6,5) act pool conv(6->18,5) act pool fc(120) act fc(84) act fc(out);
+    hidden layers of 4704, 1800, 120 and 84 units on 32x32 inputs."""
+    act = lambda: nn.LeakyReLU(float(cfg.negative_slope))  # noqa: E731
+    c1, c2, f1, f2 = (int(c) for c in cfg.widths)
+    conv_out = c2 * ((((input_shape[1] - 4) // 2) - 4) // 2) ** 2
+    blocks = [
+        Block(nn.Conv2d(input_shape[0], c1, 5), act(), nn.MaxPool2d(2)),
+        Block(nn.Conv2d(c1, c2, 5), act(), nn.Sequential(nn.MaxPool2d(2), nn.Flatten())),
+        Block(nn.Linear(conv_out, f1), act()),
+        Block(nn.Linear(f1, f2), act()),
+        Block(nn.Linear(f2, int(cfg.outputs))),
+    ]
+    return EntryNet(blocks, ["conv1", "conv2", "fc1", "fc2", "fc3"], input_shape)
+
+
 def mlp(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
     """Fully connected ReLU network: flatten -> widths... -> outputs (PyTorch's default init,
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)))."""
@@ -117,7 +142,8 @@ def linear(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
     return EntryNet([Block(nn.Linear(size, int(cfg.outputs)), before=nn.Flatten())], ["fc1"], input_shape)
 
 
-MODELS: dict[str, Callable[[DictConfig, Sequence[int]], EntryNet]] = {"pe_net": pe_net, "mlp": mlp, "linear": linear}
+MODELS: dict[str, Callable[[DictConfig, Sequence[int]], EntryNet]] = {"pe_net": pe_net, "richness_cnn": richness_cnn, "mlp": mlp,
+                                                                      "linear": linear}
 
 
 def build_model(cfg: DictConfig, input_shape: Sequence[int], init: DictConfig | None = None) -> EntryNet:
