@@ -156,7 +156,7 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
         if log_every == 1 or not cfg.train.progress:
             print(f"[pexp] {cfg.run_name} epoch {done}/{epochs}: eps {eps:.4f} loss {mean_loss:.4f} "
                   f"train err {rows[-1]['train_error']:.4f} test err {rows[-1]['test_error']:.4f} "
-                  f"({seconds * 1000:.3g} ms/epoch)")
+                  f"({seconds:.3g} s/epoch)")
         started, total = time.perf_counter(), torch.zeros((), device=device)
         if done % checkpoint_every == 0 or done == epochs:
             torch_save(run / "checkpoint.pt", dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
