@@ -90,35 +90,30 @@ class AsLogits(nn.Module):
         return torch.cat([torch.full_like(out, self.threshold), out], dim=1)
 
 
-def pe_net(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
-    s, slope = int(cfg.size), float(cfg.negative_slope)
-    act = lambda: nn.LeakyReLU(slope)  # noqa: E731
-    c1, c2, f1, f2 = 6 * s, 16 * s, 120 * s, 96 * s
+def conv_net(widths: Sequence[int], negative_slope: float, outputs: int, input_shape: Sequence[int]) -> EntryNet:
+    """conv(c1, 5x5) lrelu pool, conv(c2, 5x5) lrelu pool, fc(f1) lrelu, fc(f2) lrelu, fc(outputs)."""
+    act = lambda: nn.LeakyReLU(float(negative_slope))  # noqa: E731
+    c1, c2, f1, f2 = (int(width) for width in widths)
     conv_out = c2 * ((((input_shape[1] - 4) // 2) - 4) // 2) ** 2
     blocks = [
         Block(nn.Conv2d(input_shape[0], c1, 5), act(), nn.MaxPool2d(2)),
         Block(nn.Conv2d(c1, c2, 5), act(), nn.Sequential(nn.MaxPool2d(2), nn.Flatten())),
         Block(nn.Linear(conv_out, f1), act()),
         Block(nn.Linear(f1, f2), act()),
-        Block(nn.Linear(f2, int(cfg.outputs))),
+        Block(nn.Linear(f2, int(outputs))),
     ]
     return EntryNet(blocks, ["conv1", "conv2", "fc1", "fc2", "fc3"], input_shape)
+
+
+def pe_net(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
+    """The PE-net with size multiplier s: channels 6s, 16s, widths 120s, 96s."""
+    s = int(cfg.size)
+    return conv_net([6 * s, 16 * s, 120 * s, 96 * s], cfg.negative_slope, cfg.outputs, input_shape)
 
 
 def richness_cnn(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
-    """Paper R's 5-layer CNN: conv(3->6,5) act pool conv(6->18,5) act pool fc(120) act fc(84) act fc(out);
-    hidden layers of 4704, 1800, 120 and 84 units on 32x32 inputs."""
-    act = lambda: nn.LeakyReLU(float(cfg.negative_slope))  # noqa: E731
-    c1, c2, f1, f2 = (int(c) for c in cfg.widths)
-    conv_out = c2 * ((((input_shape[1] - 4) // 2) - 4) // 2) ** 2
-    blocks = [
-        Block(nn.Conv2d(input_shape[0], c1, 5), act(), nn.MaxPool2d(2)),
-        Block(nn.Conv2d(c1, c2, 5), act(), nn.Sequential(nn.MaxPool2d(2), nn.Flatten())),
-        Block(nn.Linear(conv_out, f1), act()),
-        Block(nn.Linear(f1, f2), act()),
-        Block(nn.Linear(f2, int(cfg.outputs))),
-    ]
-    return EntryNet(blocks, ["conv1", "conv2", "fc1", "fc2", "fc3"], input_shape)
+    """Paper R's 5-layer CNN (widths 6, 18, 120, 84): hidden layers of 4704, 1800, 120 and 84 units on 32x32."""
+    return conv_net(cfg.widths, cfg.negative_slope, cfg.outputs, input_shape)
 
 
 def mlp(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
