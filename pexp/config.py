@@ -86,6 +86,7 @@ def validate_training(cfg: DictConfig) -> None:
     check_number(cfg, "train.epochs", low=1, integer=True)
     check_number(cfg, "train.batch_size", low=1, integer=True, optional=True)
     check_number(cfg, "train.log_every", low=1, integer=True, optional=True)
+    check_number(cfg, "train.target_margin", low=0, low_open=True, optional=True)
     check_number(cfg, "train.checkpoint_every", low=1, integer=True, optional=True)
     log_every, checkpoint_every = cfg.train.get("log_every") or 1, cfg.train.get("checkpoint_every") or 1
     if checkpoint_every % log_every:
@@ -97,7 +98,7 @@ def validate_training(cfg: DictConfig) -> None:
         raise ConfigError("device='cuda' is not allowed here: no CUDA device is available (use auto or cpu)")
 
 
-EVALUATORS = ("margin", "boundary", "pca")
+EVALUATORS = ("margin", "boundary", "pca", "offmanifold")
 
 
 def validate_eval(cfg: DictConfig) -> None:
@@ -106,6 +107,11 @@ def validate_eval(cfg: DictConfig) -> None:
     check_number(cfg, "eval.batch_size", low=1, integer=True)
     if cfg.eval.name == "pca":
         check_number(cfg, "eval.n_train", low=2, integer=True, optional=True)
+        return
+    if cfg.eval.name == "offmanifold":
+        check_number(cfg, "eval.max_distance", low=0, low_open=True)
+        check_number(cfg, "eval.tolerance", low=0, low_open=True)
+        check_number(cfg, "eval.grid", low=2, integer=True)
         return
     check_number(cfg, "eval.eps_max", low=0, low_open=True)
     check_number(cfg, "eval.resolution", low=0, low_open=True, high=float(cfg.eval.eps_max))

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pexp.config import ConfigError, resolve_device, validate_eval
 from pexp.data import Split, load_dataset
-from pexp.eval.geometry import cumulative_explained_variance
+from pexp.eval.geometry import cumulative_explained_variance, offmanifold_distance
 from pexp.eval.margin import minimal_perturbation
 from pexp.models import AsLogits, EntryNet, score
 from pexp.runs import RunDir, config_hash, write_csv, write_json
@@ -70,8 +70,6 @@ def boundary_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out
                      progress: bool) -> pd.DataFrame:
     """2D toys: rows ``kind=point`` (training points: x0, x1, target, margin = Euclidean distance to the boundary,
     0 when misclassified) and rows ``kind=boundary`` (the boundary traced on the grid: segment, x0, x1)."""
-    import contourpy
-
     data = load_dataset(cfg.data)
     threshold = decision_threshold(cfg.loss)
     x, y = data.train.x, data.train.y
@@ -87,18 +85,52 @@ def boundary_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out
         torch.manual_seed(int(eval_cfg.seed))
         margins = minimal_perturbation(AsLogits(model, threshold), x, y, norm="l2", bounds=(-1e6, 1e6),
                                        **_search_settings(eval_cfg, progress))
-    x_min, x_max, y_min, y_max = map(float, eval_cfg.view)
-    gx, gy = np.linspace(x_min, x_max, int(eval_cfg.grid)), np.linspace(y_min, y_max, int(eval_cfg.grid))
-    mesh = torch.tensor(np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2), dtype=x.dtype)
-    with torch.no_grad():
-        values = score(model(mesh)).reshape(len(gy), len(gx)).double().numpy()
-    level = threshold if model.outputs == 1 else 0.0
-    segments = contourpy.contour_generator(gx, gy, values).lines(level)
-    boundary = [pd.DataFrame(dict(kind="boundary", segment=i, x0=line[:, 0], x1=line[:, 1]))
-                for i, line in enumerate(segments)]
+    boundary = trace_boundary(model, threshold, eval_cfg.view, int(eval_cfg.grid))
     points = pd.DataFrame(dict(kind="point", index=np.arange(len(y)), x0=x[:, 0].numpy(), x1=x[:, 1].numpy(),
                                target=y.numpy(), margin=margins.double().numpy()))
-    return pd.concat([points, *boundary], ignore_index=True)
+    return pd.concat([points, boundary], ignore_index=True)
+
+
+def trace_boundary(model: EntryNet, threshold: float, view: list[float], grid: int) -> pd.DataFrame:
+    """The decision boundary of a model on 2D inputs, traced on a ``grid`` x ``grid`` mesh over
+    view = [x_min, x_max, y_min, y_max]: rows kind=boundary, segment, x0, x1."""
+    import contourpy
+
+    x_min, x_max, y_min, y_max = map(float, view)
+    gx, gy = np.linspace(x_min, x_max, grid), np.linspace(y_min, y_max, grid)
+    mesh = torch.tensor(np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2), dtype=torch.float32)
+    with torch.no_grad():
+        values = score(model(mesh.to(next(model.parameters()).device))).reshape(len(gy), len(gx))
+    level = threshold if model.outputs == 1 else 0.0
+    segments = contourpy.contour_generator(gx, gy, values.double().cpu().numpy()).lines(level)
+    frames = [pd.DataFrame(dict(kind="boundary", segment=i, x0=line[:, 0], x1=line[:, 1]))
+              for i, line in enumerate(segments)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["kind", "segment", "x0", "x1"])
+
+
+def complement_basis(subspace: torch.Tensor) -> torch.Tensor:
+    """Orthonormal rows spanning the orthogonal complement of the rows of ``subspace`` (k, d)."""
+    _, _, vh = torch.linalg.svd(subspace.double(), full_matrices=True)
+    return vh[subspace.shape[0]:].to(subspace.dtype)
+
+
+def offmanifold_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
+                        progress: bool) -> pd.DataFrame:  # noqa: ARG001
+    """Toys with a known subspace: each training point's distance to the boundary along the normal of the data
+    subspace (to ``tolerance``), plus the boundary trace when the data are 2D: rows kind=point / boundary."""
+    data = load_dataset(cfg.data)
+    if data.subspace is None:
+        raise ConfigError(f"eval=offmanifold needs a data set with a known subspace: data.name={cfg.data.name!r}")
+    threshold = decision_threshold(cfg.loss)
+    x, y = data.train.x, data.train.y
+    distance = offmanifold_distance(model, x, complement_basis(data.subspace), max_distance=eval_cfg.max_distance,
+                                    tolerance=eval_cfg.tolerance, threshold=threshold)
+    points = pd.DataFrame(dict(kind="point", index=np.arange(len(y)), target=y.numpy(), distance=distance.numpy(),
+                               **{f"x{i}": x[:, i].numpy() for i in range(x.shape[1])}))
+    if x.shape[1] != 2:
+        return points
+    return pd.concat([points, trace_boundary(model, threshold, eval_cfg.view, int(eval_cfg.grid))],
+                     ignore_index=True)
 
 
 def pca_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
@@ -120,7 +152,7 @@ def pca_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: Run
 
 
 EVALUATORS: dict[str, Callable[..., pd.DataFrame]] = {"margin": margin_results, "boundary": boundary_results,
-                                                      "pca": pca_results}
+                                                      "pca": pca_results, "offmanifold": offmanifold_results}
 
 
 def evaluate(run: RunDir, eval_cfg: DictConfig, device: str = "auto", progress: bool = True) -> pd.DataFrame:

@@ -6,11 +6,20 @@ from functools import partial
 from pexp.figures.base import Figure, Run
 from pexp.figures.margins import (all_vs_first_claims, eps_sweep_claims, plot_margin_cdfs,
                                   small_test_margin_claims)
+from pexp.figures.offmanifold import SETTINGS, offmanifold_claims, plot_offmanifold_2d
 from pexp.figures.pca import layer_pca_claims, plot_layer_pca
 from pexp.figures.toys import pe_fig1_claims, pe_fig2_claims, plot_pe_fig1, plot_pe_fig2
 
 PE_FIG1_SEEDS = (1, 21, 41, 61, 81, 101)
 PE_FIG5_EPS = (0.005, 0.010, 0.020)
+OM_SEEDS = tuple(range(1, 9))  # setting (b) converges for some seeds only: run eight, report how many did
+
+
+def om_runs(prefix: str) -> dict[str, Run]:
+    return {f"{setting}/seed{seed}": Run(f"{prefix}_{setting}", (f"seed={seed}",),
+                                         (("setting", setting), ("seed", seed)))
+            for setting in SETTINGS for seed in OM_SEEDS}
+
 ALL_VS_FIRST = dict(runs={"first": "richness_fig2_first", "all": "richness_fig2_all"}, evaluator="margin",
                     claims=all_vs_first_claims)
 
@@ -64,6 +73,24 @@ FIGURES: dict[str, Figure] = {
         evaluator="pca",
         claims=layer_pca_claims,
         plot=plot_layer_pca,
+    ),
+    "offmanifold-fig2": Figure(
+        id="offmanifold-fig2",
+        paper="OM",
+        what="1D data (7 points on the diagonal), two-layer net: vanilla vs smaller init vs weight decay",
+        runs=om_runs("om_fig2"),
+        evaluator="offmanifold",
+        claims=offmanifold_claims,
+        plot=partial(plot_offmanifold_2d, title="offmanifold-fig2: two-layer ReLU network on one-dimensional data"),
+    ),
+    "offmanifold-fig6": Figure(
+        id="offmanifold-fig6",
+        paper="OM",
+        what="1D data (7 points on the diagonal), five-layer net: vanilla vs smaller init vs weight decay",
+        runs=om_runs("om_fig6"),
+        evaluator="offmanifold",
+        claims=offmanifold_claims,
+        plot=partial(plot_offmanifold_2d, title="offmanifold-fig6: five-layer ReLU network on one-dimensional data"),
     ),
     "pe-fig1": Figure(
         id="pe-fig1",

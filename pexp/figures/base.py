@@ -71,8 +71,9 @@ def make_figure(figure: Figure, overrides: Sequence[str], figures_dir: Path | st
         run = train(cfg)
         results = evaluate(run, cfg.eval, device, progress=progress)
         metrics[label] = json.loads((run / "metrics.json").read_text())
+        extra = {key: metrics[label][key] for key in ("reached_target",) if key in metrics[label]}
         frames.append(results.assign(run=label, experiment=spec.experiment, run_dir=str(run.path),
-                                     data=metrics[label]["data"], **dict(spec.tags)))
+                                     data=metrics[label]["data"], **extra, **dict(spec.tags)))
     table = pd.concat(frames, ignore_index=True)
     return write_figure(figure, table, metrics, figures_dir)
 

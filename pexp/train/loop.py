@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from pexp.config import resolve_device, validate_training
 from pexp.data import Dataset, load_dataset
-from pexp.models import EntryNet, build_model, predict
+from pexp.models import EntryNet, build_model, predict, score
 from pexp.runs import RunDir, torch_save, training_run_dir, write_csv, write_json, write_text
 from pexp.train.optim import build_optimizer
 from pexp.train.perturb import active_layers, eps_at_epoch, extreme_perturbations
@@ -72,6 +72,14 @@ def error_rate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, thresho
     return torch.cat(wrong) if wrong else torch.zeros(0, dtype=torch.bool)
 
 
+@torch.no_grad()
+def training_margin(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threshold: float) -> torch.Tensor:
+    """min_i s_i (score(x_i) - threshold) with s = -1/+1 for targets 0/1: positive once every point is right."""
+    outputs = model(x)
+    shifted = score(outputs) - (threshold if outputs.shape[1] == 1 else 0.0)
+    return ((2 * y - 1).to(shifted.dtype) * shifted).min()
+
+
 def _load_checkpoint(path: Path) -> dict | None:
     if not path.exists():
         return None
@@ -122,6 +130,7 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     batch_size = int(cfg.train.batch_size or n)  # null: full batch
     log_every, checkpoint_every = int(cfg.train.get("log_every", 1)), int(cfg.train.get("checkpoint_every", 1))
     batches = range(0, n, batch_size)
+    target = cfg.train.get("target_margin")  # stop once min_i y_i f(x_i) reaches it; train.epochs is then a cap
     epoch_bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc=str(cfg.run_name),
                      unit="epoch", disable=not cfg.train.progress)
     started, total = time.perf_counter(), torch.zeros((), device=device)
@@ -140,7 +149,9 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
             total += training_step(model, optimizer, reduction, x_batch, y_batch, cfg.loss, eps,
                                    int(cfg.perturb.pieces), active)
         done = epoch + 1
-        if done % log_every and done != epochs:
+        reached = target is not None and float(training_margin(model, x_train, y_train, threshold)) >= target
+        final = reached or done == epochs
+        if done % log_every and not final:
             continue
         seen = log_every if done % log_every == 0 else done % log_every
         mean_loss = float(total) / (n * seen)
@@ -158,10 +169,12 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
                   f"train err {rows[-1]['train_error']:.4f} test err {rows[-1]['test_error']:.4f} "
                   f"({seconds:.3g} s/epoch)")
         started, total = time.perf_counter(), torch.zeros((), device=device)
-        if done % checkpoint_every == 0 or done == epochs:
+        if done % checkpoint_every == 0 or final:
             torch_save(run / "checkpoint.pt", dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                                                    epoch=done, log=rows))
             write_csv(run / "train_log.csv", pd.DataFrame(rows))
+        if reached:
+            break
 
     test_wrong = error_rate(model, x_test, y_test, threshold).cpu()
     lossless = data.test.extras.get("lossless", torch.ones_like(test_wrong))
@@ -174,7 +187,14 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
         test_accuracy_lossless=(1 - float(test_wrong[lossless].float().mean())) if lossless.any() else None,
         n_test_lossless=int(lossless.sum()),
         seconds_per_epoch=float(pd.DataFrame(rows)["seconds"].mean()),
+        epochs_trained=int(rows[-1]["epoch"]),
     )
+    if target is not None:
+        final_margin = float(training_margin(model, x_train, y_train, threshold))
+        metrics.update(target_margin=float(target), final_margin=final_margin, reached_target=final_margin >= target)
+        if final_margin < target:
+            print(f"[pexp] WARNING: {cfg.run_name} hit the epoch cap ({epochs}) before the target margin {target}: "
+                  f"min y f(x) = {final_margin:.4f} (recorded in metrics.json as reached_target=false)")
     torch_save(run / "model.pt", dict(state_dict=model.state_dict(), input_shape=list(data.input_shape)))
     write_json(run / "metrics.json", metrics)
     run.mark_complete(metrics)
