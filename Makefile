@@ -27,6 +27,8 @@ smoke: install
 	$(PY) -m pexp.figures fig=richness-fig2 data=synthetic_cifar2 $(SMOKE) $(ARGS)
 	OMP_NUM_THREADS=1 $(PY) -m pexp.figures fig=pe-fig1 $(SMOKE) $(SHORT) $(ARGS)
 	OMP_NUM_THREADS=1 $(PY) -m pexp.figures fig=pe-fig2 $(SMOKE) $(SHORT) $(ARGS)
+	for fig in offmanifold-fig2 offmanifold-fig6; do \
+		OMP_NUM_THREADS=1 $(PY) -m pexp.figures fig=$$fig $(SMOKE) train.epochs=1000 $(ARGS) || exit 1; done
 	for fig in pe-fig4 pe-fig5 pe-fig6 richness-fig1; do \
 		$(PY) -m pexp.figures fig=$$fig data=synthetic_cifar2 $(SMOKE) $(ARGS) || exit 1; done
 
