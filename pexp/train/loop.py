@@ -131,6 +131,9 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     log_every, checkpoint_every = int(cfg.train.get("log_every", 1)), int(cfg.train.get("checkpoint_every", 1))
     batches = range(0, n, batch_size)
     target = cfg.train.get("target_margin")  # stop once min_i y_i f(x_i) reaches it; train.epochs is then a cap
+    if state is not None and target is not None and float(training_margin(model, x_train, y_train,
+                                                                           threshold)) >= target:
+        start_epoch = epochs  # it had stopped at its target when interrupted: nothing left to train
     epoch_bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc=str(cfg.run_name),
                      unit="epoch", disable=not cfg.train.progress)
     started, total = time.perf_counter(), torch.zeros((), device=device)
