@@ -34,7 +34,7 @@ def plot_offmanifold_2d(table: pd.DataFrame, title: str) -> plt.Figure:
             ax.scatter(chosen["x0"], chosen["x1"], color=color, s=25, zorder=3, label=f"label {target}")
         seeds = table[(table["setting"] == setting) & (table["kind"] == "point")].drop_duplicates("seed")
         ax.set_title(f"{name}, seed {seed}{'' if converged else ' (DID NOT reach the target margin)'}\n"
-                     f"mean off-manifold distance {points['distance'].mean():.3f}; "
+                     f"median off-manifold distance {points['distance'].median():.3f}; "
                      f"{int(seeds['reached_target'].sum())}/{len(seeds)} seeds converged", fontsize=8)
         ax.set_xlim(-1, 1)
         ax.set_ylim(-1, 1)
@@ -46,21 +46,24 @@ def plot_offmanifold_2d(table: pd.DataFrame, title: str) -> plt.Figure:
 
 
 def offmanifold_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:  # noqa: ARG001
-    """The off-manifold distance (mean over the data points and the converged seeds) is larger in (b) and (c)
-    than in (a). Seeds that missed the target margin are counted and left out, never silently."""
+    """The off-manifold distance (median over the data points of the converged seeds; inf where the boundary is
+    not crossed within the evaluator's max_distance) is larger in (b) and (c) than in (a). Seeds that missed the
+    target margin are counted and left out, never silently."""
     points = table[table["kind"] == "point"]
     summary = {}
     for setting in SETTINGS:
         rows = points[points["setting"] == setting]
         seeds = rows.drop_duplicates("seed")
         converged = _converged(rows)
-        summary[setting] = dict(mean_distance=float(converged["distance"].mean()) if len(converged) else None,
-                                converged_seeds=int(seeds["reached_target"].sum()), seeds=len(seeds))
+        summary[setting] = dict(
+            median_distance=float(converged["distance"].median()) if len(converged) else None,
+            share_not_crossed=float((converged["distance"] == float("inf")).mean()) if len(converged) else None,
+            converged_seeds=int(seeds["reached_target"].sum()), seeds=len(seeds))
     out = []
     for other in ("b", "c"):
-        a, b = summary["a"]["mean_distance"], summary[other]["mean_distance"]
+        a, b = summary["a"]["median_distance"], summary[other]["median_distance"]
         out.append(claim(f"the off-manifold distance is larger in {SETTINGS[other]} than in {SETTINGS['a']}",
-                         dict(a=summary["a"], **{other: summary[other]}), "mean distance (converged seeds) larger",
+                         dict(a=summary["a"], **{other: summary[other]}), "median distance (converged seeds) larger",
                          a is not None and b is not None and b > a, "toy"))
     return out
 
