@@ -27,12 +27,12 @@ def plot_margin_cdfs(table: pd.DataFrame, panels: dict[str, str], title: str = "
         x_max = max(0.1, math.ceil(float(finite.max() if len(finite) else 0) / 0.05) * 0.05)
     sizes = np.linspace(0.0, x_max, 401)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), sharey=True, squeeze=False)
-    for ax, (label, title) in zip(axes[0], panels.items()):
+    for ax, (label, panel_title) in zip(axes[0], panels.items()):
         rows = table[table["run"] == label]
         for split, style in SPLIT_STYLE.items():
             margins = rows.loc[rows["split"] == split, "margin"].to_numpy()
             ax.plot(sizes, margin_cdf(margins, sizes), label=f"{split} ({len(margins)} points)", **style)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel(r"$\ell_\infty$ size of the disturbance")
         ax.set_xlim(0, x_max)
         ax.set_ylim(0, 100)
