@@ -46,6 +46,10 @@ def test_figure_is_redrawn_from_its_csv_alone(tiny, tmp_path):
     first = [c["measured"]["median_test"] for c in json.loads(paths["claims.json"].read_text())]
     second = [c["measured"]["median_test"] for c in json.loads(again["claims.json"].read_text())]
     assert first == second and again["png"].stat().st_size > 10_000
+    figure = FIGURES["richness-fig2"].plot(table)
+    assert figure._suptitle.get_text().startswith("richness-fig2") and "SYNTHETIC" in figure._suptitle.get_text()
+    assert [ax.get_title() for ax in figure.axes] == ["(a) perturbation at the input only",
+                                                      "(b) perturbation at every layer"]
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tiny, tmp_path, monkeypatch):
