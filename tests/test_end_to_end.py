@@ -91,7 +91,7 @@ def test_cli_end_to_end_train_evaluate_figure(tiny, tmp_path):
         return result.stdout
 
     run_dir = cli("pexp.train", "experiment=richness_fig2_first").strip().splitlines()[-1]
-    assert (tmp_path / "outputs" / "runs" / "richness_fig2_first").is_dir() and run_dir.endswith(
+    assert (tmp_path / "outputs" / "runs" / "alg1_first").is_dir() and run_dir.endswith(
         training_run_dir(compose_experiment("richness_fig2_first", tiny)).path.name)
     out = cli("pexp.evaluate", "eval=margin", f"run={run_dir}")
     assert "results.csv (40 rows)" in out
