@@ -1,6 +1,8 @@
 """``python -m pexp.evaluate eval=<name> run=<run dir | experiment name> [overrides]``."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -15,17 +17,11 @@ def main(cfg: DictConfig) -> None:
     from pexp.eval.evaluate import RESULTS, eval_dir, evaluate, find_run
     from pexp.figures.compose import compose_experiment
 
-    if cfg.run is not None and not _is_dir(cfg.run):  # an experiment name: compose it with the same overrides
+    if cfg.run is not None and not Path(str(cfg.run)).is_dir():  # an experiment name: same overrides
         cfg = compose_experiment(str(cfg.run), list(HydraConfig.get().overrides.task))
     run = find_run(cfg)
     results = evaluate(run, cfg.eval, cfg.device, progress=True)
     print(f"{eval_dir(run, cfg.eval).path / RESULTS} ({len(results)} rows)")
-
-
-def _is_dir(path: str) -> bool:
-    from pathlib import Path
-
-    return Path(str(path)).is_dir()
 
 
 if __name__ == "__main__":

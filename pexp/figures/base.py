@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -44,7 +44,6 @@ class Figure:
     evaluator: str
     claims: Callable[[pd.DataFrame, dict[str, dict]], Claims]
     plot: Callable[[pd.DataFrame], plt.Figure]
-    extra_overrides: Sequence[str] = field(default_factory=tuple)
 
 
 def data_label(table: pd.DataFrame) -> str:
@@ -66,7 +65,7 @@ def make_figure(figure: Figure, overrides: Sequence[str], figures_dir: Path | st
     frames, metrics = [], {}
     for label, spec in figure.runs.items():
         spec = spec if isinstance(spec, Run) else Run(spec)
-        cfg: DictConfig = compose_experiment(spec.experiment, [f"eval={figure.evaluator}", *figure.extra_overrides,
+        cfg: DictConfig = compose_experiment(spec.experiment, [f"eval={figure.evaluator}",
                                                                *spec.overrides, *overrides])
         run = train(cfg)
         results = evaluate(run, cfg.eval, device, progress=progress)
