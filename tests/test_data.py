@@ -99,3 +99,68 @@ def test_synthetic_stand_in_is_deterministic_two_class_and_in_range():
     centred = first.train.x.flatten(1) - first.train.x.flatten(1).mean(0)
     variance = torch.linalg.svdvals(centred) ** 2
     assert variance[:8].sum() / variance.sum() > 0.9
+
+
+def fake_mnist(root, n=12):
+    """Small IDX files in torchvision's raw layout (not the official ones: their checksums differ)."""
+    folder = root / "MNIST" / "raw"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n, dtype=np.uint8) % 10
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
+            bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in images.shape) + images.tobytes())
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + labels.tobytes())
+    return folder
+
+
+MNIST = dict(name="mnist", root=None, digits=None, verify_checksums=True, download=False, n_train=None, n_test=None)
+
+
+def test_missing_mnist_says_where_it_looked_and_how_to_provide_it(tmp_path):
+    with pytest.raises(DataError) as error:
+        load_dataset(OmegaConf.create({**MNIST, "root": str(tmp_path)}))
+    text = str(error.value)
+    assert str(tmp_path / "MNIST" / "raw") in text and "PEXP_DATA" in text and "synthetic_mnist" in text
+    assert "\n" not in text
+
+
+def test_mnist_idx_files_are_read_and_checksums_enforced(tmp_path):
+    fake_mnist(tmp_path)
+    with pytest.raises(DataError, match="fail the official MD5 checksum.*verify_checksums=false"):
+        load_dataset(OmegaConf.create({**MNIST, "root": str(tmp_path)}))
+    with pytest.warns(UserWarning, match="not the official release"):
+        data = load_dataset(OmegaConf.create({**MNIST, "root": str(tmp_path), "verify_checksums": False,
+                                              "digits": [3, 7]}))
+    assert data.source == "mnist" and data.input_shape == (1, 28, 28)
+    assert data.train.y.tolist() == [0, 1]  # digits 3 and 7 of 0..11 mod 10, relabelled by position
+    raw = (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").read_bytes()
+    image_3 = torch.tensor(list(raw[16 + 3 * 784: 16 + 4 * 784]), dtype=torch.float32) / 255
+    assert torch.equal(data.train.x[0].flatten(), image_3)
+
+
+def test_mnist_pca_lies_in_its_subspace_with_binary_targets():
+    from pexp import CONF_DIR
+
+    cfg = OmegaConf.load(f"{CONF_DIR}/data/synthetic_mnist_pca32.yaml")
+    cfg.base.n_train, cfg.base.n_test, cfg.n_train = 600, 100, 300
+    data = load_dataset(cfg)
+    basis = data.subspace
+    assert basis.shape == (32, 784) and torch.allclose(basis @ basis.T, torch.eye(32), atol=1e-5)
+    flat = data.train.x.reshape(len(data.train), -1)
+    differences = flat - flat[:1]  # the data lie in an affine copy of the subspace
+    off = differences - differences @ basis.T @ basis
+    assert off.abs().max() < 1e-4 and set(data.train.y.tolist()) == {0, 1} and data.source == "synthetic"
+
+
+@pytest.mark.parametrize("name,shape,low", [("synthetic_cifar10", (3, 32, 32), -1.0), ("synthetic_mnist", (1, 28, 28), 0.0)])
+def test_ten_class_stand_ins(name, shape, low):
+    from pexp import CONF_DIR
+
+    cfg = OmegaConf.load(f"{CONF_DIR}/data/{name}.yaml")
+    cfg.n_train, cfg.n_test = 200, 50
+    data = load_dataset(cfg)
+    assert data.input_shape == shape and data.source == "synthetic"
+    assert torch.bincount(data.train.y).tolist() == [20] * 10 and data.train.x.min() >= low

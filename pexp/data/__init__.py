@@ -59,11 +59,14 @@ def load_dataset(cfg: DictConfig) -> Dataset:
 
 
 def _registry() -> dict[str, Callable[[DictConfig], Dataset]]:
-    from pexp.data.cifar import load_cifar2
-    from pexp.data.synthetic import load_synthetic_cifar2
+    from pexp.data.cifar import load_cifar
+    from pexp.data.mnist import load_mnist, load_mnist_pca
+    from pexp.data.synthetic import load_synthetic
     from pexp.data.toys import TOYS
 
-    return {"cifar2": load_cifar2, "synthetic_cifar2": load_synthetic_cifar2, **TOYS}
+    synthetic = {name: load_synthetic for name in ("synthetic_cifar2", "synthetic_cifar10", "synthetic_mnist")}
+    return {"cifar2": load_cifar, "cifar10": load_cifar, "mnist": load_mnist, "mnist_pca32": load_mnist_pca,
+            **synthetic, **TOYS}
 
 
 DATASETS = _registry()

@@ -78,7 +78,7 @@ def _to_unit_range(images: np.ndarray) -> torch.Tensor:
     return (torch.from_numpy(images).float() / 255.0 - 0.5) / 0.5
 
 
-def load_cifar2(cfg: DictConfig) -> Dataset:
+def load_cifar(cfg: DictConfig) -> Dataset:
     """The classes ``cfg.classes`` of CIFAR-10 (in file order), relabelled 0..k-1 by their position."""
     folder = _locate(cfg)
     official = _verify(folder, bool(cfg.get("verify_checksums", True)))

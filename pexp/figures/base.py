@@ -44,6 +44,9 @@ class Figure:
     evaluator: str
     claims: Callable[[pd.DataFrame, dict[str, dict]], Claims]
     plot: Callable[[pd.DataFrame], plt.Figure]
+    # Figures that need no training run (a data set's spectrum, a formula): ``build(overrides, device, progress)``
+    # returns the tidy table and a metrics dict, in place of ``runs`` + ``evaluator``.
+    build: Callable[[Sequence[str], str, bool], tuple[pd.DataFrame, dict[str, dict]]] | None = None
 
 
 def data_label(table: pd.DataFrame) -> str:
@@ -62,6 +65,9 @@ def claim(text: str, measured: object, expected: str, holds: bool, data: str) ->
 def make_figure(figure: Figure, overrides: Sequence[str], figures_dir: Path | str, device: str = "auto",
                 progress: bool = True) -> dict[str, Path]:
     """Train / evaluate what is missing, then write ``<id>.{csv,claims.json,png,pdf}`` atomically."""
+    if figure.build is not None:
+        table, metrics = figure.build(overrides, device, progress)
+        return write_figure(figure, table, metrics, figures_dir)
     frames, metrics = [], {}
     for label, spec in figure.runs.items():
         spec = spec if isinstance(spec, Run) else Run(spec)
