@@ -66,7 +66,7 @@ def test_richness_fig2_experiments_differ_only_in_perturbed_layers():
     ("train.log_every=2", "train.checkpoint_every=1 is not allowed: must be a multiple of train.log_every=2"),
     ("perturb.layers=middle", "perturb.layers='middle' is not allowed: choose one of none, all, first"),
     ("model.name=resnet", "model.name='resnet' is not allowed: choose one of linear, mlp, pe_net"),
-    ("data.name=imagenet", "data.name='imagenet' is not allowed: choose one of cifar2, diagonal7"),
+    ("data.name=imagenet", "data.name='imagenet' is not allowed: choose one of cifar10, cifar2, diagonal7"),
     ("optim.lr=0", "optim.lr=0 is not allowed: must be a number > 0"),
     ("optim.momentum=1.0", "optim.momentum=1.0 is not allowed"),
     ("train.epochs=0", "train.epochs=0 is not allowed"),
