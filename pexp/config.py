@@ -79,6 +79,10 @@ def validate_training(cfg: DictConfig) -> None:
     layers = _get(cfg, "init.layers")
     if not (layers == "all" or OmegaConf.is_list(layers) or isinstance(layers, list)):
         raise ConfigError(f"init.layers={layers!r} is not allowed: must be 'all' or a list of layer names")
+    if _get(cfg, "init.scheme") is not None:
+        check_choice(cfg, "init.scheme", ["default", "normal_fan_in"])
+    check_number(cfg, "init.first_std", low=0, low_open=True, optional=True)
+    check_number(cfg, "optim.first_layer_penalty", low=0, optional=True)
     check_choice(cfg, "optim.name", ["summed_momentum", "sgd"])
     check_number(cfg, "optim.lr", low=0, low_open=True)
     check_number(cfg, "optim.momentum", low=0, high=1, high_open=True)

@@ -153,8 +153,15 @@ def build_model(cfg: DictConfig, input_shape: Sequence[int], init: DictConfig | 
     return model
 
 
+INIT_SCHEMES = ("default", "normal_fan_in")
+
+
 def scale_init(model: EntryNet, init: DictConfig) -> None:
-    """Divide the default weights of ``init.layers`` ('all', or names; 'first' = the first affine layer)."""
+    """Set the initial weights as ``init`` says, in this order (biases keep PyTorch's default):
+    ``scheme``: default (PyTorch's) or normal_fan_in (every weight N(0, 1/fan_in), the paper OM authors' code);
+    ``first_std``: the first affine layer's weights N(0, first_std^2) instead; ``output_signs``: the last layer's
+    weights uniform on {-1, +1}; then the weights of ``layers`` ('all', or names; 'first' = the first affine
+    layer) are divided by ``factor``."""
     from pexp.config import ConfigError
 
     factor = float(init.factor)
@@ -164,8 +171,19 @@ def scale_init(model: EntryNet, init: DictConfig) -> None:
         if name not in model.layer_names:
             raise ConfigError(f"init.layers entry {name!r} is not allowed: choose from all, first, "
                               f"{', '.join(model.layer_names)}")
-    if factor == 1.0:
-        return
+    scheme, first_std = init.get("scheme", "default"), init.get("first_std")
+    if scheme not in INIT_SCHEMES:
+        raise ConfigError(f"init.scheme={scheme!r} is not allowed: choose one of {', '.join(INIT_SCHEMES)}")
     with torch.no_grad():
-        for name in names:
-            model.affine(name).weight.div_(factor)
+        if scheme == "normal_fan_in":
+            for name in model.layer_names:
+                weight = model.affine(name).weight
+                weight.normal_(0.0, weight[0].numel() ** -0.5)
+        if first_std is not None:
+            model.affine(model.layer_names[0]).weight.normal_(0.0, float(first_std))
+        if init.get("output_signs", False):
+            weight = model.affine(model.layer_names[-1]).weight
+            weight.copy_(torch.randint(0, 2, weight.shape).to(weight) * 2 - 1)
+        if factor != 1.0:
+            for name in names:
+                model.affine(name).weight.div_(factor)

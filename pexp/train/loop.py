@@ -46,9 +46,11 @@ def decision_threshold(loss: DictConfig) -> float:
 
 
 def training_step(model: EntryNet, optimizer: torch.optim.Optimizer, reduction: str, x: torch.Tensor,
-                  y: torch.Tensor, loss: DictConfig, eps: float, pieces: int, active: list[bool]) -> torch.Tensor:
+                  y: torch.Tensor, loss: DictConfig, eps: float, pieces: int, active: list[bool],
+                  first_layer_penalty: float = 0.0) -> torch.Tensor:
     """One update; returns the summed loss of the batch (detached). With perturbations (Algorithm 1) each
-    sample's loss is the sum of its losses at the argmax- and argmin-perturbed forward passes."""
+    sample's loss is the sum of its losses at the argmax- and argmin-perturbed forward passes.
+    ``first_layer_penalty`` adds that times the l2 (Frobenius) norm of the first affine layer's weights."""
     if any(active) and eps > 0:
         perturbations = extreme_perturbations(model, x, eps, pieces, active)
         losses = per_sample_loss(model(torch.cat([x, x]), perturbations), torch.cat([y, y]), loss)
@@ -57,8 +59,11 @@ def training_step(model: EntryNet, optimizer: torch.optim.Optimizer, reduction: 
     else:
         losses = per_sample_loss(model(x), y, loss)
     total = losses.sum()
+    objective = total if reduction == "sum" else total / x.shape[0]
+    if first_layer_penalty:
+        objective = objective + first_layer_penalty * model.affine(model.layer_names[0]).weight.norm()
     optimizer.zero_grad(set_to_none=True)
-    (total if reduction == "sum" else total / x.shape[0]).backward()
+    objective.backward()
     optimizer.step()
     return total.detach()
 
@@ -130,6 +135,7 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     batch_size = int(cfg.train.batch_size or n)  # null: full batch
     log_every, checkpoint_every = int(cfg.train.get("log_every", 1)), int(cfg.train.get("checkpoint_every", 1))
     batches = range(0, n, batch_size)
+    penalty = float(cfg.optim.get("first_layer_penalty", 0.0))  # OM fig3 (c): + this x ||W_1||_2 in the loss
     target = cfg.train.get("target_margin")  # stop once min_i y_i f(x_i) reaches it; train.epochs is then a cap
     if state is not None and target is not None and float(training_margin(model, x_train, y_train,
                                                                            threshold)) >= target:
@@ -150,7 +156,7 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
                 index = order[first:first + batch_size].to(device)
                 x_batch, y_batch = x_train[index], y_train[index]
             total += training_step(model, optimizer, reduction, x_batch, y_batch, cfg.loss, eps,
-                                   int(cfg.perturb.pieces), active)
+                                   int(cfg.perturb.pieces), active, penalty)
         done = epoch + 1
         reached = target is not None and float(training_margin(model, x_train, y_train, threshold)) >= target
         final = reached or done == epochs
