@@ -102,7 +102,8 @@ def validate_training(cfg: DictConfig) -> None:
         raise ConfigError("device='cuda' is not allowed here: no CUDA device is available (use auto or cpu)")
 
 
-EVALUATORS = ("margin", "boundary", "pca", "offmanifold")
+EVALUATORS = ("margin", "boundary", "pca", "offmanifold", "projected", "dataset_pca")
+PROJECTION_MODES = ("unrestricted", "subspace", "complement")
 
 
 def validate_eval(cfg: DictConfig) -> None:
@@ -112,15 +113,25 @@ def validate_eval(cfg: DictConfig) -> None:
     if cfg.eval.name == "pca":
         check_number(cfg, "eval.n_train", low=2, integer=True, optional=True)
         return
+    if cfg.eval.name == "dataset_pca":
+        check_choice(cfg, "eval.split", ["train", "test"])
+        return
     if cfg.eval.name == "offmanifold":
         check_number(cfg, "eval.max_distance", low=0, low_open=True)
         check_number(cfg, "eval.tolerance", low=0, low_open=True)
         check_number(cfg, "eval.grid", low=2, integer=True)
+        check_number(cfg, "eval.surface_grid", low=2, integer=True, optional=True)
         return
     check_number(cfg, "eval.eps_max", low=0, low_open=True)
     check_number(cfg, "eval.resolution", low=0, low_open=True, high=float(cfg.eval.eps_max))
     check_number(cfg, "eval.steps", low=1, integer=True)
     check_number(cfg, "eval.rel_stepsize", low=0, low_open=True)
+    if cfg.eval.name == "projected":
+        check_number(cfg, "eval.n_points", low=1, integer=True)
+        modes = list(_get(cfg, "eval.modes"))
+        if not modes or any(mode not in PROJECTION_MODES for mode in modes):
+            raise ConfigError(f"eval.modes={modes} is not allowed: must be a non-empty list of "
+                              f"{', '.join(PROJECTION_MODES)}")
     if cfg.eval.name == "margin":
         check_choice(cfg, "eval.norm", ["linf", "l2"])
         check_number(cfg, "eval.n_train", low=1, integer=True, optional=True)

@@ -74,3 +74,44 @@ def test_bad_norm_is_a_clear_error():
     model, x, y = linear_problem()
     with pytest.raises(ValueError, match="norm='l3' is not allowed"):
         minimal_perturbation(model, x, y, norm="l3")
+
+
+@pytest.mark.parametrize("part", ["subspace", "complement"])
+def test_restricted_margin_equals_exact_value_for_a_linear_model(part):
+    """With perturbations restricted to a subspace S (projector P), the l2 margin of w.x + b is |w.x + b| / ||P w||."""
+    model, x, y = linear_problem(n=48, d=12)
+    basis = torch.linalg.qr(torch.randn(12, 4, generator=torch.Generator().manual_seed(3),
+                                        dtype=torch.float64))[0].T  # (4, 12) orthonormal rows
+    projector = basis.T @ basis
+    if part == "complement":
+        projector = torch.eye(12, dtype=torch.float64) - projector
+        basis = torch.linalg.svd(projector)[2][:8]  # (8, 12) rows spanning the complement
+    w = (model.weight[1] - model.weight[0]).detach()
+    value = x @ w + float(model.bias[1] - model.bias[0])
+    exact = torch.where((value > 0).long() != y, torch.zeros_like(value), value.abs() / (projector @ w).norm())
+    resolution = 0.005
+    eps_max = math.ceil(float(exact[exact > 0].quantile(0.6)) / resolution) * resolution
+    found = minimal_perturbation(model, x, y, norm="l2", bounds=(-1e6, 1e6), eps_max=eps_max,
+                                 resolution=resolution, random_start=False, directions=basis).double()
+    inside = exact <= eps_max - resolution
+    assert inside.sum() >= 10
+    assert torch.all(found[inside] >= exact[inside] - 1e-6)
+    assert torch.all(found[inside] <= exact[inside] + resolution + 1e-6)
+
+
+def test_restricted_attack_never_leaves_its_subspace():
+    import foolbox as fb
+
+    from pexp.eval.margin import _L2PGD
+
+    model, x, y = linear_problem(n=32, d=12)
+    basis = torch.linalg.qr(torch.randn(12, 3, dtype=torch.float64,
+                                        generator=torch.Generator().manual_seed(1)))[0].T
+    attack = _L2PGD(rel_stepsize=1 / 30, steps=40, random_start=True)
+    attack.projector = basis.T @ basis
+    fmodel = fb.PyTorchModel(model.eval(), bounds=(-1e6, 1e6))
+    adversarial = attack.run(fmodel, x, fb.criteria.Misclassification(y), epsilon=2.0)
+    delta = adversarial - x
+    assert delta.norm(dim=1).max() > 0.5  # it moved
+    off = delta - delta @ basis.T @ basis
+    assert off.norm(dim=1).max() < 1e-9 and delta.norm(dim=1).max() <= 2.0 + 1e-9

@@ -11,11 +11,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pexp.config import ConfigError, resolve_device, validate_eval
-from pexp.data import Split, load_dataset
+from pexp.data import Dataset, Split, load_dataset
 from pexp.eval.geometry import cumulative_explained_variance, offmanifold_distance
 from pexp.eval.margin import minimal_perturbation
 from pexp.models import AsLogits, EntryNet, score
-from pexp.runs import RunDir, config_hash, write_csv, write_json
+from pexp.runs import RunDir, config_hash, run_identity, write_csv, write_json
 from pexp.train.loop import decision_threshold, load_trained
 
 NOT_HASHED = ("batch_size", "progress")
@@ -127,10 +127,32 @@ def offmanifold_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, 
                                     tolerance=eval_cfg.tolerance, threshold=threshold)
     points = pd.DataFrame(dict(kind="point", index=np.arange(len(y)), target=y.numpy(), distance=distance.numpy(),
                                **{f"x{i}": x[:, i].numpy() for i in range(x.shape[1])}))
-    if x.shape[1] != 2:
-        return points
-    return pd.concat([points, trace_boundary(model, threshold, eval_cfg.view, int(eval_cfg.grid))],
-                     ignore_index=True)
+    if x.shape[1] == 2:
+        return pd.concat([points, trace_boundary(model, threshold, eval_cfg.view, int(eval_cfg.grid))],
+                         ignore_index=True)
+    if x.shape[1] == 3 and len(data.subspace) == 2 and eval_cfg.get("surface_grid"):
+        return pd.concat([points, boundary_height(model, data, eval_cfg, threshold)], ignore_index=True)
+    return points
+
+
+def boundary_height(model: EntryNet, data: Dataset, eval_cfg: DictConfig, threshold: float) -> pd.DataFrame:
+    """3D data on a plane: on a ``surface_grid`` x ``surface_grid`` mesh of the data plane (``view`` in the plane's
+    own coordinates), the distance along the plane's normal to the nearest sign change, and on which side it is
+    (+1: along the normal, -1: against it; 0 where nothing is crossed). Rows kind=surface: u, v, distance, side."""
+    basis, normal = data.subspace.double(), complement_basis(data.subspace).double()[0]
+    origin = (data.train.x.double() - data.train.x.double() @ basis.T @ basis)[0]  # the plane's offset
+    low_u, high_u, low_v, high_v = map(float, eval_cfg.view)
+    side = int(eval_cfg.surface_grid)
+    u, v = torch.meshgrid(torch.linspace(low_u, high_u, side, dtype=torch.float64),
+                          torch.linspace(low_v, high_v, side, dtype=torch.float64), indexing="ij")
+    plane = origin + u.reshape(-1, 1) * basis[0] + v.reshape(-1, 1) * basis[1]
+    settings = dict(max_distance=eval_cfg.max_distance, tolerance=eval_cfg.tolerance, threshold=threshold)
+    up = offmanifold_distance(model, plane.float(), normal.float(), **settings, one_sided=True)
+    down = offmanifold_distance(model, plane.float(), -normal.float(), **settings, one_sided=True)
+    distance = torch.minimum(up, down)
+    direction = torch.where(torch.isinf(distance), 0, torch.where(up <= down, 1, -1))
+    return pd.DataFrame(dict(kind="surface", u=u.flatten().numpy(), v=v.flatten().numpy(),
+                             distance=distance.numpy(), side=direction.numpy()))
 
 
 def pca_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
@@ -151,8 +173,41 @@ def pca_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: Run
     return pd.concat(frames, ignore_index=True)
 
 
+def projected_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
+                      progress: bool) -> pd.DataFrame:  # noqa: ARG001
+    """offmanifold-fig4: for ``n_points`` random training points, the l2 size of the smallest perturbation PGD
+    finds with the perturbation unrestricted, restricted to the data subspace, or to its orthogonal complement:
+    columns mode, index, target, distance (inf: none found up to eps_max)."""
+    data = load_dataset(cfg.data)
+    if data.subspace is None:
+        raise ConfigError(f"eval=projected needs a data set with a known subspace: data.name={cfg.data.name!r}")
+    subset, index = _subset(data.train, eval_cfg.n_points, int(eval_cfg.seed))
+    logits = AsLogits(model, decision_threshold(cfg.loss))
+    directions = {"unrestricted": None, "subspace": data.subspace, "complement": complement_basis(data.subspace)}
+    frames = []
+    for mode in eval_cfg.modes:
+        torch.manual_seed(int(eval_cfg.seed))
+        distance = minimal_perturbation(logits, subset.x, subset.y, norm="l2", bounds=(-1e6, 1e6),
+                                        directions=directions[mode], **_search_settings(eval_cfg, progress))
+        frames.append(pd.DataFrame(dict(mode=mode, index=index.numpy(), target=subset.y.numpy(),
+                                         distance=distance.double().numpy())))
+    return pd.concat(frames, ignore_index=True)
+
+
 EVALUATORS: dict[str, Callable[..., pd.DataFrame]] = {"margin": margin_results, "boundary": boundary_results,
-                                                      "pca": pca_results, "offmanifold": offmanifold_results}
+                                                      "pca": pca_results, "offmanifold": offmanifold_results,
+                                                      "projected": projected_results}
+
+
+def _cached(out: RunDir, eval_cfg: DictConfig, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """``out/results.csv`` when finished, else ``compute()`` under the directory's lock, saved atomically."""
+    if not out.complete:
+        with out.lock():
+            if not out.complete:
+                write_csv(out / RESULTS, compute())
+                write_json(out / "eval.json", OmegaConf.to_container(eval_cfg, resolve=True))
+                out.mark_complete()
+    return pd.read_csv(out / RESULTS)
 
 
 def evaluate(run: RunDir, eval_cfg: DictConfig, device: str = "auto", progress: bool = True) -> pd.DataFrame:
@@ -160,16 +215,34 @@ def evaluate(run: RunDir, eval_cfg: DictConfig, device: str = "auto", progress: 
     ``<run>/eval/<name>-<hash>/results.csv``."""
     validate_eval(OmegaConf.create({"eval": eval_cfg}))
     out = eval_dir(run, eval_cfg)
-    if out.complete:
-        return pd.read_csv(out / RESULTS)
-    with out.lock():
-        if not out.complete:
-            model, cfg = load_trained(run, resolve_device(device))
-            results = EVALUATORS[eval_cfg.name](model, cfg, eval_cfg, out, progress)
-            write_csv(out / RESULTS, results)
-            write_json(out / "eval.json", OmegaConf.to_container(eval_cfg, resolve=True))
-            out.mark_complete()
-    return pd.read_csv(out / RESULTS)
+
+    def compute() -> pd.DataFrame:
+        model, cfg = load_trained(run, resolve_device(device))
+        return EVALUATORS[eval_cfg.name](model, cfg, eval_cfg, out, progress)
+
+    return _cached(out, eval_cfg, compute)
+
+
+def dataset_pca_results(cfg: DictConfig, eval_cfg: DictConfig) -> pd.DataFrame:
+    """offmanifold-fig1: cumulative explained variance of the principal components of a whole data set's
+    ``eval_cfg.split`` (flattened, centred; float64 covariance accumulated in batches): columns component,
+    cumulative."""
+    data = load_dataset(cfg.data)
+    split = data.train if eval_cfg.split == "train" else data.test
+    cumulative = cumulative_explained_variance(split.x, batch_size=int(eval_cfg.batch_size))
+    return pd.DataFrame(dict(component=np.arange(1, len(cumulative) + 1), cumulative=cumulative.numpy(),
+                             n=len(split), data=data.source))
+
+
+def evaluate_data(cfg: DictConfig) -> pd.DataFrame:
+    """An evaluator of a data set alone (no model): ``dataset_pca``. Cached like :func:`evaluate`, under
+    ``<runs_dir>/<run_name>/<hash of the data config>/eval/<name>-<hash>/``."""
+    validate_eval(cfg)
+    if cfg.eval.name != "dataset_pca":
+        raise ConfigError(f"eval.name={cfg.eval.name!r} needs a trained model; data-only evaluators: dataset_pca")
+    identity = {key: value for key, value in run_identity(cfg)["data"].items()}
+    run = RunDir(Path(cfg.paths.runs_dir) / str(cfg.run_name) / config_hash(identity))
+    return _cached(eval_dir(run, cfg.eval), cfg.eval, lambda: dataset_pca_results(cfg, cfg.eval))
 
 
 def find_run(cfg: DictConfig) -> RunDir:

@@ -83,7 +83,7 @@ def _scores(model: nn.Module, points: torch.Tensor, shape: Sequence[int], batch_
 
 def offmanifold_distance(model: nn.Module, x: torch.Tensor, normal: torch.Tensor, *, max_distance: float,
                          tolerance: float, threshold: float = 0.0, scan_points: int = 256,
-                         batch_size: int = 65536) -> torch.Tensor:
+                         batch_size: int = 65536, one_sided: bool = False) -> torch.Tensor:
     """For each point, the smallest t >= 0 such that the model's decision score (``pexp.models.score``) at
     x + t u is on the other side of ``threshold`` than at x, over the directions u = +-normal (or +-each row of an
     (m, d) basis ``normal``); ``inf`` where no direction crosses within ``max_distance``. float64, on the CPU.
@@ -93,6 +93,7 @@ def offmanifold_distance(model: nn.Module, x: torch.Tensor, normal: torch.Tensor
     changed, at most ``tolerance`` beyond a crossing. ``threshold``: 0 for logits, 0.5 for a squared-error
     model with 0/1 targets. With an (m, d) basis, the minimum over its axes bounds the distance within the
     complement from above. ``x`` may have any shape (n, ...) whose trailing dimensions flatten to d.
+    ``one_sided``: only the directions +normal (each row), not their negatives.
     """
     if max_distance <= 0 or tolerance <= 0 or scan_points < 1:
         raise ValueError("max_distance and tolerance must be positive and scan_points at least 1")
@@ -104,7 +105,7 @@ def offmanifold_distance(model: nn.Module, x: torch.Tensor, normal: torch.Tensor
         raise ValueError(f"normal must have {d} columns to match x, got shape {tuple(basis.shape)}")
     if not torch.allclose(basis.norm(dim=1), torch.ones(len(basis)).to(flat), atol=1e-4):
         raise ValueError("every row of normal must be a unit vector")
-    directions = torch.cat([basis, -basis])  # (r, d)
+    directions = basis if one_sided else torch.cat([basis, -basis])  # (r, d)
     r, shape = len(directions), x.shape[1:]
 
     def sides(t: torch.Tensor) -> torch.Tensor:

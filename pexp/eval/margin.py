@@ -45,12 +45,26 @@ class _LinfPGD(_PerPointRadius, fb.attacks.LinfPGD):
 
 
 class _L2PGD(_PerPointRadius, fb.attacks.L2PGD):
+    """l2 PGD; with ``projector`` (a (d, d) orthogonal projection matrix) the random start, every gradient and
+    every perturbation are projected onto its range first, so perturbations never leave that subspace."""
+
+    projector: torch.Tensor | None = None
+
+    def _restrict(self, delta: ep.Tensor) -> ep.Tensor:
+        if self.projector is None:
+            return delta
+        flat = delta.raw.reshape(len(delta.raw), -1) @ self.projector
+        return ep.astensor(flat.reshape(delta.raw.shape))
+
     def get_random_start(self, x0: ep.Tensor, epsilon) -> ep.Tensor:  # noqa: ANN001
-        start = super().get_random_start(x0, 1.0) - x0  # a point of the unit ball
+        start = self._restrict(super().get_random_start(x0, 1.0) - x0)  # a point of the unit ball
         return x0 + start * self._radius(epsilon, x0)
 
+    def normalize(self, gradients: ep.Tensor, *, x: ep.Tensor, bounds) -> ep.Tensor:  # noqa: ANN001
+        return super().normalize(self._restrict(gradients), x=x, bounds=bounds)
+
     def project(self, x: ep.Tensor, x0: ep.Tensor, epsilon) -> ep.Tensor:  # noqa: ANN001
-        delta = x - x0
+        delta = self._restrict(x - x0)
         norms = ep.maximum(flatten(delta).norms.l2(axis=-1), 1e-12)
         radius = epsilon if isinstance(epsilon, ep.Tensor) else ep.ones_like(norms) * epsilon
         factor = ep.minimum(1.0, radius / norms)
@@ -67,13 +81,15 @@ def _norm(delta: torch.Tensor, p: float) -> torch.Tensor:
 def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",
                          bounds: Sequence[float] = (-1.0, 1.0), eps_max: float = 0.1, resolution: float = 0.001,
                          steps: int = 40, rel_stepsize: float = 1 / 30, random_start: bool = True,
-                         batch_size: int = 500, progress: bool = False) -> torch.Tensor:
+                         batch_size: int = 500, progress: bool = False,
+                         directions: torch.Tensor | None = None) -> torch.Tensor:
     """For each point, the smallest perturbation norm found that flips the prediction of ``model`` (logits, two
     or more columns): 0 where the point is already misclassified, ``inf`` where PGD finds none up to ``eps_max``.
 
     The search runs foolbox's PGD (random start, ``steps`` iterations of size ``rel_stepsize * epsilon``) at
     eps_max, then bisects each point's grid interval; the result is the norm of the smallest successful
     perturbation, so it lies within one ``resolution`` of the smallest successful grid epsilon.
+    ``directions`` (l2 only): (k, d) orthonormal rows; perturbations are restricted to their span (projected PGD).
     """
     if norm not in NORMS:
         raise ValueError(f"norm={norm!r} is not allowed: choose one of {', '.join(NORMS)}")
@@ -81,6 +97,11 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     attack = attack_class(rel_stepsize=rel_stepsize, steps=steps, random_start=random_start)
     model = model.eval()
     device = next(model.parameters()).device
+    if directions is not None:
+        if norm != "l2":
+            raise ValueError(f"directions restrict l2 attacks only, not norm={norm!r}")
+        basis = torch.as_tensor(directions, dtype=x.dtype, device=device)
+        attack.projector = basis.T @ basis
     x, y = x.to(device), y.to(device)
     fmodel = fb.PyTorchModel(model, bounds=tuple(bounds), device=device)
     grid_top = max(1, math.ceil(eps_max / resolution - 1e-9))

@@ -6,19 +6,24 @@ from functools import partial
 from pexp.figures.base import Figure, Run
 from pexp.figures.margins import (all_vs_first_claims, eps_sweep_claims, plot_margin_cdfs,
                                   small_test_margin_claims)
-from pexp.figures.offmanifold import SETTINGS, offmanifold_claims, plot_offmanifold_2d
+from pexp.figures.offmanifold import (SETTINGS, dataset_pca_claims, dataset_pca_table, offmanifold_claims,
+                                      plot_dataset_pca, plot_offmanifold_2d, plot_offmanifold_3d, plot_projected,
+                                      projected_claims)
 from pexp.figures.pca import layer_pca_claims, plot_layer_pca
 from pexp.figures.toys import pe_fig1_claims, pe_fig2_claims, plot_pe_fig1, plot_pe_fig2
 
 PE_FIG1_SEEDS = (1, 21, 41, 61, 81, 101)
 PE_FIG5_EPS = (0.005, 0.010, 0.020)
 OM_SEEDS = tuple(range(1, 9))  # setting (b) converges for some seeds only: run eight, report how many did
+OM_GRID_SEEDS = tuple(range(1, 5))  # the 3D grids: four seeds per setting
+OM_FACTORS = (1, 2, 4, 8, 16, 32)  # offmanifold-fig4's x axis (make sweep-init)
+OM_FIG4_DATA = {"sphere": "(a) 28-dimensional sphere in R^784", "mnist": "(b) MNIST on its top 32 PCA directions"}
 
 
-def om_runs(prefix: str) -> dict[str, Run]:
+def om_runs(prefix: str, seeds: tuple[int, ...] = OM_SEEDS) -> dict[str, Run]:
     return {f"{setting}/seed{seed}": Run(f"{prefix}_{setting}", (f"seed={seed}",),
                                          (("setting", setting), ("seed", seed)))
-            for setting in SETTINGS for seed in OM_SEEDS}
+            for setting in SETTINGS for seed in seeds}
 
 ALL_VS_FIRST = dict(runs={"first": "richness_fig2_first", "all": "richness_fig2_all"}, evaluator="margin",
                     claims=all_vs_first_claims)
@@ -111,5 +116,46 @@ FIGURES: dict[str, Figure] = {
         evaluator="boundary",
         claims=pe_fig2_claims,
         plot=plot_pe_fig2,
+    ),
+    "offmanifold-fig1": Figure(
+        id="offmanifold-fig1",
+        paper="OM",
+        what="cumulative explained variance of PCA of all of CIFAR-10 and of all of MNIST (no training)",
+        runs={},
+        evaluator="dataset_pca",
+        claims=dataset_pca_claims,
+        plot=plot_dataset_pca,
+        build=dataset_pca_table,
+    ),
+    "offmanifold-fig3": Figure(
+        id="offmanifold-fig3",
+        paper="OM",
+        what="25 grid points at z = 0.5 in R^3, width-4000 net: vanilla vs smaller init vs l2 penalty; distance along z",
+        runs=om_runs("om_fig3", OM_GRID_SEEDS),
+        evaluator="offmanifold",
+        claims=offmanifold_claims,
+        plot=partial(plot_offmanifold_3d, title="offmanifold-fig3: two-dimensional data at z = 0.5, two-layer net "
+                                                "of width 4000 (colour: where the boundary crosses z)"),
+    ),
+    "offmanifold-fig4": Figure(
+        id="offmanifold-fig4",
+        paper="OM",
+        what="mean l2 PGD distance (unrestricted / on / off the data subspace) against the first layer's init factor",
+        runs={f"{dataset}/factor{factor}": Run(f"om_fig4_{dataset}", (f"init.factor={factor}",),
+                                               (("dataset", dataset), ("factor", factor)))
+              for dataset in OM_FIG4_DATA for factor in OM_FACTORS},
+        evaluator="projected",
+        claims=projected_claims,
+        plot=partial(plot_projected, datasets=OM_FIG4_DATA),
+    ),
+    "offmanifold-fig5": Figure(
+        id="offmanifold-fig5",
+        paper="OM",
+        what="25 grid points in the x-y plane, width-400 net: vanilla vs smaller init vs weight decay",
+        runs=om_runs("om_fig5", OM_GRID_SEEDS),
+        evaluator="offmanifold",
+        claims=offmanifold_claims,
+        plot=partial(plot_offmanifold_3d, title="offmanifold-fig5: two-dimensional data in the x-y plane, "
+                                                "two-layer net of width 400 (default init)"),
     ),
 }

@@ -24,10 +24,23 @@ def run_overrides(overrides: Sequence[str]) -> list[str]:
     return kept
 
 
-def compose_experiment(experiment: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """The full config of ``experiment=<name>`` plus ``overrides`` (run-level ones only)."""
-    arguments = [f"experiment={experiment}", *run_overrides(overrides)]
+# synthetic=true: each real data set is replaced by its offline stand-in (figures made from it say so).
+STAND_INS = {"cifar2": "synthetic_cifar2", "cifar10": "synthetic_cifar10", "mnist": "synthetic_mnist",
+             "mnist_pca32": "synthetic_mnist_pca32"}
+
+
+def _compose(arguments: list[str]) -> DictConfig:
     if GlobalHydra.instance().is_initialized():
         return compose(config_name="config", overrides=arguments)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=arguments)
+
+
+def compose_experiment(experiment: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """The full config of ``experiment=<name>`` plus ``overrides`` (run-level ones only); with ``synthetic=true``
+    its real data set is swapped for the synthetic stand-in."""
+    arguments = [f"experiment={experiment}", *run_overrides(overrides)]
+    cfg = _compose(arguments)
+    if cfg.get("synthetic") and cfg.data.name in STAND_INS:
+        cfg = _compose([*arguments, f"data={STAND_INS[cfg.data.name]}"])
+    return cfg
