@@ -83,6 +83,8 @@ def validate_training(cfg: DictConfig) -> None:
         check_choice(cfg, "init.scheme", ["default", "normal_fan_in"])
     check_number(cfg, "init.first_std", low=0, low_open=True, optional=True)
     check_number(cfg, "optim.first_layer_penalty", low=0, optional=True)
+    if _get(cfg, "optim.reduction") is not None:
+        check_choice(cfg, "optim.reduction", ["mean", "sum"])
     check_choice(cfg, "optim.name", ["summed_momentum", "sgd"])
     check_number(cfg, "optim.lr", low=0, low_open=True)
     check_number(cfg, "optim.momentum", low=0, high=1, high_open=True)

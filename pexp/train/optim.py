@@ -38,4 +38,5 @@ def build_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> tu
     """The optimiser and the batch-loss reduction it expects ('sum' or 'mean')."""
     if cfg.name == "summed_momentum":
         return SummedMomentum(params, cfg.lr, cfg.momentum, cfg.weight_decay), "sum"
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay), "mean"
+    reduction = cfg.get("reduction", "mean")  # the batch loss plain SGD descends: its mean (default) or its sum
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay), reduction
