@@ -9,7 +9,7 @@ SHORT   := train.epochs=3000 train.log_every=1000 train.checkpoint_every=1000
 
 JOBS    ?= $(shell nproc)
 
-.PHONY: install test smoke reproduce reproduce-fig2 sweep-eps clean-smoke
+.PHONY: install test smoke reproduce reproduce-fig2 sweep-eps sweep-init clean-smoke
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ smoke: install
 	OMP_NUM_THREADS=1 $(PY) -m pexp.figures fig=pe-fig2 $(SMOKE) $(SHORT) $(ARGS)
 	for fig in offmanifold-fig2 offmanifold-fig6; do \
 		OMP_NUM_THREADS=1 $(PY) -m pexp.figures fig=$$fig $(SMOKE) train.epochs=1000 $(ARGS) || exit 1; done
+	for fig in offmanifold-fig3 offmanifold-fig5; do \
+		OMP_NUM_THREADS=1 $(PY) -m pexp.figures fig=$$fig $(SMOKE) train.epochs=300 eval.surface_grid=11 $(ARGS) || exit 1; done
+	$(PY) -m pexp.figures fig=offmanifold-fig1 synthetic=true $(SMOKE) $(ARGS)
+	$(PY) -m pexp.figures fig=offmanifold-fig4 synthetic=true $(SMOKE) model.widths=[64,64] train.epochs=3 \
+		eval.n_points=20 eval.resolution=0.05 $(ARGS)
 	for fig in pe-fig4 pe-fig5 pe-fig6 richness-fig1; do \
 		$(PY) -m pexp.figures fig=$$fig data=synthetic_cifar2 $(SMOKE) $(ARGS) || exit 1; done
 
@@ -45,6 +50,14 @@ sweep-eps: install
 	OMP_NUM_THREADS=1 $(PY) -m pexp.train -m experiment=pe_alg1 perturb.eps=0.005,0.01,0.02 \
 		hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.progress=false $(ARGS)
 	$(PY) -m pexp.figures fig=pe-fig5 $(ARGS)
+
+# offmanifold-fig4's runs as a Hydra multirun over the first layer's init factor (both data sets), run in parallel
+# by the joblib launcher (one thread per job); the figure then finds them by config.
+FACTORS ?= 1,2,4,8,16,32
+sweep-init: install
+	OMP_NUM_THREADS=1 $(PY) -m pexp.train -m experiment=om_fig4_sphere,om_fig4_mnist init.factor=$(FACTORS) \
+		hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.progress=false $(ARGS)
+	$(PY) -m pexp.figures fig=offmanifold-fig4 $(ARGS)
 
 clean-smoke:
 	rm -rf outputs/smoke

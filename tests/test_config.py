@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from pexp import CONF_DIR
 from pexp.config import ConfigError, validate_eval, validate_training
 from pexp.data import load_dataset
+from pexp.figures.compose import STAND_INS
 from pexp.models import build_model
 
 from conftest import ROOT, TINY
@@ -42,6 +43,9 @@ def test_every_experiment_instantiates_its_model_and_data(experiment):
     if cfg.data.name == "cifar2":  # the synthetic stand-in: tests never need real data
         tiny = [o for o in TINY if cfg.model.name == "pe_net" or not o.startswith("model.size")]
         cfg = compose_with([f"experiment={experiment}", *tiny])
+    elif cfg.data.name in STAND_INS:
+        cfg = compose_with([f"experiment={experiment}", f"data={STAND_INS[cfg.data.name]}", "data.n_train=50",
+                            "data.n_test=20"])
     validate_training(cfg)
     data = load_dataset(cfg.data)
     model = build_model(cfg.model, data.input_shape, cfg.init)
