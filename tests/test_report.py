@@ -129,7 +129,8 @@ def test_cli_uses_the_output_dir_root(tmp_path, capsys):
     assert (tmp_path / "out" / "report" / "index.html").exists()
     assert (tmp_path / "out" / "report" / "img" / "pe-fig1.png").exists()
     assert "3 of 5 claims hold" in capsys.readouterr().out
-    assert main(["--figures", str(tmp_path / "nowhere")]) == 2
+    assert main(["--figures", str(tmp_path / "nowhere"), "--out", str(tmp_path / "empty")]) == 0
+    assert f"0 of 0 claims hold; {len(figure_ids())} figures missing" in capsys.readouterr().out
 
 
 def load_in_chromium(page: Path, tmp_path: Path) -> tuple[dict[str, int], list[str]]:
