@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pexp import CONF_DIR
-from pexp.config import exit_on_user_error
+from pexp.config import check_output_dir, exit_on_user_error
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -25,4 +27,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_output_dir(sys.argv[1:])
     main()
