@@ -4,8 +4,6 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 FIG     ?=
 ARGS    ?=
-SMOKE   := scale=smoke paths.output_dir=outputs/smoke train.progress=false
-SHORT   := train.epochs=3000 train.log_every=1000 train.checkpoint_every=1000
 
 JOBS    ?= $(shell nproc)
 
