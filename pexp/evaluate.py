@@ -1,9 +1,8 @@
 """``python -m pexp.evaluate eval=<name> run=<run dir | experiment name> [overrides]``."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
