@@ -4,12 +4,10 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 FIG     ?=
 ARGS    ?=
-SMOKE   := scale=smoke paths.output_dir=outputs/smoke train.progress=false
-SHORT   := train.epochs=3000 train.log_every=1000 train.checkpoint_every=1000
 
 JOBS    ?= $(shell nproc)
 
-.PHONY: install test smoke reproduce reproduce-fig2 sweep-eps sweep-init clean-smoke
+.PHONY: install test smoke reproduce reproduce-fig2 reproduce-all report browser sweep-eps sweep-init clean-smoke
 
 install: $(STAMP)
 
@@ -22,20 +20,22 @@ $(STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest
 
-# Every figure from tiny configs: synthetic stand-ins for CIFAR-10, shortened toys (outputs/smoke/figures).
+# Every figure from tiny configs: synthetic stand-ins for CIFAR-10, shortened toys (outputs/smoke/figures),
+# then the report page outputs/smoke/report/index.html. The per-figure smoke overrides live in the script.
 smoke: install
-	$(PY) -m pexp.figures fig=richness-fig2 data=synthetic_cifar2 $(SMOKE) $(ARGS)
-	OMP_NUM_THREADS=1 $(PY) -m pexp.figures fig=pe-fig1 $(SMOKE) $(SHORT) $(ARGS)
-	OMP_NUM_THREADS=1 $(PY) -m pexp.figures fig=pe-fig2 $(SMOKE) $(SHORT) $(ARGS)
-	for fig in offmanifold-fig2 offmanifold-fig6; do \
-		OMP_NUM_THREADS=1 $(PY) -m pexp.figures fig=$$fig $(SMOKE) train.epochs=1000 $(ARGS) || exit 1; done
-	for fig in offmanifold-fig3 offmanifold-fig5; do \
-		OMP_NUM_THREADS=1 $(PY) -m pexp.figures fig=$$fig $(SMOKE) train.epochs=300 eval.surface_grid=11 $(ARGS) || exit 1; done
-	$(PY) -m pexp.figures fig=offmanifold-fig1 synthetic=true $(SMOKE) $(ARGS)
-	$(PY) -m pexp.figures fig=offmanifold-fig4 synthetic=true $(SMOKE) model.widths=[64,64] train.epochs=3 \
-		eval.n_points=20 eval.resolution=0.05 $(ARGS)
-	for fig in pe-fig4 pe-fig5 pe-fig6 richness-fig1; do \
-		$(PY) -m pexp.figures fig=$$fig data=synthetic_cifar2 $(SMOKE) $(ARGS) || exit 1; done
+	$(PY) scripts/reproduce_all.py --smoke $(ARGS)
+
+# Every figure pexp.figures.FIGURES knows (finished runs reused; a failing figure does not stop the others,
+# the exit status says whether any failed), then outputs/report/index.html.
+reproduce-all: install
+	$(PY) scripts/reproduce_all.py $(ARGS)
+
+report: install
+	$(PY) -m pexp.report $(ARGS)
+
+# Debian's chromium for the browser test of the report page (skipped when present; needs root for apt-get).
+browser:
+	test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
 reproduce: install
 	@test -n "$(FIG)" || (echo "usage: make reproduce FIG=<figure id>   (ids: python -m pexp.figures --list)"; exit 2)

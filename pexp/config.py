@@ -4,9 +4,13 @@ Every bad value stops the program before any work, with one line naming the valu
 """
 from __future__ import annotations
 
+import errno
 import functools
 import numbers
+import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
@@ -99,9 +103,68 @@ def validate_training(cfg: DictConfig) -> None:
         raise ConfigError(f"train.checkpoint_every={checkpoint_every} is not allowed: must be a multiple of "
                           f"train.log_every={log_every}")
     check_number(cfg, "seed", low=0, integer=True)
+    if cfg.perturb.layers == "none" and cfg.perturb.eps > 0:
+        raise ConfigError(f"perturb.eps={cfg.perturb.eps!r} is not allowed with perturb.layers=none (nothing would be "
+                          f"perturbed): use perturb=all_layers or perturb=first_layer, or perturb.eps=0")
+    _validate_model_and_data(cfg)
     check_choice(cfg, "device", ["auto", "cpu", "cuda"])
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' is not allowed here: no CUDA device is available (use auto or cpu)")
+
+
+def check_list(cfg: DictConfig, key: str, *, low: int, length: int | None = None, distinct: bool = False,
+               high: int | None = None) -> None:
+    """A list of integers >= ``low`` (and <= ``high``), of ``length`` items when given, distinct if asked."""
+    value = _get(cfg, key)
+    items = list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else None
+    ok = items is not None and len(items) > 0 and all(
+        isinstance(item, int) and not isinstance(item, bool) and item >= low and (high is None or item <= high)
+        for item in items)
+    ok = ok and (length is None or len(items) == length) and (not distinct or len(set(items)) == len(items))
+    if not ok:
+        what = f"a list of {length} " if length else "a non-empty list of "
+        what += f"{'distinct ' if distinct else ''}integers >= {low}" + (f" and <= {high}" if high is not None else "")
+        shown = items if items is not None else value
+        raise ConfigError(f"{key}={shown!r} is not allowed: must be {what}")
+
+
+def layer_names(model: DictConfig) -> list[str] | None:
+    """The affine layers' names of the model a config builds (None for a model this check does not know)."""
+    if model.name in ("pe_net", "richness_cnn"):
+        return ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    if model.name == "mlp":
+        return [f"fc{i + 1}" for i in range(len(model.widths) + 1)]
+    if model.name == "linear":
+        return ["fc1"]
+    return None
+
+
+def _validate_model_and_data(cfg: DictConfig) -> None:
+    """The model's and the data set's own numbers, and init.layers against the model's layer names."""
+    model = cfg.model
+    if "size" in model:
+        check_number(cfg, "model.size", low=1, integer=True)
+    if "widths" in model:
+        check_list(cfg, "model.widths", low=1, length=4 if model.name == "richness_cnn" else None)
+    if "negative_slope" in model:
+        check_number(cfg, "model.negative_slope", low=0)
+    if "hidden_bias_scale" in model:
+        check_number(cfg, "model.hidden_bias_scale")
+    names = layer_names(model)
+    layers = _get(cfg, "init.layers")
+    if names is not None and layers != "all":
+        for name in layers:
+            if name != "first" and name not in names:
+                raise ConfigError(f"init.layers entry {name!r} is not allowed for model {model.name}: choose from "
+                                  f"all, first, {', '.join(names)}")
+    if cfg.data.name in ("cifar2", "cifar10"):
+        check_list(cfg, "data.classes", low=0, high=9, length=2 if cfg.data.name == "cifar2" else None,
+                   distinct=True)
+    if cfg.data.name.startswith("synthetic_"):
+        check_number(cfg, "data.rank", low=1, high=3 * 32 * 32, integer=True)
+        for key in ("class_std", "spread", "noise"):
+            check_number(cfg, f"data.{key}", low=0)
+        check_number(cfg, "data.separation")
 
 
 EVALUATORS = ("margin", "boundary", "pca", "offmanifold", "projected", "dataset_pca")
@@ -112,6 +175,10 @@ def validate_eval(cfg: DictConfig) -> None:
     """Check the eval group: the margin search settings of the evaluators that search, then each one's own."""
     check_choice(cfg, "eval.name", EVALUATORS)
     check_number(cfg, "eval.batch_size", low=1, integer=True)
+    if "seed" in cfg.eval:
+        check_number(cfg, "eval.seed", low=0, integer=True)
+    if "random_start" in cfg.eval and not isinstance(cfg.eval.random_start, bool):
+        raise ConfigError(f"eval.random_start={cfg.eval.random_start!r} is not allowed: must be true or false")
     if cfg.eval.name == "pca":
         check_number(cfg, "eval.n_train", low=2, integer=True, optional=True)
         return
@@ -152,8 +219,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# OS errors that mean "this output cannot be written here", reported as one line like a bad config value.
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST}
+
+
+def check_output_dir(arguments: list[str]) -> None:
+    """Before Hydra starts (it writes its logs there): the output folder of a command line (its last
+    ``paths.output_dir=`` override, else $PEXP_OUTPUT, else ./outputs) must be a writable folder; else one line
+    on stderr and exit status 2."""
+    folder = next((item.split("=", 1)[1] for item in reversed(arguments) if item.startswith("paths.output_dir=")),
+                  os.environ.get("PEXP_OUTPUT") or "outputs")
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        print(f"error: paths.output_dir={folder} is not a writable folder: {error.strerror or error}",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 def exit_on_user_error(main: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a ConfigError / DataError into one clear line on stderr and exit status 2."""
+    """Turn a ConfigError / DataError, or an output that cannot be written (disk full, not writable), into one
+    clear line on stderr and exit status 2 (atomic writes leave every existing file as it was)."""
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -161,6 +249,12 @@ def exit_on_user_error(main: Callable[..., Any]) -> Callable[..., Any]:
             return main(*args, **kwargs)
         except (ConfigError, DataError) as error:
             print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        except OSError as error:
+            if error.errno not in WRITE_ERRORS:
+                raise
+            print(f"error: cannot write {error.filename}: {error.strerror} (existing results are intact; "
+                  f"free space or choose another paths.output_dir)", file=sys.stderr)
             sys.exit(2)
 
     return wrapper

@@ -1,6 +1,7 @@
 """``python -m pexp.evaluate eval=<name> run=<run dir | experiment name> [overrides]``."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -8,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pexp import CONF_DIR
-from pexp.config import exit_on_user_error
+from pexp.config import check_output_dir, exit_on_user_error
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -25,4 +26,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_output_dir(sys.argv[1:])
     main()

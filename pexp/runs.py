@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 COMPLETE = "COMPLETE"
+TMP_SUFFIX = ".tmp"  # temporary files of atomic_write: .<stem>.<random>.tmp<suffix>
 
 # The keys of the training config that define a run, and the ones inside them that only say where or how
 # to find/show things (not hashed).
@@ -56,17 +57,22 @@ def run_identity(cfg: DictConfig) -> dict:
 
 
 def atomic_write(path: Path | str, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``: ``path`` is either
+    its old self or complete, never partial. An OS error (disk full, not writable) names ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{TMP_SUFFIX}{path.suffix}", dir=path.parent)
+        os.close(fd)
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as error:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(error, OSError) and error.errno is not None and error.filename != str(path):
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
     return path
 
@@ -118,12 +124,21 @@ class RunDir:
         """Written last: its presence means every other file of the run is final."""
         write_json(self.path / COMPLETE, dict(info or {}))
 
+    def mark_incomplete(self) -> None:
+        """Withdraw the marker (a finished run found damaged is redone)."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / COMPLETE).unlink()
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """An exclusive lock on the directory, so two processes never work on the same run at once."""
+        """An exclusive lock on the directory, so two processes never work on the same run at once. Whoever holds
+        it first removes the temporary files a killed process left behind."""
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / ".lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
+            for stale in self.path.glob(f".*{TMP_SUFFIX}*"):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
             try:
                 yield
             finally:

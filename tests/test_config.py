@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pexp import CONF_DIR
-from pexp.config import ConfigError, validate_eval, validate_training
+from pexp.config import ConfigError, layer_names, validate_eval, validate_training
 from pexp.data import load_dataset
 from pexp.figures.compose import STAND_INS
 from pexp.models import build_model
@@ -77,6 +77,13 @@ def test_richness_fig2_experiments_differ_only_in_perturbed_layers():
     ("device=tpu", "device='tpu' is not allowed: choose one of auto, cpu, cuda"),
     ("loss=ce", None),  # valid: the model follows the loss's number of outputs
     ("model.outputs=3", "model.outputs=3 is not allowed with loss mse: must be 1"),
+    ("model.size=0", "model.size=0 is not allowed: must be an integer >= 1"),
+    ("model.negative_slope=abc", "model.negative_slope='abc' is not allowed: must be a number >= 0"),
+    ("data.classes=[0,12]", "data.classes=[0, 12] is not allowed: must be a list of 2 distinct integers >= 0 and <= 9"),
+    ("data.classes=[3,3]", "data.classes=[3, 3] is not allowed"),
+    ("perturb.eps=[0.01,abc]", "perturb.eps=[0.01, 'abc'] is not allowed: must be a number >= 0"),
+    ("perturb.eps=0.01", "perturb.eps=0.01 is not allowed with perturb.layers=none (nothing would be perturbed)"),
+    ("init.layers=[conv9]", "init.layers entry 'conv9' is not allowed for model pe_net: choose from all, first, conv1"),
 ])
 def test_invalid_values_are_named_with_what_is_allowed(override, message):
     cfg = compose_with([override])
@@ -88,10 +95,35 @@ def test_invalid_values_are_named_with_what_is_allowed(override, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["model=richness_cnn", "model.widths=[6,0,120,84]"],
+     "model.widths=[6, 0, 120, 84] is not allowed: must be a list of 4 integers >= 1"),
+    (["model=mlp", "model.widths=[]"], "model.widths=[] is not allowed: must be a non-empty list of integers >= 1"),
+    (["data=synthetic_cifar2", "data.rank=0"], "data.rank=0 is not allowed: must be an integer >= 1 and <= 3072"),
+    (["model=linear", "init.layers=[fc2]"], "init.layers entry 'fc2' is not allowed for model linear: choose from "
+                                            "all, first, fc1"),
+])
+def test_invalid_model_and_data_values(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        validate_training(compose_with(overrides))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("option", sorted(path.stem for path in (Path(CONF_DIR) / "model").glob("*.yaml")))
+def test_layer_names_of_the_check_are_the_models(option):
+    cfg = compose_with([f"model={option}"])
+    shape = (2,) if option in ("linear", "mlp", "toy_mlp") else (3, 32, 32)
+    assert layer_names(cfg.model) == build_model(cfg.model, shape).layer_names
+
+
 def test_invalid_eval_values():
     cfg = compose_with(["eval.resolution=0.5"])
     with pytest.raises(ConfigError, match=r"eval.resolution=0.5 is not allowed: must be a number > 0 and <= 0.3"):
         validate_eval(cfg)
+    with pytest.raises(ConfigError, match=r"^eval.seed=-1 is not allowed: must be an integer >= 0$"):
+        validate_eval(compose_with(["eval.seed=-1"]))
+    with pytest.raises(ConfigError, match=r"^eval.random_start='maybe' is not allowed: must be true or false$"):
+        validate_eval(compose_with(["eval.random_start=maybe"]))
 
 
 def run_cli(*args, cwd=ROOT):

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -21,12 +22,21 @@ def test_figure_writes_four_files_and_reuses_runs(tiny, tmp_path, capsys):
     figures_dir = tmp_path / "figures"
     paths = make_figure(FIGURES["richness-fig2"], tiny, figures_dir, progress=False)
     assert sorted(p.name for p in figures_dir.iterdir()) == sorted(
-        f"richness-fig2.{ext}" for ext in ("csv", "claims.json", "png", "pdf"))
+        f"richness-fig2.{ext}" for ext in ("csv", "claims.json", "png", "pdf", "meta.json"))
     claims = json.loads(paths["claims.json"].read_text())
     assert len(claims) == 3
     for item in claims:
         assert set(item) == {"claim", "measured", "expected", "holds", "data"}
         assert item["data"] == "synthetic" and isinstance(item["holds"], bool)
+    meta = json.loads(paths["meta.json"].read_text())
+    assert (meta["id"], meta["paper"], meta["overrides"], meta["data"]) == ("richness-fig2", "R", tiny, ["synthetic"])
+    assert [(run["label"], run["experiment"]) for run in meta["runs"]] == [("first", "richness_fig2_first"),
+                                                                           ("all", "richness_fig2_all")]
+    for run in meta["runs"]:
+        assert run["run_dir"].endswith("/" + run["hash"]) and (Path(run["run_dir"]) / "COMPLETE").exists()
+        assert run["train_seconds"] > 0
+    assert meta["seconds"] > 0 and meta["train_seconds"] == sum(run["train_seconds"] for run in meta["runs"])
+    assert meta["created_utc"].endswith("Z")
     table = pd.read_csv(paths["csv"])
     assert set(table["run"]) == {"first", "all"} and set(table["split"]) == {"train", "test"}
     assert len(table) == 2 * (20 + 20) and (table["margin"] >= 0).all()

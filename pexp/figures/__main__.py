@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pexp import CONF_DIR
-from pexp.config import ConfigError, exit_on_user_error
+from pexp.config import ConfigError, check_output_dir, exit_on_user_error
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -33,4 +33,5 @@ if __name__ == "__main__":
         for figure in FIGURES.values():
             print(f"{figure.id:16s} paper {figure.paper}: {figure.what}")
         sys.exit(0)
+    check_output_dir(sys.argv[1:])
     main()

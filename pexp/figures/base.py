@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -64,11 +66,13 @@ def claim(text: str, measured: object, expected: str, holds: bool, data: str) ->
 
 def make_figure(figure: Figure, overrides: Sequence[str], figures_dir: Path | str, device: str = "auto",
                 progress: bool = True) -> dict[str, Path]:
-    """Train / evaluate what is missing, then write ``<id>.{csv,claims.json,png,pdf}`` atomically."""
+    """Train / evaluate what is missing, then write ``<id>.{csv,claims.json,png,pdf,meta.json}`` atomically."""
+    started = time.perf_counter()
     if figure.build is not None:
         table, metrics = figure.build(overrides, device, progress)
-        return write_figure(figure, table, metrics, figures_dir)
-    frames, metrics = [], {}
+        return write_figure(figure, table, metrics, figures_dir, meta=dict(overrides=list(overrides),
+                                                                           started=started))
+    frames, metrics, runs = [], {}, []
     for label, spec in figure.runs.items():
         spec = spec if isinstance(spec, Run) else Run(spec)
         cfg: DictConfig = compose_experiment(spec.experiment, [f"eval={figure.evaluator}",
@@ -76,17 +80,42 @@ def make_figure(figure: Figure, overrides: Sequence[str], figures_dir: Path | st
         run = train(cfg)
         results = evaluate(run, cfg.eval, device, progress=progress)
         metrics[label] = json.loads((run / "metrics.json").read_text())
+        runs.append(dict(label=label, experiment=spec.experiment, run_dir=str(run.path), hash=run.path.name,
+                         data=metrics[label]["data"], train_seconds=_train_seconds(metrics[label])))
         extra = {key: metrics[label][key] for key in ("reached_target",) if key in metrics[label]}
         frames.append(results.assign(run=label, experiment=spec.experiment, run_dir=str(run.path),
                                      data=metrics[label]["data"], **extra, **dict(spec.tags)))
-    table = pd.concat(frames, ignore_index=True)
-    return write_figure(figure, table, metrics, figures_dir)
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return write_figure(figure, table, metrics, figures_dir, meta=dict(overrides=list(overrides), runs=runs,
+                                                                       started=started))
 
 
-def write_figure(figure: Figure, table: pd.DataFrame, metrics: dict[str, dict], figures_dir: Path | str
-                 ) -> dict[str, Path]:
+def _train_seconds(metrics: dict) -> float | None:
+    """A run's training wall time from its metrics.json (seconds per epoch x epochs trained), if recorded."""
+    if metrics.get("seconds_per_epoch") is None or metrics.get("epochs_trained") is None:
+        return None
+    return float(metrics["seconds_per_epoch"]) * int(metrics["epochs_trained"])
+
+
+def figure_meta(figure: Figure, table: pd.DataFrame, overrides: Sequence[str] = (), runs: Sequence[dict] = (),
+                started: float | None = None) -> dict:
+    """What ``<id>.meta.json`` holds: the figure, the command-line overrides, the runs behind it (label,
+    experiment, run dir, config hash), the data sources, the seconds it took and the runs' training seconds."""
+    train_times = [run["train_seconds"] for run in runs if run.get("train_seconds") is not None]
+    sources = {run["data"] for run in runs} or (set(table["data"]) if "data" in table else set())
+    return dict(id=figure.id, paper=figure.paper, what=figure.what, overrides=list(overrides), runs=list(runs),
+                data=sorted(map(str, sources)), seconds=None if started is None else time.perf_counter() - started,
+                train_seconds=sum(train_times) if train_times else None,
+                created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def write_figure(figure: Figure, table: pd.DataFrame, metrics: dict[str, dict], figures_dir: Path | str,
+                 meta: dict | None = None) -> dict[str, Path]:
+    """Write the table, claims, PNG and PDF, and last ``<id>.meta.json`` (``meta``: keyword arguments of
+    :func:`figure_meta`), each atomically."""
     out = Path(figures_dir)
-    paths = {ext: out / f"{figure.id}.{ext}" for ext in ("csv", "claims.json", "png", "pdf")}
+    paths = {ext: out / f"{figure.id}.{ext}" for ext in ("csv", "claims.json", "png", "pdf", "meta.json")}
+    paths["meta.json"].unlink(missing_ok=True)  # written again last: present only beside a finished set
     write_csv(paths["csv"], table)
     claims = figure.claims(table, metrics)
     write_json(paths["claims.json"], claims)
@@ -94,6 +123,7 @@ def write_figure(figure: Figure, table: pd.DataFrame, metrics: dict[str, dict], 
     for ext in ("png", "pdf"):
         atomic_write(paths[ext], lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight"))
     plt.close(fig)
+    write_json(paths["meta.json"], figure_meta(figure, table, **(meta or {})))
     for item in claims:
         print(f"[pexp] claim {'HOLDS' if item['holds'] else 'FAILS'}: {item['claim']} -> {item['measured']}")
     return paths

@@ -1,9 +1,11 @@
 """``python -m pexp.train experiment=<name> [overrides]``: train (or reuse) one run."""
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from pexp import CONF_DIR
-from pexp.config import exit_on_user_error
+from pexp.config import check_output_dir, exit_on_user_error
 from pexp.train.loop import train
 
 
@@ -14,4 +16,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_output_dir(sys.argv[1:])
     main()

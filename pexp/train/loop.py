@@ -100,14 +100,27 @@ def train(cfg: DictConfig) -> RunDir:
     """Train the run ``cfg`` describes, or reuse it when finished; resume from its checkpoint when interrupted."""
     validate_training(cfg)
     run = training_run_dir(cfg)
-    if run.complete:
+    if run.complete and _model_readable(run):
         print(f"[pexp] reusing finished run {run.path}")
         return run
     with run.lock():
-        if run.complete:  # finished by another process while we waited
+        if run.complete and _model_readable(run):  # finished by another process while we waited
             return run
+        if run.complete:
+            warnings.warn(f"run {run.path} is marked finished but its model.pt is unreadable; redoing it from its "
+                          f"last valid checkpoint", stacklevel=2)
+            run.mark_incomplete()
         _train_locked(cfg, run)
     return run
+
+
+def _model_readable(run: RunDir) -> bool:
+    """Whether a finished run's model.pt loads (a truncated or corrupted one means the run is redone)."""
+    try:
+        torch.load(run / "model.pt", map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - any failure to load means the file cannot be trusted
+        return False
+    return True
 
 
 def _train_locked(cfg: DictConfig, run: RunDir) -> None:
