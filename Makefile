@@ -9,7 +9,7 @@ SHORT   := train.epochs=3000 train.log_every=1000 train.checkpoint_every=1000
 
 JOBS    ?= $(shell nproc)
 
-.PHONY: install test smoke reproduce reproduce-fig2 sweep-eps clean-smoke
+.PHONY: install test smoke reproduce reproduce-fig2 sweep-eps bench clean-smoke
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ sweep-eps: install
 	OMP_NUM_THREADS=1 $(PY) -m pexp.train -m experiment=pe_alg1 perturb.eps=0.005,0.01,0.02 \
 		hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.progress=false $(ARGS)
 	$(PY) -m pexp.figures fig=pe-fig5 $(ARGS)
+
+# Speed of the batched pieces against their references, one table + outputs/bench/bench.json (~10 min here);
+# ARGS="--quick" for seconds, ARGS="--full-e2e" to time make reproduce-fig2 from scratch (see --help).
+bench: install
+	$(PY) scripts/bench.py $(ARGS)
 
 clean-smoke:
 	rm -rf outputs/smoke

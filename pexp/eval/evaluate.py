@@ -164,11 +164,13 @@ def evaluate(run: RunDir, eval_cfg: DictConfig, device: str = "auto", progress: 
         return pd.read_csv(out / RESULTS)
     with out.lock():
         if not out.complete:
+            started = time.perf_counter()
             model, cfg = load_trained(run, resolve_device(device))
             results = EVALUATORS[eval_cfg.name](model, cfg, eval_cfg, out, progress)
             write_csv(out / RESULTS, results)
             write_json(out / "eval.json", OmegaConf.to_container(eval_cfg, resolve=True))
-            out.mark_complete()
+            # wall time of this session (make bench reads it; a resumed evaluation counts its last session only)
+            out.mark_complete(dict(seconds=time.perf_counter() - started))
     return pd.read_csv(out / RESULTS)
 
 
