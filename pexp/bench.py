@@ -11,6 +11,8 @@ Rows (each a ratio of ours to the reference, except the end-to-end stage times):
 4. Tangent sensitivity: closed form vs the full mixed derivative by autograd.
 5. End to end: the stages of ``make reproduce-fig2``, from the records of finished runs when present, else a
    measured slice extrapolated to the full figure (labelled so); ``--full-e2e`` times the real thing.
+6. Threads (CPU): batched Algorithm 1 throughput with torch's default threads, with OMP_WAIT_POLICY=PASSIVE, and
+   with one thread, each in a fresh process.
 
 Timings alternate between ours and the reference (so a change in the machine's load hits both) and keep the best
 of several rounds; the machine's load average is recorded with the results.
@@ -427,6 +429,53 @@ def _full_end_to_end(overrides: Sequence[str], device: torch.device) -> list[dic
     return _stage_rows(stages, "measured now, from scratch", {"total": f"runs under {root}"})
 
 
+# ------------------------------------------------------------------------------------------ row 6: threads
+THREAD_SETTINGS = {
+    "torch default threads, OpenMP default wait": {},
+    "torch default threads, OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "1 thread": {"OMP_NUM_THREADS": "1"},
+}
+
+
+def _throughput_probe(size: int, samples: int) -> None:
+    """Child process: best of 3 batched Algorithm 1 slices; prints samples/s."""
+    loss = OmegaConf.create({"name": "mse"})
+    model = pe_net(size, (3, 32, 32))
+    optimizer = SummedMomentum(model.parameters(), lr=LR, momentum=MOMENTUM)
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(samples, 3, 32, 32, generator=generator) * 2 - 1, torch.randint(0, 2, (samples,))
+    active = active_layers(model, "all")
+
+    def slice_() -> None:
+        for first in range(0, samples, BATCH):
+            training_step(model, optimizer, "sum", x[first:first + BATCH], y[first:first + BATCH], loss, EPS,
+                          PIECES, active)
+    slice_()
+    print(samples / min(timed(slice_, torch.device("cpu")) for _ in range(3)))
+
+
+def threads_row(sizes: dict) -> dict:
+    """Batched Algorithm 1 throughput under three thread settings, each in a fresh process (OpenMP reads its
+    environment once). Busy-waiting OpenMP threads collapse when other processes share the cores."""
+    import subprocess
+
+    samples = 2 * BATCH if sizes is SIZES[True] else 10 * BATCH
+    results = {}
+    for label, env in THREAD_SETTINGS.items():
+        code = f"from pexp.bench import _throughput_probe; _throughput_probe({sizes['model_size']}, {samples})"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
+                              env={**os.environ, **env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+        results[label] = float(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+        print(f"[bench] threads: {label}: {results[label]} samples/s (load {os.getloadavg()[0]:.2f})")
+    default = results[next(iter(THREAD_SETTINGS))]
+    best = max((value, label) for label, value in results.items() if value is not None)
+    return row("6. Threads: batched Algorithm 1 throughput, best setting vs default", best[0], default,
+               "samples/s", best[0] / default if default else None, None, None,
+               f"best: {best[1]}; " + "; ".join(f"{label}: {value:.0f}/s" for label, value in results.items()
+                                                if value is not None) + f" (load {os.getloadavg()[0]:.2f})",
+               settings=results)
+
+
 # ------------------------------------------------------------------------------------------------- output
 def _fmt(value: object) -> str:
     if value is None:
@@ -458,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help="pexp output folder holding finished richness-fig2 runs for row 5 "
                              "(default: paths.output_dir, i.e. $PEXP_OUTPUT or ./outputs); only read")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
-    parser.add_argument("--rows", default="1,2,3,4,5", help="which rows to run, e.g. 1,2")
+    parser.add_argument("--rows", default="1,2,3,4,5,6", help="which rows to run, e.g. 1,2")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the data / runs, e.g. "
                                                       "data.verify_checksums=false")
@@ -481,6 +530,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         result["rows"].append(tangent_row(sizes, device))
     if 5 in wanted:
         result["rows"] += end_to_end_rows(overrides, sizes, device, args.full_e2e)
+    if 6 in wanted and device.type == "cpu":
+        result["rows"].append(threads_row(sizes))
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     result["seconds"] = time.perf_counter() - started
     result["data"] = source
