@@ -9,6 +9,10 @@ SHORT   := train.epochs=3000 train.log_every=1000 train.checkpoint_every=1000
 
 JOBS    ?= $(shell nproc)
 
+# OpenMP threads that busy-wait collapse (up to 10x slower, measured by `make bench`, row 6) when other processes
+# share the cores; passive waiting costs little when they do not. Numbers are unchanged. Override from the shell.
+export OMP_WAIT_POLICY ?= PASSIVE
+
 .PHONY: install test smoke reproduce reproduce-fig2 sweep-eps bench clean-smoke
 
 install: $(STAMP)
