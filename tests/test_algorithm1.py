@@ -1,4 +1,5 @@
-"""Algorithm 1 batched equals the one-sample-at-a-time loop (the oracle kept here), for all / first layer."""
+"""Algorithm 1 batched equals the one-sample-at-a-time loop (the oracle, pexp.train.reference), for all / first
+layer."""
 import copy
 
 import pytest
@@ -9,6 +10,7 @@ from pexp.models import build_model, score
 from pexp.train.loop import training_step
 from pexp.train.optim import SummedMomentum
 from pexp.train.perturb import active_layers, eps_at_epoch, extreme_perturbations
+from pexp.train.reference import one_at_a_time_perturbation, one_at_a_time_update
 
 EPS, PIECES, LR, MOMENTUM = 0.05, 4, 1e-2, 0.9
 
@@ -20,35 +22,11 @@ def small_pe_net():
 
 
 def oracle_perturbation(model, x, sign, active):
-    """One sample (batch of one), one direction: `pieces` signed-gradient steps of size eps/pieces from zero."""
-    deltas = [torch.zeros(1, *shape, dtype=x.dtype) if on else None for on, shape in zip(active, model.entry_shapes)]
-    for _ in range(PIECES):
-        for delta in deltas:
-            if delta is not None:
-                delta.requires_grad_(True)
-        value = score(model(x, deltas)).sum()
-        grads = torch.autograd.grad(value, [d for d in deltas if d is not None])
-        grads = iter(grads)
-        deltas = [None if d is None else (d + sign * EPS / PIECES * next(grads).sign()).detach() for d in deltas]
-    return deltas
+    return one_at_a_time_perturbation(model, x, sign, EPS, PIECES, active)
 
 
 def oracle_update(model, buffers, x, y, active):
-    """The authors' loop: per sample, argmax and argmin perturbations, both squared errors; gradients summed over
-    the batch; buffer <- m buffer + (1 - m) sum; theta <- theta - lr buffer."""
-    params = list(model.parameters())
-    total = [torch.zeros_like(p) for p in params]
-    for i in range(len(y)):
-        xi, yi = x[i:i + 1], y[i:i + 1].double()
-        for sign in (+1, -1):
-            deltas = oracle_perturbation(model, xi, sign, active)
-            loss = ((model(xi, deltas)[:, 0] - yi) ** 2).sum()
-            for acc, grad in zip(total, torch.autograd.grad(loss, params)):
-                acc += grad
-    with torch.no_grad():
-        for param, buffer, grad in zip(params, buffers, total):
-            buffer.mul_(MOMENTUM).add_((1 - MOMENTUM) * grad)
-            param.sub_(LR * buffer)
+    one_at_a_time_update(model, buffers, x, y, EPS, PIECES, active, LR, MOMENTUM)
 
 
 @pytest.mark.parametrize("layers", ["all", "first"])

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torch.func import functional_call, jacrev
 
+from pexp.eval.reference import autograd_tangent_sensitivity
 from pexp.eval.tangent import (active_counts, linear_layers, psi_star, sensitivity_bound,
                                tangent_sensitivity)
 from pexp.models import build_model
@@ -24,20 +24,7 @@ def random_inputs(model, n=6, seed=1):
 
 
 def autograd_sensitivity(model, x):
-    """Per-layer ||d^2 f_j / d theta dx||_F^2 from the full mixed derivative, one input at a time: (N, L, outputs),
-    and the largest entry of any bias block (which must vanish)."""
-    params = {name: p.detach() for name, p in model.named_parameters()}
-
-    def output(parameters, x_one):
-        return functional_call(model, parameters, (x_one.unsqueeze(0),))[0]
-
-    rows, bias_max = [], 0.0
-    for x_one in x:
-        mixed = jacrev(jacrev(output, argnums=1), argnums=0)(params, x_one)  # name -> (outputs, *x, *param)
-        norms = {name: block.flatten(1).square().sum(1) for name, block in mixed.items()}
-        rows.append(torch.stack([norms[f"blocks.{i}.affine.weight"] for i in range(len(model.blocks))]))
-        bias_max = max(bias_max, *(float(block.abs().max()) for name, block in mixed.items() if "bias" in name))
-    return torch.stack(rows), bias_max
+    return autograd_tangent_sensitivity(model, x)
 
 
 @pytest.mark.parametrize("input_shape", [(7,), (1, 3, 4)])

@@ -200,13 +200,15 @@ EVALUATORS: dict[str, Callable[..., pd.DataFrame]] = {"margin": margin_results, 
 
 
 def _cached(out: RunDir, eval_cfg: DictConfig, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-    """``out/results.csv`` when finished, else ``compute()`` under the directory's lock, saved atomically."""
+    """``out/results.csv`` when finished, else ``compute()`` under the directory's lock, saved atomically; the
+    marker records the wall time of the session that finished it (make bench reads it)."""
     if not out.complete:
         with out.lock():
             if not out.complete:
+                started = time.perf_counter()
                 write_csv(out / RESULTS, compute())
                 write_json(out / "eval.json", OmegaConf.to_container(eval_cfg, resolve=True))
-                out.mark_complete()
+                out.mark_complete(dict(seconds=time.perf_counter() - started))
     return pd.read_csv(out / RESULTS)
 
 

@@ -1,0 +1,553 @@
+"""``make bench``: the speed of pexp's batched pieces against their slow references, measured in one process on
+the same data, printed as one table and written to ``outputs/bench/bench.json``.
+
+Rows (each a ratio of ours to the reference, except the end-to-end stage times):
+
+1. Algorithm 1 throughput (PE-net, all layers, pieces 4, batch 50): batched ``training_step`` vs the
+   one-sample-at-a-time oracle ``pexp.train.reference.one_at_a_time_update``.
+2. Algorithm 1 epoch cost over a plain squared-error epoch (same data, same batch size, same loop).
+3. Margin search: ``minimal_perturbation`` (per-point bisection) vs foolbox's LinfPGD swept over the whole epsilon
+   grid (``pexp.eval.reference.sweep_margins``): per-point forward-backward passes, wall time, agreement.
+4. Tangent sensitivity: closed form vs the full mixed derivative by autograd.
+5. End to end: the stages of ``make reproduce-fig2``, from the records of finished runs when present, else a
+   measured slice extrapolated to the full figure (labelled so); ``--full-e2e`` times the real thing.
+6. Threads (CPU): batched Algorithm 1 throughput with torch's default threads, with OMP_WAIT_POLICY=PASSIVE, and
+   with one thread, each in a fresh process.
+
+Timings alternate between ours and the reference (so a change in the machine's load hits both) and keep the best
+of several rounds; the machine's load average is recorded with the results.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from pexp.models import AsLogits, EntryNet, build_model
+from pexp.runs import write_json
+from pexp.train.loop import training_step
+from pexp.train.optim import SummedMomentum
+from pexp.train.perturb import active_layers, eps_at_epoch
+from pexp.train.reference import one_at_a_time_update
+
+EPS, PIECES, BATCH, LR, MOMENTUM = 0.02, 4, 50, 1e-3, 0.9
+FIG2_MINUTES_TARGET = 45.0
+
+# full / quick sizes
+SIZES = {
+    False: dict(model_size=2, reference_samples=50, ours_samples=1000, rounds=3, margin_points=24,
+                margin_grid=(0.001, 0.1), margin_steps=40, margin_train=2000, tangent_inputs=24,
+                slice_samples=2000, slice_margin_points=50),
+    True: dict(model_size=1, reference_samples=2, ours_samples=50, rounds=1, margin_points=3,
+               margin_grid=(0.02, 0.1), margin_steps=3, margin_train=100, tangent_inputs=2,
+               slice_samples=50, slice_margin_points=1),
+}
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call (CUDA work included)."""
+    _sync(device)
+    started = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - started
+
+
+def row(name: str, ours: float | None, reference: float | None, unit: str, ratio: float | None,
+        target: str | None, met: bool | None, notes: str = "", **extra: object) -> dict:
+    return dict(name=name, ours=ours, reference=reference, unit=unit, ratio=ratio, target=target, met=met,
+                notes=notes, **extra)
+
+
+def machine_info(device: torch.device) -> dict:
+    info = dict(cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+                torch_interop_threads=torch.get_num_interop_threads(), loadavg_start=list(os.getloadavg()),
+                device=str(device), torch=torch.__version__, python=platform.python_version(),
+                platform=platform.platform(), processor=platform.processor() or platform.machine(),
+                omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
+    if device.type == "cuda":
+        info["cuda_device"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def pe_net(size: int, input_shape: Sequence[int], seed: int = 0) -> EntryNet:
+    torch.manual_seed(seed)
+    return build_model(OmegaConf.create(dict(name="pe_net", size=size, outputs=1, negative_slope=0.01)),
+                       input_shape)
+
+
+def load_data(overrides: Sequence[str], n_train: int, n_test: int) -> tuple[object, str]:
+    """The cifar2 data of the figure when readable with ``overrides``, else the synthetic stand-in."""
+    from pexp.data import load_dataset
+    from pexp.figures.compose import compose_experiment
+
+    for name in ("cifar2", "synthetic_cifar2"):
+        # a bench never downloads; the stand-in takes none of the real data's options
+        extra = ["data.download=false"] if name == "cifar2" else []
+        kept = [o for o in overrides if name == "cifar2" or not o.lstrip("+~").startswith("data.")]
+        cfg = compose_experiment("richness_fig2_all", [*kept, f"data={name}", f"data.n_train={n_train}",
+                                                       f"data.n_test={n_test}", *extra])
+        try:
+            return load_dataset(cfg.data), name
+        except Exception as error:  # noqa: BLE001 - no real data here: the stand-in is fine for timings
+            print(f"[bench] {name} not available ({type(error).__name__}: {str(error)[:120]}); "
+                  "using the synthetic stand-in")
+    raise RuntimeError("no data")
+
+
+# ------------------------------------------------------------------------------------- rows 1-2: Algorithm 1
+def algorithm1_rows(x: torch.Tensor, y: torch.Tensor, sizes: dict, device: torch.device) -> list[dict]:
+    """Interleaved rounds on the same samples: the oracle on ``reference_samples``, then a batched epoch slice
+    of ``ours_samples`` with Algorithm 1 and without perturbations."""
+    loss = OmegaConf.create({"name": "mse"})
+    base = pe_net(sizes["model_size"], x.shape[1:]).to(device)
+    x, y = x.to(device), y.to(device)
+    active, none = active_layers(base, "all"), [False] * len(base.entry_shapes)
+
+    oracle = copy.deepcopy(base)
+    buffers = [torch.zeros_like(p) for p in oracle.parameters()]
+    batched, plain = copy.deepcopy(base), copy.deepcopy(base)
+    opt_batched = SummedMomentum(batched.parameters(), lr=LR, momentum=MOMENTUM)
+    opt_plain = SummedMomentum(plain.parameters(), lr=LR, momentum=MOMENTUM)
+
+    def reference() -> None:
+        for first in range(0, sizes["reference_samples"], BATCH):
+            last = min(first + BATCH, sizes["reference_samples"])
+            one_at_a_time_update(oracle, buffers, x[first:last], y[first:last], EPS, PIECES, active, LR, MOMENTUM)
+
+    def epoch_slice(model: EntryNet, optimizer: torch.optim.Optimizer, eps: float, on: list[bool],
+                    seed: int) -> None:
+        n = sizes["ours_samples"]  # as in pexp.train.loop: a seeded permutation, then batches of 50
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
+        for first in range(0, n, BATCH):
+            index = order[first:first + BATCH]
+            training_step(model, optimizer, "sum", x[index], y[index], loss, eps, PIECES, on)
+
+    epoch_slice(batched, opt_batched, EPS, active, 0)  # warm-up (allocator, oneDNN kernels)
+    epoch_slice(plain, opt_plain, 0.0, none, 0)
+    times: dict[str, list[float]] = {"reference": [], "batched": [], "plain": []}
+    for round_ in range(sizes["rounds"]):
+        times["reference"].append(timed(reference, device) / sizes["reference_samples"])
+        times["batched"].append(timed(lambda: epoch_slice(batched, opt_batched, EPS, active, round_ + 1),
+                                      device) / sizes["ours_samples"])
+        for _ in range(3):  # the plain slice is short: repeat it, keep the best
+            times["plain"].append(timed(lambda: epoch_slice(plain, opt_plain, 0.0, none, round_ + 1),
+                                        device) / sizes["ours_samples"])
+        print(f"[bench] Algorithm 1 round {round_ + 1}: oracle {1 / times['reference'][-1]:.1f}/s, batched "
+              f"{1 / times['batched'][-1]:.0f}/s, plain {1 / min(times['plain'][-3:]):.0f}/s, "
+              f"load {os.getloadavg()[0]:.2f}")
+    best = {key: min(values) for key, values in times.items()}
+    median = {key: statistics.median(values) for key, values in times.items()}
+    speedup = best["reference"] / best["batched"]
+    cost = best["batched"] / best["plain"]
+    common = (f"PE-net size {sizes['model_size']}, all layers, eps {EPS}, pieces {PIECES}, batch {BATCH}, "
+              f"{str(x.dtype).replace('torch.', '')} on {device.type}; best of {sizes['rounds']} interleaved rounds")
+    return [
+        row("1. Algorithm 1 throughput: batched vs one-at-a-time", 1 / best["batched"], 1 / best["reference"],
+            "samples/s", speedup, ">= 8x", speedup >= 8,
+            f"{common}; oracle on {sizes['reference_samples']} samples/round, batched on "
+            f"{sizes['ours_samples']}; median ratio {median['reference'] / median['batched']:.1f}x",
+            median_ratio=median["reference"] / median["batched"]),
+        row("2. Algorithm 1 epoch cost over plain squared error", best["batched"] * sizes["ours_samples"],
+            best["plain"] * sizes["ours_samples"], f"s per {sizes['ours_samples']} samples", cost, "<= 8x",
+            cost <= 8, f"{common}; naive: 2 x (pieces + 1) = {2 * (PIECES + 1)}x; plain "
+            f"{1 / best['plain']:.0f} samples/s; median ratio {median['batched'] / median['plain']:.2f}x",
+            median_ratio=median["batched"] / median["plain"]),
+    ]
+
+
+# ------------------------------------------------------------------------------------ row 3: margin search
+class CountingModel(nn.Module):
+    """Counts the points that pass through ``model``: with a gradient to the input (a forward-backward pass of
+    an attack step) or without (a check)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.with_gradient = 0
+        self.without_gradient = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            self.with_gradient += len(x)
+        else:
+            self.without_gradient += len(x)
+        return self.model(x)
+
+    def reset(self) -> None:
+        self.with_gradient = self.without_gradient = 0
+
+
+def margin_rows(data: object, source: str, sizes: dict, device: torch.device) -> list[dict]:
+    from pexp.eval.margin import minimal_perturbation
+    from pexp.eval.reference import sweep_margins
+
+    loss = OmegaConf.create({"name": "mse"})
+    model = pe_net(sizes["model_size"], data.input_shape, seed=1).to(device)
+    optimizer = SummedMomentum(model.parameters(), lr=LR, momentum=MOMENTUM)
+    x_train, y_train = data.train.x[:sizes["margin_train"]].to(device), data.train.y[:sizes["margin_train"]].to(device)
+    for first in range(0, len(y_train), BATCH):  # one short plain epoch: margins of a few hundredths
+        training_step(model, optimizer, "sum", x_train[first:first + BATCH], y_train[first:first + BATCH], loss,
+                      0.0, PIECES, [False] * len(model.entry_shapes))
+    logits = AsLogits(model.eval(), 0.5)
+    with torch.no_grad():
+        right = (logits(data.test.x.to(device)).argmax(1) == data.test.y.to(device)).cpu()
+    chosen = torch.nonzero(right).flatten()[:sizes["margin_points"]]  # correctly classified: margins > 0
+    x, y = data.test.x[chosen].to(device), data.test.y[chosen].to(device)
+    step, top = sizes["margin_grid"]
+    epsilons = [step * k for k in range(1, round(top / step) + 1)]
+    settings = dict(steps=sizes["margin_steps"], rel_stepsize=1 / 30)
+    counted = CountingModel(logits)
+    rows = []
+    for random_start in (True, False):
+        torch.manual_seed(0)
+        counted.reset()
+        started = time.perf_counter()
+        ours = minimal_perturbation(counted, x, y, eps_max=top, resolution=step, random_start=random_start,
+                                    **settings)
+        ours_seconds, ours_passes = time.perf_counter() - started, (counted.with_gradient, counted.without_gradient)
+        torch.manual_seed(0)
+        counted.reset()
+        started = time.perf_counter()
+        sweep = sweep_margins(counted, x, y, epsilons, random_start=random_start, **settings)
+        sweep_seconds, sweep_passes = time.perf_counter() - started, (counted.with_gradient, counted.without_gradient)
+        # ours is the norm of the smallest successful perturbation found (<= its grid epsilon); sweep is the
+        # smallest successful grid epsilon. Agreement: both inf, or within one grid step.
+        both_inf = torch.isinf(ours) & torch.isinf(sweep)
+        gap = torch.where(both_inf, torch.zeros_like(ours), (ours - sweep).abs())
+        agree = gap <= step * (1 + 1e-3)
+        fraction = float(agree.float().mean())
+        per_point = (ours_passes[0] / len(y), sweep_passes[0] / len(y))
+        ratio = per_point[0] / per_point[1]
+        finite = torch.isfinite(sweep)
+        label = "random start (the authors' setting)" if random_start else "no random start (search error alone)"
+        rows.append(row(
+            f"3{'a' if random_start else 'b'}. Margin search, {label}: bisection vs foolbox sweep",
+            per_point[0], per_point[1], "fwd-bwd passes per point", ratio, "<= 0.1x passes; 99% within one step",
+            ratio <= 0.1 and fraction >= 0.99,
+            f"{len(y)} correctly classified {source} test points, PE-net size {sizes['model_size']} after one short "
+            f"plain epoch; grid {step:g}..{top:g} ({len(epsilons)} eps), {settings['steps']} steps of eps/30; "
+            f"wall {ours_seconds:.1f}s vs {sweep_seconds:.1f}s ({ours_seconds / sweep_seconds:.3f}x); "
+            f"{100 * fraction:.1f}% within one step, largest gap {float(gap.max()):.4g}; sweep margins finite for "
+            f"{int(finite.sum())}/{len(y)} (median {float(sweep[finite].median()) if finite.any() else math.nan:.3f})",
+            wall_seconds=dict(ours=ours_seconds, reference=sweep_seconds),
+            checks_per_point=dict(ours=ours_passes[1] / len(y), reference=sweep_passes[1] / len(y)),
+            within_one_step=fraction, largest_gap=float(gap.max()),
+            margins=dict(ours=ours.tolist(), reference=sweep.tolist())))
+        print(f"[bench] margins ({label}): {per_point[0]:.0f} vs {per_point[1]:.0f} passes per point, "
+              f"{ours_seconds:.1f}s vs {sweep_seconds:.1f}s, {100 * fraction:.1f}% within one step")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ row 4: tangent
+def tangent_row(sizes: dict, device: torch.device) -> dict:
+    from pexp.eval.reference import autograd_tangent_sensitivity
+    from pexp.eval.tangent import tangent_sensitivity
+
+    torch.manual_seed(0)
+    model = build_model(OmegaConf.create(dict(name="mlp", widths=[32, 32, 32], outputs=3)), (1, 8, 8)).double()
+    x = torch.randn(sizes["tangent_inputs"], 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    cpu = torch.device("cpu")  # autograd's mixed derivative is small here; both on CPU in float64
+    expected_box, closed_box = [], []
+    reference_seconds = min(timed(lambda: expected_box.append(autograd_tangent_sensitivity(model, x)[0]), cpu)
+                            for _ in range(2))
+    closed_seconds = min(timed(lambda: closed_box.append(tangent_sensitivity(model, x, per_layer=True)), cpu)
+                         for _ in range(5))
+    expected, closed = expected_box[-1], closed_box[-1]
+    relative = float(((closed - expected).abs() / expected.abs().clamp(min=1e-300)).max())
+    agree = bool(torch.allclose(closed, expected, rtol=1e-5, atol=1e-12))
+    speedup = reference_seconds / closed_seconds
+    return row("4. Tangent sensitivity: closed form vs autograd", len(x) / closed_seconds,
+               len(x) / reference_seconds, "inputs/s", speedup, "agree to rtol 1e-5 (float64)", agree,
+               f"ReLU MLP 64-32-32-32-3, {len(x)} inputs, float64 on CPU; per-layer values; largest relative "
+               f"difference {relative:.2g}", largest_relative_difference=relative)
+
+
+# --------------------------------------------------------------------------------------- row 5: end to end
+FIG2_RUNS = {"first": "richness_fig2_first", "all": "richness_fig2_all"}
+
+
+def _recorded_train_seconds(run: Path) -> float:
+    import pandas as pd
+
+    log = pd.read_csv(run / "train_log.csv")
+    interval = log["epoch"].diff().fillna(log["epoch"].iloc[0])
+    return float((log["seconds"] * interval).sum())
+
+
+def _recorded_eval_seconds(out: Path) -> tuple[float, str]:
+    """Seconds of a finished margin evaluation: from its COMPLETE marker when recorded there, else the span from
+    its lock file's creation to its last split file (file times)."""
+    import json
+
+    info = json.loads((out / "COMPLETE").read_text() or "{}")
+    if "seconds" in info:
+        return float(info["seconds"]), "recorded"
+    ends = [(out / f"{split}.csv").stat().st_mtime for split in ("train", "test") if (out / f"{split}.csv").exists()]
+    return max(ends) - (out / ".lock").stat().st_mtime, "file times"
+
+
+def end_to_end_rows(overrides: Sequence[str], sizes: dict, device: torch.device, full: bool) -> list[dict]:
+    from pexp.eval.evaluate import eval_dir
+    from pexp.figures.compose import compose_experiment
+    from pexp.runs import training_run_dir
+
+    configs = {label: compose_experiment(name, ["eval=margin", *overrides]) for label, name in FIG2_RUNS.items()}
+    if full:
+        return _full_end_to_end(overrides, device)
+    runs = {label: training_run_dir(cfg) for label, cfg in configs.items()}
+    evals = {label: eval_dir(runs[label], configs[label].eval) for label in configs}
+    if all(run.complete for run in runs.values()) and all(out.complete for out in evals.values()):
+        return _recorded_end_to_end(configs, runs, evals, overrides)
+    return _extrapolated_end_to_end(configs, sizes, device)
+
+
+def _stage_rows(stages: dict[str, float], how: str, notes: dict[str, str]) -> list[dict]:
+    rows = [row(f"5. End to end ({how}): {stage}", seconds / 60, None, "min", None, None, None, notes.get(stage, ""))
+            for stage, seconds in stages.items()]
+    total = sum(stages.values()) / 60
+    rows.append(row(f"5. End to end ({how}): make reproduce-fig2, total", total, FIG2_MINUTES_TARGET, "min",
+                    total / FIG2_MINUTES_TARGET, f"<= {FIG2_MINUTES_TARGET:g} min", total <= FIG2_MINUTES_TARGET,
+                    notes.get("total", "")))
+    return rows
+
+
+def _recorded_end_to_end(configs: dict, runs: dict, evals: dict, overrides: Sequence[str]) -> list[dict]:
+    import json
+
+    from pexp.figures import FIGURES
+    from pexp.figures.base import make_figure
+
+    stages, notes = {}, {}
+    for label in configs:
+        stages[f"train {label}"] = _recorded_train_seconds(runs[label].path)
+        metrics = json.loads((runs[label] / "metrics.json").read_text())
+        notes[f"train {label}"] = (f"{runs[label].path} (train_log.csv: {metrics.get('epochs_trained', 40)} epochs, "
+                                   f"{metrics['seconds_per_epoch']:.1f} s/epoch mean; data {metrics['data']})")
+        stages[f"margins {label}"], how = _recorded_eval_seconds(evals[label].path)
+        notes[f"margins {label}"] = f"{evals[label].path} ({how})"
+    with tempfile.TemporaryDirectory() as figures_dir:  # reads the finished runs; writes only to a temp dir
+        started = time.perf_counter()
+        make_figure(FIGURES["richness-fig2"], list(overrides), figures_dir, progress=False)
+        stages["figure"] = time.perf_counter() - started
+    notes["figure"] = "measured now (runs and margins reused; writes to a temporary directory)"
+    notes["total"] = "recorded per-epoch training times exclude the per-epoch error checks and checkpoints"
+    return _stage_rows(stages, "recorded runs", notes)
+
+
+def _extrapolated_end_to_end(configs: dict, sizes: dict, device: torch.device) -> list[dict]:
+    """Time a slice of each stage at full CIFAR size on the synthetic stand-in and scale it to the figure."""
+    from pexp.data import load_dataset
+    from pexp.eval.margin import minimal_perturbation
+    from pexp.train.loop import decision_threshold
+
+    stages, notes = {}, {}
+    n_slice = sizes["slice_samples"]
+    for label, cfg in configs.items():
+        cfg = copy.deepcopy(cfg)
+        OmegaConf.update(cfg, "data", OmegaConf.load(Path(__file__).parent.parent / "conf/data/synthetic_cifar2.yaml"),
+                         merge=False)
+        data = load_dataset(cfg.data)
+        torch.manual_seed(int(cfg.seed))
+        model = build_model(cfg.model, data.input_shape, cfg.init).to(device)
+        optimizer = SummedMomentum(model.parameters(), cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay)
+        active = active_layers(model, cfg.perturb.layers)
+        x, y = data.train.x[:n_slice].to(device), data.train.y[:n_slice].to(device)
+        epochs, n = int(cfg.train.epochs), len(data.train.y)
+        schedule = [eps_at_epoch(cfg.perturb.eps, e, epochs, int(cfg.perturb.ramp_steps)) for e in range(epochs)]
+        batch = int(cfg.train.batch_size)
+        per_sample = {}
+        for eps in sorted(set(schedule)):  # eps 0 takes the clean shortcut; every eps > 0 costs the same
+            def slice_(eps: float = eps) -> None:
+                for first in range(0, n_slice, batch):
+                    training_step(model, optimizer, "sum", x[first:first + batch], y[first:first + batch], cfg.loss,
+                                  eps, int(cfg.perturb.pieces), active)
+            if eps > 0 and any(e > 0 for e in per_sample):
+                per_sample[eps] = next(v for e, v in per_sample.items() if e > 0)
+                continue
+            slice_()  # warm-up: the first batches of a new shape pay for kernel set-up
+            per_sample[eps] = timed(slice_, device) / n_slice
+        stages[f"train {label}"] = sum(per_sample[eps] * n for eps in schedule)
+        notes[f"train {label}"] = (f"extrapolated: {n_slice} samples timed per eps stage, x {n} samples x "
+                                   f"{epochs} epochs (ramp {sorted(set(schedule))})")
+        points = sizes["slice_margin_points"]
+        n_eval = min(cfg.eval.n_train or n, n) + min(cfg.eval.n_test or len(data.test.y), len(data.test.y))
+        logits = AsLogits(model.eval(), decision_threshold(cfg.loss))
+        seconds = timed(lambda: minimal_perturbation(
+            logits, data.test.x[:points], data.test.y[:points], eps_max=cfg.eval.eps_max,
+            resolution=cfg.eval.resolution, steps=cfg.eval.steps, rel_stepsize=cfg.eval.rel_stepsize,
+            random_start=cfg.eval.random_start), device)
+        stages[f"margins {label}"] = seconds / points * n_eval
+        notes[f"margins {label}"] = (f"extrapolated: {points} points timed x {n_eval}; model after {n_slice} "
+                                     "training samples only, so margins (and costs) differ from the trained run's")
+    stages["figure"] = 5.0
+    notes["figure"] = "assumed (reading CSVs and plotting: seconds)"
+    notes["total"] = "EXTRAPOLATION from measured slices on the synthetic stand-in at full CIFAR-10 size"
+    return _stage_rows(stages, "extrapolated", notes)
+
+
+def _full_end_to_end(overrides: Sequence[str], device: torch.device) -> list[dict]:
+    """Train, evaluate and draw richness-fig2 from scratch under outputs/bench/e2e (removed first)."""
+    from pexp.eval.evaluate import evaluate
+    from pexp.figures import FIGURES
+    from pexp.figures.base import make_figure
+    from pexp.figures.compose import compose_experiment
+    from pexp.train.loop import train
+
+    root = Path("outputs/bench/e2e")
+    shutil.rmtree(root, ignore_errors=True)
+    overrides = [*overrides, f"paths.output_dir={root}", "train.progress=false"]
+    stages = {}
+    for label, name in FIG2_RUNS.items():
+        cfg = compose_experiment(name, ["eval=margin", *overrides])
+        started = time.perf_counter()
+        run = train(cfg)
+        stages[f"train {label}"] = time.perf_counter() - started
+        started = time.perf_counter()
+        evaluate(run, cfg.eval, str(device), progress=False)
+        stages[f"margins {label}"] = time.perf_counter() - started
+    started = time.perf_counter()
+    make_figure(FIGURES["richness-fig2"], overrides, root / "figures", str(device), progress=False)
+    stages["figure"] = time.perf_counter() - started
+    return _stage_rows(stages, "measured now, from scratch", {"total": f"runs under {root}"})
+
+
+# ------------------------------------------------------------------------------------------ row 6: threads
+THREAD_SETTINGS = {
+    "torch default threads, OpenMP default wait": {"OMP_WAIT_POLICY": None, "OMP_NUM_THREADS": None},
+    "torch default threads, OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": None},
+    "1 thread": {"OMP_NUM_THREADS": "1"},
+}
+
+
+def _throughput_probe(size: int, samples: int) -> None:
+    """Child process: best of 3 batched Algorithm 1 slices; prints samples/s."""
+    loss = OmegaConf.create({"name": "mse"})
+    model = pe_net(size, (3, 32, 32))
+    optimizer = SummedMomentum(model.parameters(), lr=LR, momentum=MOMENTUM)
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(samples, 3, 32, 32, generator=generator) * 2 - 1, torch.randint(0, 2, (samples,))
+    active = active_layers(model, "all")
+
+    def slice_() -> None:
+        for first in range(0, samples, BATCH):
+            training_step(model, optimizer, "sum", x[first:first + BATCH], y[first:first + BATCH], loss, EPS,
+                          PIECES, active)
+    slice_()
+    print(samples / min(timed(slice_, torch.device("cpu")) for _ in range(3)))
+
+
+def threads_row(sizes: dict) -> dict:
+    """Batched Algorithm 1 throughput under three thread settings, each in a fresh process (OpenMP reads its
+    environment once). Busy-waiting OpenMP threads collapse when other processes share the cores."""
+    import subprocess
+
+    samples = 2 * BATCH if sizes is SIZES[True] else 10 * BATCH
+    results = {}
+    for label, env in THREAD_SETTINGS.items():
+        code = f"from pexp.bench import _throughput_probe; _throughput_probe({sizes['model_size']}, {samples})"
+        child = {**os.environ, **env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
+                              env={key: value for key, value in child.items() if value is not None})
+        results[label] = float(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+        print(f"[bench] threads: {label}: {results[label]} samples/s (load {os.getloadavg()[0]:.2f})")
+    default = results[next(iter(THREAD_SETTINGS))]
+    best = max((value, label) for label, value in results.items() if value is not None)
+    return row("6. Threads: batched Algorithm 1 throughput, best setting vs default", best[0], default,
+               "samples/s", best[0] / default if default else None, None, None,
+               f"best: {best[1]}; " + "; ".join(f"{label}: {value:.0f}/s" for label, value in results.items()
+                                                if value is not None) + f" (load {os.getloadavg()[0]:.2f})",
+               settings=results)
+
+
+# ------------------------------------------------------------------------------------------------- output
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def table(rows: list[dict]) -> str:
+    header = ("row", "ours", "reference", "unit", "ratio", "target", "met")
+    lines = [[r["name"], _fmt(r["ours"]), _fmt(r["reference"]), r["unit"],
+              "-" if r["ratio"] is None else f"{r['ratio']:.3g}x", r["target"] or "-", _fmt(r["met"])] for r in rows]
+    widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
+    fmt = " | ".join(f"{{:{w}}}" for w in widths)
+    out = [fmt.format(*header), "-+-".join("-" * w for w in widths), *(fmt.format(*line) for line in lines)]
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds): checks the bench runs")
+    parser.add_argument("--full-e2e", action="store_true",
+                        help="row 5: train, evaluate and draw richness-fig2 from scratch (about 30 min here)")
+    parser.add_argument("--out", default="outputs/bench/bench.json", help="where the JSON goes")
+    parser.add_argument("--runs-from", default=None,
+                        help="pexp output folder holding finished richness-fig2 runs for row 5 "
+                             "(default: paths.output_dir, i.e. $PEXP_OUTPUT or ./outputs); only read")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
+    parser.add_argument("--rows", default="1,2,3,4,5,6", help="which rows to run, e.g. 1,2")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the data / runs, e.g. "
+                                                      "data.verify_checksums=false")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    sizes = SIZES[args.quick]
+    wanted = {int(part) for part in args.rows.split(",") if part}
+    overrides = list(args.overrides) + ([f"paths.output_dir={args.runs_from}"] if args.runs_from else [])
+    result = dict(machine=machine_info(device), mode="quick" if args.quick else "full", sizes=sizes, rows=[])
+    started = time.perf_counter()
+    data, source = load_data(args.overrides, max(sizes["ours_samples"], sizes["margin_train"], 500), 2000)
+    if wanted & {1, 2}:
+        result["rows"] += algorithm1_rows(data.train.x, data.train.y, sizes, device)
+    if 3 in wanted:
+        result["rows"] += margin_rows(data, source, sizes, device)
+    if 4 in wanted:
+        result["rows"].append(tangent_row(sizes, device))
+    if 5 in wanted:
+        result["rows"] += end_to_end_rows(overrides, sizes, device, args.full_e2e)
+    if 6 in wanted and device.type == "cpu":
+        result["rows"].append(threads_row(sizes))
+    result["machine"]["loadavg_end"] = list(os.getloadavg())
+    result["seconds"] = time.perf_counter() - started
+    result["data"] = source
+    print()
+    print(table(result["rows"]))
+    load = result["machine"]
+    print(f"\n{load['cpu_count']} CPUs, {load['torch_threads']} torch threads, device {device}; load average "
+          f"{load['loadavg_start'][0]:.2f} at start, {load['loadavg_end'][0]:.2f} at end; {result['seconds']:.0f}s")
+    write_json(args.out, result)
+    print(f"[bench] wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)

@@ -1,0 +1,44 @@
+"""Algorithm 1 one sample at a time: the oracle the batched implementation (``pexp.train.perturb`` and
+``pexp.train.loop.training_step``) is tested against and benchmarked against. Slow on purpose; never used for
+training."""
+from __future__ import annotations
+
+import torch
+
+from pexp.models import EntryNet, score
+
+
+def one_at_a_time_perturbation(model: EntryNet, x: torch.Tensor, sign: int, eps: float, pieces: int,
+                               active: list[bool]) -> list[torch.Tensor | None]:
+    """One sample (a batch of one), one direction (+1: argmax of the score, -1: argmin): ``pieces``
+    signed-gradient steps of size eps/pieces from zero at every active entry point (None elsewhere)."""
+    deltas = [torch.zeros(1, *shape, dtype=x.dtype, device=x.device) if on else None
+              for on, shape in zip(active, model.entry_shapes)]
+    for _ in range(pieces):
+        for delta in deltas:
+            if delta is not None:
+                delta.requires_grad_(True)
+        value = score(model(x, deltas)).sum()
+        grads = iter(torch.autograd.grad(value, [d for d in deltas if d is not None]))
+        deltas = [None if d is None else (d + sign * eps / pieces * next(grads).sign()).detach() for d in deltas]
+    return deltas
+
+
+def one_at_a_time_update(model: EntryNet, buffers: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                         eps: float, pieces: int, active: list[bool], lr: float, momentum: float) -> None:
+    """The authors' loop for one batch: per sample, the argmax and argmin perturbations and both squared errors
+    (f - y)^2; gradients summed over the batch; buffer <- m buffer + (1 - m) sum; theta <- theta - lr buffer.
+    ``buffers`` (one zero-initialised tensor per parameter) carry the momentum between calls."""
+    params = list(model.parameters())
+    total = [torch.zeros_like(p) for p in params]
+    for i in range(len(y)):
+        xi, yi = x[i:i + 1], y[i:i + 1].to(x.dtype)
+        for sign in (+1, -1):
+            deltas = one_at_a_time_perturbation(model, xi, sign, eps, pieces, active)
+            loss = ((model(xi, deltas)[:, 0] - yi) ** 2).sum()
+            for acc, grad in zip(total, torch.autograd.grad(loss, params)):
+                acc += grad
+    with torch.no_grad():
+        for param, buffer, grad in zip(params, buffers, total):
+            buffer.mul_(momentum).add_((1 - momentum) * grad)
+            param.sub_(lr * buffer)

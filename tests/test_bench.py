@@ -1,0 +1,43 @@
+"""`make bench ARGS=--quick` runs and writes a well-formed bench.json (no timing assertions)."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_bench_quick_writes_well_formed_json(tmp_path):
+    venv = Path(sys.executable).parent.parent  # the environment running the tests: nothing to install
+    out = tmp_path / "bench.json"
+    args = f"--quick --out {out} --runs-from {tmp_path / 'outputs'}"
+    result = subprocess.run(["make", "-s", "-o", str(venv / ".installed"), "bench", f"VENV={venv}", f"ARGS={args}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PEXP_DATA": str(tmp_path / "no-data")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| ratio" in result.stdout and "load average" in result.stdout  # the printed table
+
+    bench = json.loads(out.read_text())
+    machine = bench["machine"]
+    assert machine["cpu_count"] >= 1 and machine["torch_threads"] >= 1
+    assert len(machine["loadavg_start"]) == 3 and len(machine["loadavg_end"]) == 3
+    assert bench["mode"] == "quick" and bench["data"] == "synthetic_cifar2"
+    names = [row["name"] for row in bench["rows"]]
+    for prefix in ("1.", "2.", "3a.", "3b.", "4.", "5.", "6."):
+        assert any(name.startswith(prefix) for name in names), prefix
+    for row in bench["rows"]:
+        assert set(row) >= {"name", "ours", "reference", "unit", "ratio", "target", "met", "notes"}
+        assert isinstance(row["ours"], (int, float)) and math.isfinite(row["ours"]) and row["ours"] >= 0
+        assert row["met"] in (True, False, None)
+        assert (row["target"] is None) == (row["met"] is None)
+        if row["ratio"] is not None:
+            assert row["ratio"] > 0
+    end_to_end = [row for row in bench["rows"] if row["name"].startswith("5.")]
+    assert all("extrapolated" in row["name"] for row in end_to_end)  # no finished runs in tmp_path
+    assert end_to_end[-1]["name"].endswith("total") and end_to_end[-1]["unit"] == "min"
