@@ -67,10 +67,18 @@ def validate_training(cfg: DictConfig) -> None:
     check_choice(cfg, "model.name", sorted(MODELS))
     check_choice(cfg, "loss.name", ["mse", "ce", "logistic"])
     check_number(cfg, "loss.output_divisor", low=0, low_open=True, optional=True)
-    expected_outputs = {"mse": 1, "ce": 2, "logistic": 1}[cfg.loss.name]
-    if _get(cfg, "model.outputs") != expected_outputs:
-        raise ConfigError(f"model.outputs={cfg.model.outputs!r} is not allowed with loss {cfg.loss.name}: "
-                          f"must be {expected_outputs}")
+    outputs = _get(cfg, "model.outputs")
+    if cfg.loss.name == "ce":  # cross-entropy: one logit per class, at least two
+        if not (isinstance(outputs, int) and outputs >= 2):
+            raise ConfigError(f"model.outputs={outputs!r} is not allowed with loss ce: must be an integer >= 2")
+    elif outputs != 1:
+        raise ConfigError(f"model.outputs={outputs!r} is not allowed with loss {cfg.loss.name}: must be 1")
+    if cfg.model.name == "mlp":
+        if not isinstance(cfg.model.get("batch_norm", False), bool):
+            raise ConfigError(f"model.batch_norm={cfg.model.batch_norm!r} is not allowed: must be true or false")
+        check_number(cfg, "model.dropout", low=0, high=1, high_open=True, optional=True)
+    if not isinstance(cfg.train.get("keep_states", False), bool):
+        raise ConfigError(f"train.keep_states={cfg.train.keep_states!r} is not allowed: must be true or false")
     check_choice(cfg, "perturb.layers", ["none", "all", "first"])
     check_number(cfg, "perturb.eps", low=0)
     check_number(cfg, "perturb.pieces", low=1, integer=True)
