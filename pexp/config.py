@@ -106,12 +106,46 @@ def validate_training(cfg: DictConfig) -> None:
         raise ConfigError("device='cuda' is not allowed here: no CUDA device is available (use auto or cpu)")
 
 
-EVALUATORS = ("margin", "boundary", "pca", "offmanifold")
+EVALUATORS = ("margin", "boundary", "pca", "offmanifold", "active", "tangent", "bound")
+
+
+def _validate_ts_eval(cfg: DictConfig) -> None:
+    """The paper TS evaluators: active counts, per-epoch estimators, and the bound of eq. (2)."""
+    if cfg.eval.name == "bound":
+        for key in ("d_in", "outputs", "width"):
+            check_number(cfg, f"eval.{key}", low=1, integer=True)
+        for key in ("sigma", "w_max", "mu_fraction", "sigma_fraction"):
+            check_number(cfg, f"eval.{key}", low=0, low_open=True)
+        check_number(cfg, "eval.mu", low=0)
+        for key, low, integer in (("depths", 1, True), ("mus", 0, False), ("sigmas", 0, False),
+                                  ("w_maxes", 0, False), ("widths", 1, True)):
+            values = list(_get(cfg, f"eval.{key}"))
+            bad = [v for v in values if not isinstance(v, numbers.Real) or isinstance(v, bool) or v < low
+                   or (v == 0 and key in ("sigmas", "w_maxes")) or (integer and not float(v).is_integer())]
+            if not values or bad:
+                raise ConfigError(f"eval.{key}={values} is not allowed: must be a non-empty list of "
+                                  f"{'integers' if integer else 'numbers'} >{'=' if key in ('mus',) or integer else ''} {low}")
+        return
+    check_number(cfg, "eval.batch_size", low=1, integer=True)
+    check_number(cfg, "eval.n_train", low=2, integer=True, optional=True)
+    check_number(cfg, "eval.n_test", low=2, integer=True, optional=True)
+    if cfg.eval.name == "tangent":
+        check_number(cfg, "eval.n_loss", low=1, integer=True, optional=True)
+        check_number(cfg, "eval.depth", low=2, integer=True, optional=True)
+        check_choice(cfg, "eval.anchor", ["previous", "initial"])
+        check_choice(cfg, "eval.accuracy", ["error", "accuracy"])
+        if not isinstance(_get(cfg, "eval.membership_weights"), bool):
+            raise ConfigError(f"eval.membership_weights={cfg.eval.membership_weights!r} is not allowed: must be "
+                              "true or false")
+        check_number(cfg, "eval.membership_temperature", low=0, low_open=True)
 
 
 def validate_eval(cfg: DictConfig) -> None:
     """Check the eval group: the margin search settings of the evaluators that search, then each one's own."""
     check_choice(cfg, "eval.name", EVALUATORS)
+    if cfg.eval.name in ("active", "tangent", "bound"):
+        _validate_ts_eval(cfg)
+        return
     check_number(cfg, "eval.batch_size", low=1, integer=True)
     if cfg.eval.name == "pca":
         check_number(cfg, "eval.n_train", low=2, integer=True, optional=True)
