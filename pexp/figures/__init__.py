@@ -8,7 +8,7 @@ from pexp.figures.margins import (all_vs_first_claims, eps_sweep_claims, plot_ma
                                   small_test_margin_claims)
 from pexp.figures.offmanifold import SETTINGS, offmanifold_claims, plot_offmanifold_2d
 from pexp.figures.pca import layer_pca_claims, plot_layer_pca
-from pexp.figures.tangent import (build_fig2, build_fig3, build_table2, fig1_claims, fig2_claims, fig3_claims,
+from pexp.figures.tangent import (build_fig1, build_fig2, build_fig3, build_table2, fig1_claims, fig2_claims, fig3_claims,
                                   fig4_claims, plot_active_layers, plot_active_totals, plot_fig2, plot_fig3,
                                   plot_table2, table2_claims, table2_markdown)
 from pexp.figures.toys import pe_fig1_claims, pe_fig2_claims, plot_pe_fig1, plot_pe_fig2
@@ -124,6 +124,7 @@ FIGURES: dict[str, Figure] = {
         claims=fig1_claims,
         plot=partial(plot_active_totals, panels={"mnist": "(a) MNIST run", "cifar10": "(b) CIFAR-10 run"},
                      title="tangent-fig1: active neurons of the 4 x 100 ReLU MLP after training"),
+        build=build_fig1,
     ),
     "tangent-fig2": Figure(
         id="tangent-fig2",

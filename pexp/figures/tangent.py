@@ -103,9 +103,24 @@ def _count_claims(table: pd.DataFrame, groups: dict[str, tuple[str, str]], what:
     return out
 
 
+FIG1_RUNS = (("mnist", "ts_mnist", "synthetic_mnist"), ("cifar10", "ts_cifar10", "synthetic_cifar10"))
+
+
+def build_fig1(overrides: Sequence[str], device: str, progress: bool) -> tuple[pd.DataFrame, dict]:
+    """The two runs of tangent-fig1; a synthetic stand-in given on the command line (``data=synthetic_...``)
+    becomes each run's own stand-in (MNIST-shaped for the MNIST run, CIFAR-shaped for the CIFAR-10 run)."""
+    frames, metrics = [], {}
+    for label, experiment, stand_in in FIG1_RUNS:
+        own = [f"data={stand_in}" if o.startswith("data=synthetic") else o for o in overrides]
+        table, run_metrics = collect_runs({label: experiment}, "active", own, device, progress)
+        frames.append(table)
+        metrics.update(run_metrics)
+    return pd.concat(frames, ignore_index=True), metrics
+
+
 def fig1_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:  # noqa: ARG001
     return _count_claims(table, {label: (label, "total") for label in dict.fromkeys(table["run"])},
-                         "all 400 hidden units,")
+                         "all hidden units,")
 
 
 def fig4_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:  # noqa: ARG001
@@ -144,7 +159,15 @@ def bound_table(bound_cfg) -> pd.DataFrame:  # noqa: ANN001 - the eval=bound con
 def build_fig2(overrides: Sequence[str], device: str, progress: bool) -> tuple[pd.DataFrame, dict]:  # noqa: ARG001
     from pexp.config import validate_eval
 
-    cfg = compose_experiment("ts_cifar10", ["eval=bound", *overrides])
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from pexp import CONF_DIR
+
+    keys = set(OmegaConf.load(Path(CONF_DIR) / "eval" / "bound.yaml"))  # other evaluators' settings do not apply
+    own = [o for o in overrides if not o.startswith("eval.") or o.split("=", 1)[0][5:] in keys]
+    cfg = compose_experiment("ts_cifar10", ["eval=bound", *own])
     validate_eval(cfg)
     return bound_table(cfg.eval), {}
 
