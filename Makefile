@@ -6,6 +6,7 @@ FIG     ?=
 ARGS    ?=
 SMOKE   := scale=smoke paths.output_dir=outputs/smoke train.progress=false
 SHORT   := train.epochs=3000 train.log_every=1000 train.checkpoint_every=1000
+TS_SMOKE := train.epochs=3 eval.n_train=200 eval.n_test=200
 
 JOBS    ?= $(shell nproc)
 
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest
 
-# Every figure from tiny configs: synthetic stand-ins for CIFAR-10, shortened toys (outputs/smoke/figures).
+# Every figure from tiny configs: synthetic stand-ins for CIFAR-10 / MNIST, shortened toys (outputs/smoke/figures).
 smoke: install
 	$(PY) -m pexp.figures fig=richness-fig2 data=synthetic_cifar2 $(SMOKE) $(ARGS)
 	OMP_NUM_THREADS=1 $(PY) -m pexp.figures fig=pe-fig1 $(SMOKE) $(SHORT) $(ARGS)
@@ -31,6 +32,8 @@ smoke: install
 		OMP_NUM_THREADS=1 $(PY) -m pexp.figures fig=$$fig $(SMOKE) train.epochs=1000 $(ARGS) || exit 1; done
 	for fig in pe-fig4 pe-fig5 pe-fig6 richness-fig1; do \
 		$(PY) -m pexp.figures fig=$$fig data=synthetic_cifar2 $(SMOKE) $(ARGS) || exit 1; done
+	for fig in tangent-fig1 tangent-fig2 tangent-fig3 tangent-fig4 tangent-table2; do \
+		OMP_NUM_THREADS=1 $(PY) -m pexp.figures fig=$$fig data=synthetic_cifar10 $(SMOKE) $(TS_SMOKE) $(ARGS) || exit 1; done
 
 reproduce: install
 	@test -n "$(FIG)" || (echo "usage: make reproduce FIG=<figure id>   (ids: python -m pexp.figures --list)"; exit 2)

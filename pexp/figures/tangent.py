@@ -236,8 +236,8 @@ def plot_fig3(table: pd.DataFrame) -> plt.Figure:
         ax.legend(fontsize=7)
     axes[0].set_title("(a) estimated vs actual test cross-entropy", fontsize=9)
     axes[1].set_title("(b) estimated vs actual test accuracy", fontsize=9)
-    fig.suptitle(f"tangent-fig3: label-free estimates over training (4 x 100 ReLU MLP, "
-                 f"{_panel_data(table)}){_suffix(table)}", fontsize=10)
+    fig.suptitle(f"tangent-fig3: label-free estimates over training (4 x 100 ReLU MLP, {_panel_data(table)})",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -323,7 +323,8 @@ def plot_table2(table: pd.DataFrame) -> plt.Figure:
     cells = [[EQUATIONS[r["estimator"]], f"{r['mae_loss']:.2e}", f"{r['published_mae_loss']:.1e}",
               f"{r['mae_accuracy']:.2e}", f"{r['published_mae_accuracy']:.1e}"] for _, r in table.iterrows()]
     drawn = ax_table.table(cellText=cells, colLabels=["estimator", "CE measured", "CE published", "acc. measured",
-                                                      "acc. published"], loc="center", cellLoc="center")
+                                                      "acc. published"], loc="center", cellLoc="center",
+                           colWidths=[0.36, 0.16, 0.16, 0.16, 0.16])
     drawn.auto_set_font_size(False)
     drawn.set_fontsize(8)
     drawn.scale(1, 1.6)
