@@ -137,3 +137,16 @@ def test_tangent_evaluator_needs_the_epoch_states(tmp_path):
     cfg = compose_experiment("ts_cifar10", ["eval=tangent", "train.keep_states=false", *ts_overrides(tmp_path, 1)])
     with pytest.raises(ConfigError, match="train.keep_states=true"):
         evaluate(train(cfg), cfg.eval, "cpu", progress=False)
+
+
+def test_table1_variants_build_and_the_estimators_refuse_them():
+    from omegaconf import OmegaConf
+
+    from pexp.models import build_model
+
+    cfg = OmegaConf.create(dict(name="mlp", widths=[6, 5], outputs=10, batch_norm=True, dropout=0.5))
+    model = build_model(cfg, (1, 4, 4))
+    assert model(torch.zeros(3, 1, 4, 4)).shape == (3, 10)
+    assert isinstance(model.blocks[0].after, torch.nn.Dropout) and model.blocks[0].after.p == 0.5
+    with pytest.raises(ValueError, match="block 0 .* is not allowed"):
+        linear_layers(model)

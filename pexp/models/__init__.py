@@ -35,11 +35,13 @@ class EntryNet(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.layer_names = list(names)
         self.input_shape = tuple(input_shape)
+        self.eval()  # the shape probe is one sample: batch-norm needs inference mode
         with torch.no_grad():
             shapes, h = [], torch.zeros(1, *input_shape)
             for block in self.blocks:
                 shapes.append(tuple(h.shape[1:]))
                 h = block(h)
+        self.train()
         self.entry_shapes: list[tuple[int, ...]] = shapes
         self.outputs = h.shape[1]
 
