@@ -71,10 +71,18 @@ def validate_training(cfg: DictConfig) -> None:
     check_choice(cfg, "model.name", sorted(MODELS))
     check_choice(cfg, "loss.name", ["mse", "ce", "logistic"])
     check_number(cfg, "loss.output_divisor", low=0, low_open=True, optional=True)
-    expected_outputs = {"mse": 1, "ce": 2, "logistic": 1}[cfg.loss.name]
-    if _get(cfg, "model.outputs") != expected_outputs:
-        raise ConfigError(f"model.outputs={cfg.model.outputs!r} is not allowed with loss {cfg.loss.name}: "
-                          f"must be {expected_outputs}")
+    outputs = _get(cfg, "model.outputs")
+    if cfg.loss.name == "ce":  # cross-entropy: one logit per class, at least two
+        if not (isinstance(outputs, int) and outputs >= 2):
+            raise ConfigError(f"model.outputs={outputs!r} is not allowed with loss ce: must be an integer >= 2")
+    elif outputs != 1:
+        raise ConfigError(f"model.outputs={outputs!r} is not allowed with loss {cfg.loss.name}: must be 1")
+    if cfg.model.name == "mlp":
+        if not isinstance(cfg.model.get("batch_norm", False), bool):
+            raise ConfigError(f"model.batch_norm={cfg.model.batch_norm!r} is not allowed: must be true or false")
+        check_number(cfg, "model.dropout", low=0, high=1, high_open=True, optional=True)
+    if not isinstance(cfg.train.get("keep_states", False), bool):
+        raise ConfigError(f"train.keep_states={cfg.train.keep_states!r} is not allowed: must be true or false")
     check_choice(cfg, "perturb.layers", ["none", "all", "first"])
     check_number(cfg, "perturb.eps", low=0)
     check_number(cfg, "perturb.pieces", low=1, integer=True)
@@ -167,13 +175,47 @@ def _validate_model_and_data(cfg: DictConfig) -> None:
         check_number(cfg, "data.separation")
 
 
-EVALUATORS = ("margin", "boundary", "pca", "offmanifold", "projected", "dataset_pca")
+EVALUATORS = ("margin", "boundary", "pca", "offmanifold", "projected", "dataset_pca", "active", "tangent", "bound")
 PROJECTION_MODES = ("unrestricted", "subspace", "complement")
+
+
+def _validate_ts_eval(cfg: DictConfig) -> None:
+    """The paper TS evaluators: active counts, per-epoch estimators, and the bound of eq. (2)."""
+    if cfg.eval.name == "bound":
+        for key in ("d_in", "outputs", "width"):
+            check_number(cfg, f"eval.{key}", low=1, integer=True)
+        for key in ("sigma", "w_max", "mu_fraction", "sigma_fraction"):
+            check_number(cfg, f"eval.{key}", low=0, low_open=True)
+        check_number(cfg, "eval.mu", low=0)
+        for key, low, integer in (("depths", 1, True), ("mus", 0, False), ("sigmas", 0, False),
+                                  ("w_maxes", 0, False), ("widths", 1, True)):
+            values = list(_get(cfg, f"eval.{key}"))
+            bad = [v for v in values if not isinstance(v, numbers.Real) or isinstance(v, bool) or v < low
+                   or (v == 0 and key in ("sigmas", "w_maxes")) or (integer and not float(v).is_integer())]
+            if not values or bad:
+                raise ConfigError(f"eval.{key}={values} is not allowed: must be a non-empty list of "
+                                  f"{'integers' if integer else 'numbers'} >{'=' if key in ('mus',) or integer else ''} {low}")
+        return
+    check_number(cfg, "eval.batch_size", low=1, integer=True)
+    check_number(cfg, "eval.n_train", low=2, integer=True, optional=True)
+    check_number(cfg, "eval.n_test", low=2, integer=True, optional=True)
+    if cfg.eval.name == "tangent":
+        check_number(cfg, "eval.n_loss", low=1, integer=True, optional=True)
+        check_number(cfg, "eval.depth", low=2, integer=True, optional=True)
+        check_choice(cfg, "eval.anchor", ["previous", "initial"])
+        check_choice(cfg, "eval.accuracy", ["error", "accuracy"])
+        if not isinstance(_get(cfg, "eval.membership_weights"), bool):
+            raise ConfigError(f"eval.membership_weights={cfg.eval.membership_weights!r} is not allowed: must be "
+                              "true or false")
+        check_number(cfg, "eval.membership_temperature", low=0, low_open=True)
 
 
 def validate_eval(cfg: DictConfig) -> None:
     """Check the eval group: the margin search settings of the evaluators that search, then each one's own."""
     check_choice(cfg, "eval.name", EVALUATORS)
+    if cfg.eval.name in ("active", "tangent", "bound"):
+        _validate_ts_eval(cfg)
+        return
     check_number(cfg, "eval.batch_size", low=1, integer=True)
     if "seed" in cfg.eval:
         check_number(cfg, "eval.seed", low=0, integer=True)

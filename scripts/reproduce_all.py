@@ -32,8 +32,10 @@ SMOKE_EXTRA: dict[str, list[str]] = {
     "offmanifold-fig1": ["synthetic=true"],
     "offmanifold-fig4": ["synthetic=true", "model.widths=[64,64]", "train.epochs=3", "eval.n_points=20",
                          "eval.resolution=0.05"],
+    **{f"tangent-{name}": ["synthetic=true", "train.epochs=3", "eval.n_train=200", "eval.n_test=200"]
+       for name in ("fig1", "fig3", "fig4", "table2")},
 }
-ONE_THREAD = {"pe-fig1", "pe-fig2", "offmanifold-fig2", "offmanifold-fig3", "offmanifold-fig5", "offmanifold-fig6"}
+ONE_THREAD = {"tangent-fig1", "tangent-fig3", "tangent-fig4", "tangent-table2", "pe-fig1", "pe-fig2", "offmanifold-fig2", "offmanifold-fig3", "offmanifold-fig5", "offmanifold-fig6"}
 
 Command = tuple[str, list[str], dict[str, str]]
 

@@ -116,6 +116,55 @@ def test_layer_names_of_the_check_are_the_models(option):
     assert layer_names(cfg.model) == build_model(cfg.model, shape).layer_names
 
 
+def test_ts_experiments_follow_the_paper():
+    for name, data, d_in in (("ts_cifar10", "cifar10", 3072), ("ts_mnist", "mnist", 784)):
+        cfg = compose_with([f"experiment={name}"])
+        assert cfg.data.name == data and cfg.model.name == "mlp" and list(cfg.model.widths) == [100] * 4
+        assert cfg.model.outputs == 10 and cfg.loss.name == "ce" and cfg.train.keep_states is True
+        assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.05, 0.0, 5e-4)
+        assert cfg.train.batch_size == 64 and cfg.train.epochs == 50
+        stand_in = compose_with([f"experiment={name}", f"data=synthetic_{data}", "data.n_train=10", "data.n_test=5"])
+        model = build_model(stand_in.model, load_dataset(stand_in.data).input_shape)
+        assert model.blocks[0].affine.in_features == d_in
+
+
+@pytest.mark.parametrize("override,message", [
+    ("eval.anchor=next", "eval.anchor='next' is not allowed: choose one of previous, initial"),
+    ("eval.accuracy=loss", "eval.accuracy='loss' is not allowed: choose one of error, accuracy"),
+    ("eval.membership_weights=maybe", "eval.membership_weights='maybe' is not allowed: must be true or false"),
+    ("eval.n_train=1", "eval.n_train=1 is not allowed: must be an integer >= 2"),
+    ("eval.depth=1", "eval.depth=1 is not allowed"),
+])
+def test_invalid_tangent_eval_values(override, message):
+    cfg = compose_with(["eval=tangent", override])
+    with pytest.raises(ConfigError) as error:
+        validate_eval(cfg)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.dropout=1.0", "model.dropout=1.0 is not allowed: must be a number >= 0 and < 1"),
+    ("model.batch_norm=2", "model.batch_norm=2 is not allowed: must be true or false"),
+    ("train.keep_states=yes", "train.keep_states='yes' is not allowed: must be true or false"),
+    ("loss.outputs=1", "model.outputs=1 is not allowed with loss ce: must be an integer >= 2"),
+])
+def test_invalid_ts_training_values(override, message):
+    cfg = compose_with(["experiment=ts_cifar10", override])
+    with pytest.raises(ConfigError) as error:
+        validate_training(cfg)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("eval.depths=[0,1]", "eval.depths=[0, 1] is not allowed"),
+    ("eval.sigmas=[0.0]", "eval.sigmas=[0.0] is not allowed"),
+    ("eval.w_max=-1", "eval.w_max=-1 is not allowed"),
+])
+def test_invalid_bound_values(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        validate_eval(compose_with(["eval=bound", override]))
+
+
 def test_invalid_eval_values():
     cfg = compose_with(["eval.resolution=0.5"])
     with pytest.raises(ConfigError, match=r"eval.resolution=0.5 is not allowed: must be a number > 0 and <= 0.3"):

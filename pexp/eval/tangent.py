@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy.special import gammaln, hyp1f1
 from torch import nn
@@ -186,3 +187,154 @@ def sensitivity_bound(k: int | np.ndarray, n_theta: float | np.ndarray, d_in: fl
     log_bound = (np.log(n_theta) + np.log(d_in) + (depths - 1) * np.log(2) - 2 * depths * np.log(depths)
                  + 2 * gammaln(depths / 2) - np.log(np.pi) + _log_psi_star(depths, mu, sigma) + 2 * log_w_product)
     return _as_result(np.exp(log_bound))
+
+
+# --- Estimating the test loss and accuracy from the training ones (eqs. (5)-(7)), as pure functions ---------
+
+ESTIMATORS = ("eq5", "eq6", "eq7")
+ANCHORS = ("previous", "initial")
+ACCURACY_MODES = ("error", "accuracy")
+
+
+def log_weight_product(model: nn.Module) -> float:
+    """log prod_i w_max_i over the weight layers, w_max_i = max |W_i| (the layer-wise l_inf norm of eq. (5))."""
+    return float(sum(torch.log(layer.weight.detach().abs().max()).double() for layer in linear_layers(model)))
+
+
+def membership_weights(log_values: np.ndarray, log_reference: np.ndarray, temperature: float = 1.0
+                       ) -> np.ndarray:
+    """Sigmoid membership probabilities sigma((log s - m) / (temperature * sd)), with (m, sd) the mean and standard
+    deviation of ``log_reference`` (the training inputs' log sensitivities): our stand-in for eq. (4)."""
+    spread = float(np.std(log_reference)) * temperature or 1.0
+    return 1.0 / (1.0 + np.exp(-(np.asarray(log_values, dtype=float) - float(np.mean(log_reference))) / spread))
+
+
+def change_over_epochs(ratio: np.ndarray) -> np.ndarray:
+    """q(t) = r(t) / r(t-1) of a per-epoch test/train sensitivity ratio r (eqs. (6), (7)); q(0) = nan."""
+    ratio = np.asarray(ratio, dtype=float)
+    return np.concatenate([[np.nan], ratio[1:] / ratio[:-1]])
+
+
+def weight_change(log_products: np.ndarray) -> np.ndarray:
+    """Eq. (5) in log form: q(t) = log prod_i w_max_i(t-1) / log prod_i w_max_i(t); q(0) = nan. Above 1 when the
+    weights grow (while the product is below 1, as in every network here)."""
+    logs = np.asarray(log_products, dtype=float)
+    return np.concatenate([[np.nan], logs[:-1] / logs[1:]])
+
+
+def estimate_test(train: np.ndarray, test: np.ndarray, change: np.ndarray, anchor: str = "previous") -> np.ndarray:
+    """Estimated test value per epoch from the training value, assuming the test/train ratio g = test / train
+    moves like the sensitivity: g(t) = g(t-1) q(t).
+
+    ``anchor='previous'``: est(t) = train(t) g(t-1) q(t) (one epoch ahead; g(t-1) measured);
+    ``anchor='initial'``: est(t) = train(t) g(0) q(1) ... q(t) (only the init measured). est(0) = nan.
+    """
+    if anchor not in ANCHORS:
+        raise ValueError(f"anchor={anchor!r} is not allowed: choose one of {', '.join(ANCHORS)}")
+    train, test, change = (np.asarray(a, dtype=float) for a in (train, test, change))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = test / train
+        if anchor == "previous":
+            estimate = train[1:] * gap[:-1] * change[1:]
+        else:
+            estimate = train[1:] * gap[0] * np.cumprod(change[1:])
+    return np.concatenate([[np.nan], estimate])
+
+
+def estimate_accuracy(train_accuracy: np.ndarray, test_accuracy: np.ndarray, change: np.ndarray,
+                      anchor: str = "previous", mode: str = "error") -> np.ndarray:
+    """Estimated test accuracy. ``mode='error'``: the error rate (the 0-1 loss) is estimated like the loss,
+    accuracy = 1 - estimated error; ``mode='accuracy'``: the accuracy itself, moving against the sensitivity
+    (q -> 1 / q)."""
+    if mode not in ACCURACY_MODES:
+        raise ValueError(f"mode={mode!r} is not allowed: choose one of {', '.join(ACCURACY_MODES)}")
+    train_accuracy, test_accuracy = np.asarray(train_accuracy, float), np.asarray(test_accuracy, float)
+    if mode == "error":
+        return 1 - estimate_test(1 - train_accuracy, 1 - test_accuracy, change, anchor)
+    return estimate_test(train_accuracy, test_accuracy, 1 / np.asarray(change, float), anchor)
+
+
+def sensitivity_changes(stats: pd.DataFrame, depth: int, weighted: bool = False) -> dict[str, np.ndarray]:
+    """q(t) of each estimator from a per-epoch statistics table (columns log_w_product, mu_train, sigma_train,
+    mu_test, sigma_test, sens_train, sens_test and, with ``weighted``, sens_train_weighted / sens_test_weighted):
+    eq5 the l_inf weight norms, eq6 psi*(depth, mu, sigma) on test vs train, eq7 the mean ||Sens||_F^2 test vs train."""
+    psi_test = psi_star(depth, stats["mu_test"].to_numpy(), stats["sigma_test"].to_numpy())
+    psi_train = psi_star(depth, stats["mu_train"].to_numpy(), stats["sigma_train"].to_numpy())
+    suffix = "_weighted" if weighted else ""
+    return dict(eq5=weight_change(stats["log_w_product"].to_numpy()),
+                eq6=change_over_epochs(np.asarray(psi_test) / np.asarray(psi_train)),
+                eq7=change_over_epochs(stats[f"sens_test{suffix}"].to_numpy() / stats[f"sens_train{suffix}"].to_numpy()))
+
+
+def add_estimates(stats: pd.DataFrame, depth: int, anchor: str = "previous", accuracy: str = "error",
+                  weighted: bool = False) -> pd.DataFrame:
+    """``stats`` plus columns q_<eq>, loss_<eq> and accuracy_<eq> (the estimated test loss and accuracy) for eqs.
+    (5), (6), (7), from columns train_loss, test_loss, train_accuracy, test_accuracy and those of
+    :func:`sensitivity_changes`; rows sorted by epoch, one per epoch from 0 without gaps."""
+    stats = stats.sort_values("epoch").reset_index(drop=True)
+    if not np.array_equal(stats["epoch"].to_numpy(), np.arange(len(stats))):
+        raise ValueError("the estimators need one row per epoch 0, 1, 2, ... without gaps")
+    out = stats.copy()
+    for name, change in sensitivity_changes(stats, depth, weighted).items():
+        out[f"q_{name}"] = change
+        out[f"loss_{name}"] = estimate_test(stats["train_loss"], stats["test_loss"], change, anchor)
+        out[f"accuracy_{name}"] = estimate_accuracy(stats["train_accuracy"], stats["test_accuracy"], change,
+                                                    anchor, accuracy)
+    return out
+
+
+def mean_absolute_errors(estimates: pd.DataFrame) -> pd.DataFrame:
+    """Table 2: per estimator, the mean absolute error over the epochs that have an estimate (t >= 1) of the
+    test cross-entropy and of the test accuracy: columns estimator, mae_loss, mae_accuracy, epochs."""
+    rows = []
+    for name in ESTIMATORS:
+        loss_error = (estimates[f"loss_{name}"] - estimates["test_loss"]).abs()
+        accuracy_error = (estimates[f"accuracy_{name}"] - estimates["test_accuracy"]).abs()
+        rows.append(dict(estimator=name, mae_loss=float(loss_error.mean()), mae_accuracy=float(accuracy_error.mean()),
+                         epochs=int(loss_error.notna().sum())))
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000
+                      ) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on (x, y)."""
+    weight = next(model.parameters())
+    total, correct = 0.0, 0
+    for i in range(0, len(y), batch_size):
+        logits = model(x[i:i + batch_size].to(weight))
+        targets = y[i:i + batch_size].to(weight.device)
+        total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+        correct += int((logits.argmax(1) == targets).sum())
+    return total / len(y), correct / len(y)
+
+
+def epoch_statistics(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
+                     test: tuple[torch.Tensor, torch.Tensor], train_subset: torch.Tensor,
+                     test_subset: torch.Tensor, batch_size: int = 256, temperature: float = 1.0) -> dict:
+    """What the estimators need from one epoch's weights: the train / test cross-entropy and accuracy (on the
+    given sets), the mean and standard deviation of the per-layer active counts (pooled over hidden layers and
+    inputs; ``total_`` for all hidden units) and the mean ||Sens(x)||_F^2 (summed over outputs; also weighted by
+    :func:`membership_weights`) on the two input subsets, and log prod_i w_max_i."""
+    import time
+
+    row: dict = {}
+    for name, (x, y) in (("train", train), ("test", test)):
+        row[f"{name}_loss"], row[f"{name}_accuracy"] = loss_and_accuracy(model, x, y)
+    started = time.perf_counter()
+    sens = {name: tangent_sensitivity(model, subset, batch_size).sum(1).double().cpu().numpy()
+            for name, subset in (("train", train_subset), ("test", test_subset))}
+    row["seconds_sensitivity"] = time.perf_counter() - started
+    with np.errstate(divide="ignore"):
+        log_train = np.log(sens["train"])
+        for name, values in sens.items():
+            counts = active_counts(model, train_subset if name == "train" else test_subset).double()
+            row[f"mu_{name}"], row[f"sigma_{name}"] = float(counts.mean()), float(counts.std())
+            totals = counts.sum(1)
+            row[f"total_mu_{name}"], row[f"total_sigma_{name}"] = float(totals.mean()), float(totals.std())
+            row[f"sens_{name}"] = float(values.mean())
+            weights = membership_weights(np.log(values), log_train[np.isfinite(log_train)], temperature)
+            row[f"sens_{name}_weighted"] = float((weights * values).sum() / weights.sum())
+    row["log_w_product"] = log_weight_product(model)
+    row["n_sens_train"], row["n_sens_test"] = len(train_subset), len(test_subset)
+    return row

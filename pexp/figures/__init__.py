@@ -10,6 +10,9 @@ from pexp.figures.offmanifold import (SETTINGS, dataset_pca_claims, dataset_pca_
                                       plot_dataset_pca, plot_offmanifold_2d, plot_offmanifold_3d, plot_projected,
                                       projected_claims)
 from pexp.figures.pca import layer_pca_claims, plot_layer_pca
+from pexp.figures.tangent import (build_fig2, build_fig3, build_table2, fig1_claims, fig2_claims, fig3_claims,
+                                  fig4_claims, plot_active_layers, plot_active_totals, plot_fig2, plot_fig3,
+                                  plot_table2, table2_claims, table2_markdown)
 from pexp.figures.toys import pe_fig1_claims, pe_fig2_claims, plot_pe_fig1, plot_pe_fig2
 
 PE_FIG1_SEEDS = (1, 21, 41, 61, 81, 101)
@@ -157,5 +160,54 @@ FIGURES: dict[str, Figure] = {
         claims=offmanifold_claims,
         plot=partial(plot_offmanifold_3d, title="offmanifold-fig5: two-dimensional data in the x-y plane, "
                                                 "two-layer net of width 400 (default init)"),
+    "tangent-fig1": Figure(
+        id="tangent-fig1",
+        paper="TS",
+        what="active hidden units per input (all 400), train vs test, after 50 epochs: (a) MNIST, (b) CIFAR-10",
+        runs={"mnist": "ts_mnist", "cifar10": "ts_cifar10"},
+        evaluator="active",
+        claims=fig1_claims,
+        plot=partial(plot_active_totals, panels={"mnist": "(a) MNIST run", "cifar10": "(b) CIFAR-10 run"},
+                     title="tangent-fig1: active neurons of the 4 x 100 ReLU MLP after training"),
+    ),
+    "tangent-fig2": Figure(
+        id="tangent-fig2",
+        paper="TS",
+        what="the bound of eq. (2) against depth for several mu, sigma, w_max and widths (formula, log scale)",
+        runs={},
+        evaluator="bound",
+        claims=fig2_claims,
+        plot=plot_fig2,
+        build=build_fig2,
+    ),
+    "tangent-fig3": Figure(
+        id="tangent-fig3",
+        paper="TS",
+        what="estimated (eqs. 5, 6, 7) vs actual test cross-entropy and accuracy over the epochs, CIFAR-10",
+        runs={"cifar10": "ts_cifar10"},
+        evaluator="tangent",
+        claims=fig3_claims,
+        plot=plot_fig3,
+        build=build_fig3,
+    ),
+    "tangent-fig4": Figure(
+        id="tangent-fig4",
+        paper="TS",
+        what="active units per input per hidden layer (1-4) and in total, train vs test, CIFAR-10",
+        runs={"cifar10": "ts_cifar10"},
+        evaluator="active",
+        claims=fig4_claims,
+        plot=partial(plot_active_layers, title="tangent-fig4: active neurons per layer after training"),
+    ),
+    "tangent-table2": Figure(
+        id="tangent-table2",
+        paper="TS",
+        what="mean absolute error of the three estimates of the test CE and accuracy, beside the published one",
+        runs={"cifar10": "ts_cifar10"},
+        evaluator="tangent",
+        claims=table2_claims,
+        plot=plot_table2,
+        build=build_table2,
+        markdown=table2_markdown,
     ),
 }

@@ -17,7 +17,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from pexp.eval.evaluate import evaluate  # noqa: E402
 from pexp.figures.compose import compose_experiment  # noqa: E402
-from pexp.runs import atomic_write, write_csv, write_json  # noqa: E402
+from pexp.runs import atomic_write, write_csv, write_json, write_text  # noqa: E402
 from pexp.train.loop import train  # noqa: E402
 
 Claims = list[dict]
@@ -49,6 +49,8 @@ class Figure:
     # Figures that need no training run (a data set's spectrum, a formula): ``build(overrides, device, progress)``
     # returns the tidy table and a metrics dict, in place of ``runs`` + ``evaluator``.
     build: Callable[[Sequence[str], str, bool], tuple[pd.DataFrame, dict[str, dict]]] | None = None
+    # Tables (e.g. tangent-table2): also written as ``<id>.md`` from the tidy table.
+    markdown: Callable[[pd.DataFrame], str] | None = None
 
 
 def data_label(table: pd.DataFrame) -> str:
@@ -70,24 +72,34 @@ def make_figure(figure: Figure, overrides: Sequence[str], figures_dir: Path | st
     started = time.perf_counter()
     if figure.build is not None:
         table, metrics = figure.build(overrides, device, progress)
-        return write_figure(figure, table, metrics, figures_dir, meta=dict(overrides=list(overrides),
-                                                                           started=started))
-    frames, metrics, runs = [], {}, []
-    for label, spec in figure.runs.items():
+    else:
+        table, metrics = collect_runs(figure.runs, figure.evaluator, overrides, device, progress)
+    runs = [entry[RUN_INFO] for entry in metrics.values() if isinstance(entry, dict) and RUN_INFO in entry]
+    return write_figure(figure, table, metrics, figures_dir, meta=dict(overrides=list(overrides), runs=runs,
+                                                                       started=started))
+
+
+RUN_INFO = "run_info"  # what collect_runs adds to each run's metrics: label, experiment, run dir, hash, times
+
+
+def collect_runs(runs: dict[str, str | Run], evaluator: str, overrides: Sequence[str], device: str = "auto",
+                 progress: bool = True) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """Train and evaluate what is missing; the evaluator's results of every run in one table (plus run, data
+    and tag columns) and each run's metrics.json by label (plus ``run_info`` for the figure's meta.json)."""
+    frames, metrics = [], {}
+    for label, spec in runs.items():
         spec = spec if isinstance(spec, Run) else Run(spec)
-        cfg: DictConfig = compose_experiment(spec.experiment, [f"eval={figure.evaluator}",
-                                                               *spec.overrides, *overrides])
+        cfg: DictConfig = compose_experiment(spec.experiment, [f"eval={evaluator}", *spec.overrides, *overrides])
         run = train(cfg)
         results = evaluate(run, cfg.eval, device, progress=progress)
         metrics[label] = json.loads((run / "metrics.json").read_text())
-        runs.append(dict(label=label, experiment=spec.experiment, run_dir=str(run.path), hash=run.path.name,
-                         data=metrics[label]["data"], train_seconds=_train_seconds(metrics[label])))
+        metrics[label][RUN_INFO] = dict(label=label, experiment=spec.experiment, run_dir=str(run.path),
+                                        hash=run.path.name, data=metrics[label]["data"],
+                                        train_seconds=_train_seconds(metrics[label]))
         extra = {key: metrics[label][key] for key in ("reached_target",) if key in metrics[label]}
         frames.append(results.assign(run=label, experiment=spec.experiment, run_dir=str(run.path),
                                      data=metrics[label]["data"], **extra, **dict(spec.tags)))
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return write_figure(figure, table, metrics, figures_dir, meta=dict(overrides=list(overrides), runs=runs,
-                                                                       started=started))
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), metrics
 
 
 def _train_seconds(metrics: dict) -> float | None:
@@ -117,6 +129,8 @@ def write_figure(figure: Figure, table: pd.DataFrame, metrics: dict[str, dict], 
     paths = {ext: out / f"{figure.id}.{ext}" for ext in ("csv", "claims.json", "png", "pdf", "meta.json")}
     paths["meta.json"].unlink(missing_ok=True)  # written again last: present only beside a finished set
     write_csv(paths["csv"], table)
+    if figure.markdown is not None:
+        paths["md"] = write_text(out / f"{figure.id}.md", figure.markdown(table))
     claims = figure.claims(table, metrics)
     write_json(paths["claims.json"], claims)
     fig = figure.plot(table)

@@ -35,11 +35,13 @@ class EntryNet(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.layer_names = list(names)
         self.input_shape = tuple(input_shape)
+        self.eval()  # the shape probe is one sample: batch-norm needs inference mode
         with torch.no_grad():
             shapes, h = [], torch.zeros(1, *input_shape)
             for block in self.blocks:
                 shapes.append(tuple(h.shape[1:]))
                 h = block(h)
+        self.train()
         self.entry_shapes: list[tuple[int, ...]] = shapes
         self.outputs = h.shape[1]
 
@@ -118,9 +120,16 @@ def richness_cnn(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
 
 def mlp(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
     """Fully connected ReLU network: flatten -> widths... -> outputs (PyTorch's default init,
-    U(-1/sqrt(fan_in), 1/sqrt(fan_in)))."""
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in))); ``batch_norm`` (before each ReLU) and ``dropout`` (after it) give the
+    variants of paper TS's Table 1."""
     sizes = [int(torch.tensor(input_shape).prod()), *map(int, cfg.widths)]
-    blocks = [Block(nn.Linear(a, b), nn.ReLU()) for a, b in zip(sizes[:-1], sizes[1:])]
+    batch_norm, dropout = bool(cfg.get("batch_norm", False)), float(cfg.get("dropout", 0.0))  # paper TS, Table 1
+
+    def hidden(width_in: int, width_out: int) -> Block:
+        activation = nn.Sequential(nn.BatchNorm1d(width_out), nn.ReLU()) if batch_norm else nn.ReLU()
+        return Block(nn.Linear(width_in, width_out), activation, nn.Dropout(dropout) if dropout else None)
+
+    blocks = [hidden(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
     blocks.append(Block(nn.Linear(sizes[-1], int(cfg.outputs))))
     blocks[0].before = nn.Flatten()
     bias_scale = float(cfg.get("hidden_bias_scale", 1.0))  # pe-fig1: hidden biases x10 after default init

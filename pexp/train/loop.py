@@ -72,8 +72,11 @@ def training_step(model: EntryNet, optimizer: torch.optim.Optimizer, reduction: 
 def error_rate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threshold: float = 0.5,
                batch_size: int = 2000) -> torch.Tensor:
     """Per-point misclassification (bool) of clean inputs."""
+    was_training = model.training
+    model.eval()  # batch-norm / dropout variants: inference mode
     wrong = [predict(model(x[i:i + batch_size]), threshold) != y[i:i + batch_size]
              for i in range(0, len(y), batch_size)]
+    model.train(was_training)
     return torch.cat(wrong) if wrong else torch.zeros(0, dtype=torch.bool)
 
 
@@ -94,6 +97,11 @@ def _load_checkpoint(path: Path) -> dict | None:
         warnings.warn(f"checkpoint {path} is unreadable ({type(error).__name__}); starting this run again",
                       stacklevel=2)
         return None
+
+
+def state_path(run: RunDir, epoch: int) -> Path:
+    """Where ``train.keep_states`` keeps the weights after ``epoch`` epochs (0: the init)."""
+    return run / "states" / f"epoch_{epoch:03d}.pt"
 
 
 def train(cfg: DictConfig) -> RunDir:
@@ -130,6 +138,9 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     model = build_model(cfg.model, data.input_shape, cfg.init).to(device)
     optimizer, reduction = build_optimizer(cfg.optim, model.parameters())
     write_text(run / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    keep_states = bool(cfg.train.get("keep_states", False))  # every epoch's weights, for per-epoch evaluators
+    if keep_states and not state_path(run, 0).exists():
+        torch_save(state_path(run, 0), model.state_dict())  # epoch 0: the init (the same on every attempt)
 
     rows: list[dict] = []
     start_epoch = 0
@@ -171,6 +182,8 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
             total += training_step(model, optimizer, reduction, x_batch, y_batch, cfg.loss, eps,
                                    int(cfg.perturb.pieces), active, penalty)
         done = epoch + 1
+        if keep_states:
+            torch_save(state_path(run, done), model.state_dict())
         reached = target is not None and float(training_margin(model, x_train, y_train, threshold)) >= target
         final = reached or done == epochs
         if done % log_every and not final:
