@@ -160,6 +160,7 @@ FIGURES: dict[str, Figure] = {
         claims=offmanifold_claims,
         plot=partial(plot_offmanifold_3d, title="offmanifold-fig5: two-dimensional data in the x-y plane, "
                                                 "two-layer net of width 400 (default init)"),
+    ),
     "tangent-fig1": Figure(
         id="tangent-fig1",
         paper="TS",
