@@ -27,10 +27,10 @@ SMOKE_EXTRA: dict[str, list[str]] = {
     "richness-fig1": SYNTHETIC, "richness-fig2": SYNTHETIC, "pe-fig4": SYNTHETIC, "pe-fig5": SYNTHETIC,
     "pe-fig6": SYNTHETIC, "pe-fig1": SHORT, "pe-fig2": SHORT,
     "offmanifold-fig2": ["train.epochs=1000"], "offmanifold-fig6": ["train.epochs=1000"],
-    "offmanifold-fig3": ["train.epochs=300", "eval.surface_grid=11"],
-    "offmanifold-fig5": ["train.epochs=300", "eval.surface_grid=11"],
+    "offmanifold-fig3": ["train.epochs=300", "++eval.surface_grid=11"],
+    "offmanifold-fig5": ["train.epochs=300", "++eval.surface_grid=11"],
     "offmanifold-fig1": ["synthetic=true"],
-    "offmanifold-fig4": ["synthetic=true", "model.widths=[64,64]", "train.epochs=3", "eval.n_points=20",
+    "offmanifold-fig4": ["synthetic=true", "++model.widths=[64,64]", "train.epochs=3", "++eval.n_points=20",
                          "eval.resolution=0.05"],
     **{f"tangent-{name}": ["synthetic=true", "train.epochs=3", "eval.n_train=200", "eval.n_test=200"]
        for name in ("fig1", "fig3", "fig4", "table2")},
