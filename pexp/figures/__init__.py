@@ -138,7 +138,7 @@ FIGURES: dict[str, Figure] = {
         evaluator="offmanifold",
         claims=offmanifold_claims,
         plot=partial(plot_offmanifold_3d, title="offmanifold-fig3: two-dimensional data at z = 0.5, two-layer net "
-                                                "of width 4000 (colour: where the boundary crosses z)"),
+                                                "of width 4000"),
     ),
     "offmanifold-fig4": Figure(
         id="offmanifold-fig4",
