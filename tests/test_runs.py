@@ -1,6 +1,5 @@
 """Run directories: stable hashing, atomic writes that never corrupt what was there."""
 import pytest
-from omegaconf import OmegaConf
 
 from pexp.figures.compose import compose_experiment
 from pexp.runs import config_hash, run_identity, write_json, write_text, atomic_write, RunDir

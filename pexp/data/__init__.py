@@ -43,6 +43,24 @@ def data_root(cfg: DictConfig) -> Path:
     return Path(root).expanduser()
 
 
+def locate_files(cfg: DictConfig, name: str, folder: Path, missing: list[str],
+                 download: Callable[[Path], object], how: str) -> Path:
+    """``folder`` when nothing is ``missing``; else try ``download(root)`` (unless ``data.download=false``), and
+    when that fails stop with one line: where it looked, what is missing, why, and ``how`` to provide the files."""
+    from pexp.config import DataError
+
+    if not missing:
+        return folder
+    reason = "download disabled (data.download=false)"
+    if cfg.get("download", True):
+        try:
+            download(data_root(cfg))
+            return folder
+        except Exception as error:  # noqa: BLE001 - any failure means: tell the user how to provide the files
+            reason = f"download failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
+    raise DataError(f"{name} not found: looked for {folder} (missing {', '.join(missing)}); {reason}. {how}")
+
+
 def _limit(split: Split, n: int | None) -> Split:
     return split if n is None or n >= len(split) else split.subset(torch.arange(n))
 

@@ -12,7 +12,7 @@ import torchvision
 from omegaconf import DictConfig
 
 from pexp.config import DataError
-from pexp.data import Dataset, Split, data_root
+from pexp.data import Dataset, Split, data_root, locate_files
 
 FOLDER = "cifar-10-batches-py"
 LOSSLESS_MASK = "cifar-10-batches-py.test_is_lossless.npy"  # optional: marks test images known to be exact
@@ -30,23 +30,12 @@ def _md5(path: Path) -> str:
 
 
 def _locate(cfg: DictConfig) -> Path:
-    root = data_root(cfg)
-    folder = root / FOLDER
+    folder = data_root(cfg) / FOLDER
     missing = [name for name in TRAIN_FILES + TEST_FILES if not (folder / name).is_file()]
-    if not missing:
-        return folder
-    reason = "download disabled (data.download=false)"
-    if cfg.get("download", True):
-        try:
-            torchvision.datasets.CIFAR10(str(root), train=True, download=True)
-            return folder
-        except Exception as error:  # noqa: BLE001 - any failure means: tell the user how to provide the files
-            reason = f"download failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
-    raise DataError(
-        f"CIFAR-10 not found: looked for {folder} (missing {', '.join(missing)}); {reason}. "
-        f"Put the python version of CIFAR-10 ({FOLDER}/data_batch_1..5, test_batch) under a folder and set "
-        f"PEXP_DATA=<that folder> (or data.root=<folder>), or use data=synthetic_cifar2 for a synthetic stand-in."
-    )
+    return locate_files(
+        cfg, "CIFAR-10", folder, missing, lambda root: torchvision.datasets.CIFAR10(str(root), train=True, download=True),
+        f"Put the python version of CIFAR-10 ({FOLDER}/data_batch_1..5, test_batch) under a folder and "
+        f"set PEXP_DATA=<that folder> (or data.root=<folder>), or use data=synthetic_cifar2 for a synthetic stand-in.")
 
 
 def _verify(folder: Path, verify: bool) -> bool:

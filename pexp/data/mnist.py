@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from pexp.config import DataError
-from pexp.data import Dataset, Split, data_root
+from pexp.data import Dataset, Split, data_root, locate_files
 
 FOLDER = Path("MNIST") / "raw"
 FILES = {  # name -> MD5 of the official uncompressed IDX file
@@ -35,25 +35,19 @@ def _present(path: Path) -> bool:
 
 
 def _locate(cfg: DictConfig) -> Path:
-    root = data_root(cfg)
-    folder = root / FOLDER
+    folder = data_root(cfg) / FOLDER
     missing = [name for name in FILES if not _present(folder / name)]
-    if not missing:
-        return folder
-    reason = "download disabled (data.download=false)"
-    if cfg.get("download", True):
-        try:
-            import torchvision
 
-            torchvision.datasets.MNIST(str(root), train=True, download=True)
-            return folder
-        except Exception as error:  # noqa: BLE001 - any failure means: tell the user how to provide the files
-            reason = f"download failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
-    raise DataError(
-        f"MNIST not found: looked for {folder} (missing {', '.join(missing)}); {reason}. Put the four IDX files "
-        f"({', '.join(FILES)}, optionally .gz) under <folder>/MNIST/raw and set PEXP_DATA=<folder> "
-        f"(or data.root=<folder>), or ask for the synthetic stand-in (data=synthetic_mnist or data=synthetic_mnist_pca32)."
-    )
+    def download(root: Path) -> object:
+        import torchvision
+
+        return torchvision.datasets.MNIST(str(root), train=True, download=True)
+
+    return locate_files(
+        cfg, "MNIST", folder, missing, download,
+        f"Put the four IDX files ({', '.join(FILES)}, optionally .gz) under <folder>/MNIST/raw and set "
+        f"PEXP_DATA=<folder> (or data.root=<folder>), or ask for the synthetic stand-in (data=synthetic_mnist, "
+        f"data=synthetic_mnist_pca32, or synthetic=true for a figure).")
 
 
 def _verify(folder: Path, verify: bool) -> None:
