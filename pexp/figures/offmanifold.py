@@ -142,7 +142,10 @@ def plot_projected(table: pd.DataFrame, datasets: dict[str, str]) -> plt.Figure:
                 axes[1][column].plot(rows["factor"], rows["success"], marker="o", label=label)
         source = table.loc[table["dataset"] == dataset, "data"]
         marked = " [SYNTHETIC stand-in]" if "synthetic" in set(source) else ""
-        axes[0][column].set_title(f"{name}{marked}", fontsize=9)
+        runs = table[table["dataset"] == dataset].drop_duplicates("factor")
+        reached = (f"; {int(runs['reached_target'].astype(bool).sum())}/{len(runs)} runs reached the target margin "
+                   f"(the others stopped at the epoch cap)" if "reached_target" in runs else "")
+        axes[0][column].set_title(f"{name}{marked}{reached}", fontsize=8)
         axes[0][column].set_ylabel("mean l2 size of the perturbations found")
         axes[1][column].set_ylabel("share of points flipped within eps_max")
         axes[1][column].set_ylim(0, 1.05)
@@ -169,13 +172,15 @@ def projected_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:  
                  for mode in MODES if (rows["mode"] == mode).any()}
         success = {mode: rows[rows["mode"] == mode].set_index("factor")["success"].to_dict() for mode in means}
         complete = {mode: bool(series.notna().all()) for mode, series in means.items()}  # a mean at every factor
+        runs = table[table["dataset"] == dataset].drop_duplicates("factor").set_index("factor").sort_index()
+        reached = runs["reached_target"].astype(bool).to_dict() if "reached_target" in runs else {}
         for mode in ("complement", "unrestricted"):
             if mode in means:
                 series = means[mode]
                 ratio = float(series.iloc[-1] / series.iloc[0])
                 out.append(claim(f"{dataset}: the {MODES[mode]} distance grows with the init factor",
                                  dict(mean_by_factor=series.to_dict(), ratio_last_to_first=ratio,
-                                      success_by_factor=success[mode]),
+                                      success_by_factor=success[mode], reached_target_by_factor=reached),
                                  f"mean at the largest factor >= {GROWS} x the mean at factor 1 (a perturbation "
                                  f"found at every factor)", complete[mode] and ratio >= GROWS, data))
         if "complement" in success:
@@ -189,7 +194,7 @@ def projected_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:  
             spread = float(series.max() / series.min())
             out.append(claim(f"{dataset}: the on-subspace distance barely moves with the init factor",
                              dict(mean_by_factor=series.to_dict(), max_over_min=spread,
-                                  success_by_factor=success["subspace"]),
+                                  success_by_factor=success["subspace"], reached_target_by_factor=reached),
                              f"max / min of the means over the factors <= {FLAT} (a perturbation found at every "
                              f"factor)", complete["subspace"] and spread <= FLAT, data))
     return out
