@@ -282,14 +282,15 @@ def check_output_dir(arguments: list[str]) -> None:
 
 
 def exit_on_user_error(main: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a ConfigError / DataError, or an output that cannot be written (disk full, not writable), into one
-    clear line on stderr and exit status 2 (atomic writes leave every existing file as it was)."""
+    """Turn a ConfigError / DataError, a training loss that became NaN or infinite (FloatingPointError, naming the
+    epoch), or an output that cannot be written (disk full, not writable), into one clear line on stderr and exit
+    status 2 (atomic writes leave every existing file as it was)."""
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return main(*args, **kwargs)
-        except (ConfigError, DataError) as error:
+        except (ConfigError, DataError, FloatingPointError) as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         except OSError as error:

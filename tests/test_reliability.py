@@ -213,3 +213,16 @@ def test_a_stale_temporary_file_of_a_killed_writer_is_removed_under_the_lock(tmp
     with run.lock():
         pass
     assert sorted(p.name for p in run.path.iterdir()) == [".lock", COMPLETE]
+
+
+def test_a_loss_that_becomes_nan_stops_with_one_line_naming_the_epoch(tmp_path):
+    """Numerical fault: lr 1e30 makes the toy's loss NaN within ten epochs; the run stops there, says so in one
+    line (exit 2), and is never marked finished."""
+    from test_config import run_cli
+
+    result = run_cli("pexp.train", "experiment=om_fig2_a", "optim.lr=1e30", "train.epochs=50", "train.log_every=10",
+                     "train.checkpoint_every=10", "train.progress=false", f"paths.output_dir={tmp_path}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "training loss became nan by epoch 10 of run" in lines[0] and "optim.lr" in lines[0]
+    assert not list((tmp_path / "runs").glob("*/*/COMPLETE"))
