@@ -56,7 +56,8 @@ sweep-eps: install
 	$(PY) -m pexp.figures fig=pe-fig5 $(ARGS)
 
 # offmanifold-fig4's runs as a Hydra multirun over the first layer's init factor (both data sets), run in parallel
-# by the joblib launcher (one thread per job); the figure then finds them by config.
+# by the joblib launcher (one thread per job); the figure then finds them by config. The figure draws the factors
+# of pexp.figures.OM_FACTORS (1..32): other FACTORS train runs it does not show.
 FACTORS ?= 1,2,4,8,16,32
 sweep-init: install
 	OMP_NUM_THREADS=1 $(PY) -m pexp.train -m experiment=om_fig4_sphere,om_fig4_mnist init.factor=$(FACTORS) \
