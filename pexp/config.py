@@ -281,6 +281,35 @@ def check_output_dir(arguments: list[str]) -> None:
         sys.exit(2)
 
 
+def check_sweep(arguments: list[str], validate: Callable[[DictConfig], None]) -> None:
+    """Before a multirun (``-m``) starts any job: compose every job's config and ``validate`` it, so one bad value
+    in a sweep (e.g. ``perturb.eps=0.01,abc``) stops the whole sweep with one line naming it and its job, exit 2."""
+    if not {"-m", "--multirun"} & set(arguments):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from pexp import CONF_DIR
+
+    overrides = [item for item in arguments if not item.startswith("-")]
+    try:
+        jobs = [job for batch in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides),
+                                                               None) for job in batch]
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            for job in jobs:
+                try:
+                    validate(compose(config_name="config",
+                                     overrides=[o for o in job if not o.startswith("hydra")]))
+                except (ConfigError, DataError) as error:
+                    raise ConfigError(f"{error} (sweep job: {' '.join(job)})") from error
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:  # noqa: BLE001 - anything else (a Hydra syntax error...) is left to Hydra to report
+        return
+
+
 def exit_on_user_error(main: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a ConfigError / DataError, a training loss that became NaN or infinite (FloatingPointError, naming the
     epoch), or an output that cannot be written (disk full, not writable), into one clear line on stderr and exit

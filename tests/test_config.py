@@ -196,3 +196,13 @@ def test_cli_unknown_figure_id(tmp_path):
     result = run_cli("pexp.figures", "fig=fig99", f"paths.output_dir={tmp_path}")
     assert result.returncode == 2
     assert "fig='fig99' is not allowed: choose one of richness-fig2" in result.stderr
+
+
+def test_cli_multirun_is_validated_before_any_job_starts(tmp_path):
+    result = run_cli("pexp.train", "-m", "experiment=pe_alg1", "perturb.eps=0.005,abc", "seed=1,2",
+                     f"paths.output_dir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: perturb.eps='abc' is not allowed: must be a number >= 0 (sweep job: experiment=pe_alg1 "
+        f"perturb.eps=abc seed=1 paths.output_dir={tmp_path})"]
+    assert not (tmp_path / "runs").exists()  # not even the valid jobs started

@@ -5,7 +5,7 @@ import hydra
 from omegaconf import DictConfig
 
 from pexp import CONF_DIR
-from pexp.config import check_output_dir, exit_on_user_error
+from pexp.config import check_output_dir, check_sweep, exit_on_user_error, validate_training
 from pexp.train.loop import train
 
 
@@ -17,4 +17,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     check_output_dir(sys.argv[1:])
+    check_sweep(sys.argv[1:], validate_training)
     main()
