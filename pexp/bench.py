@@ -38,7 +38,7 @@ from torch import nn
 
 from pexp.models import AsLogits, EntryNet, build_model
 from pexp.runs import write_json
-from pexp.train.loop import training_step
+from pexp.train.loop import recorded_train_seconds, training_step
 from pexp.train.optim import SummedMomentum
 from pexp.train.perturb import active_layers, eps_at_epoch
 from pexp.train.reference import one_at_a_time_update
@@ -287,14 +287,6 @@ def tangent_row(sizes: dict, device: torch.device) -> dict:
 FIG2_RUNS = {"first": "richness_fig2_first", "all": "richness_fig2_all"}
 
 
-def _recorded_train_seconds(run: Path) -> float:
-    import pandas as pd
-
-    log = pd.read_csv(run / "train_log.csv")
-    interval = log["epoch"].diff().fillna(log["epoch"].iloc[0])
-    return float((log["seconds"] * interval).sum())
-
-
 def _recorded_eval_seconds(out: Path) -> tuple[float, str]:
     """Seconds of a finished margin evaluation: from its COMPLETE marker when recorded there, else the span from
     its lock file's creation to its last split file (file times)."""
@@ -340,7 +332,7 @@ def _recorded_end_to_end(configs: dict, runs: dict, evals: dict, overrides: Sequ
 
     stages, notes = {}, {}
     for label in configs:
-        stages[f"train {label}"] = _recorded_train_seconds(runs[label].path)
+        stages[f"train {label}"] = recorded_train_seconds(runs[label].path)
         metrics = json.loads((runs[label] / "metrics.json").read_text())
         notes[f"train {label}"] = (f"{runs[label].path} (train_log.csv: {metrics.get('epochs_trained', 40)} epochs, "
                                    f"{metrics['seconds_per_epoch']:.1f} s/epoch mean; data {metrics['data']})")

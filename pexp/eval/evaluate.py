@@ -25,8 +25,14 @@ RESULTS = "results.csv"
 
 
 def eval_dir(run: RunDir, eval_cfg: DictConfig) -> RunDir:
+    """``<run>/eval/<name>-<hash of the eval config>``."""
     tree = {k: v for k, v in OmegaConf.to_container(eval_cfg, resolve=True).items() if k not in NOT_HASHED}
     return RunDir(run / "eval" / f"{eval_cfg.name}-{config_hash(tree)}")
+
+
+def run_of(out: RunDir) -> RunDir:
+    """The run an evaluation directory (:func:`eval_dir`) belongs to."""
+    return RunDir(out.path.parent.parent)
 
 
 def _search_settings(eval_cfg: DictConfig, progress: bool) -> dict:
@@ -62,7 +68,7 @@ def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: 
             lossless = subset.extras.get("lossless", torch.ones(len(subset), dtype=torch.bool))
             write_csv(part, pd.DataFrame(dict(split=name, index=index.numpy(), target=subset.y.numpy(),
                                               margin=margins.numpy(), lossless=lossless.numpy())))
-            print(f"[pexp] margins of {len(subset)} {name} points of {out.path.parent.parent}: median "
+            print(f"[pexp] margins of {len(subset)} {name} points of {run_of(out).path}: median "
                   f"{float(margins.median()):.4f} ({seconds:.1f}s)")
         frames.append(pd.read_csv(part))
     return pd.concat(frames, ignore_index=True)
@@ -218,7 +224,7 @@ def tangent_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out:
     accuracy (:func:`add_estimates`). Finished epochs are kept in ``epochs.csv``, so an interruption resumes."""
     from pexp.train.loop import state_path
 
-    run = RunDir(out.path.parent.parent)
+    run = run_of(out)
     epochs = int(cfg.train.epochs)
     missing = [epoch for epoch in range(epochs + 1) if not state_path(run, epoch).exists()]
     if missing:
@@ -288,15 +294,18 @@ def dataset_pca_results(cfg: DictConfig, eval_cfg: DictConfig) -> pd.DataFrame:
                              n=len(split), data=data.source))
 
 
+DATA_EVALUATORS: dict[str, Callable[[DictConfig, DictConfig], pd.DataFrame]] = {"dataset_pca": dataset_pca_results}
+
+
 def evaluate_data(cfg: DictConfig) -> pd.DataFrame:
-    """An evaluator of a data set alone (no model): ``dataset_pca``. Cached like :func:`evaluate`, under
+    """An evaluator of a data set alone, no model (:data:`DATA_EVALUATORS`). Cached like :func:`evaluate`, under
     ``<runs_dir>/<run_name>/<hash of the data config>/eval/<name>-<hash>/``."""
     validate_eval(cfg)
-    if cfg.eval.name != "dataset_pca":
-        raise ConfigError(f"eval.name={cfg.eval.name!r} needs a trained model; data-only evaluators: dataset_pca")
-    identity = {key: value for key, value in run_identity(cfg)["data"].items()}
-    run = RunDir(Path(cfg.paths.runs_dir) / str(cfg.run_name) / config_hash(identity))
-    return _cached(eval_dir(run, cfg.eval), cfg.eval, lambda: dataset_pca_results(cfg, cfg.eval))
+    if cfg.eval.name not in DATA_EVALUATORS:
+        raise ConfigError(f"eval.name={cfg.eval.name!r} needs a trained model; data-only evaluators: "
+                          f"{', '.join(DATA_EVALUATORS)}")
+    run = RunDir(Path(cfg.paths.runs_dir) / str(cfg.run_name) / config_hash(run_identity(cfg)["data"]))
+    return _cached(eval_dir(run, cfg.eval), cfg.eval, lambda: DATA_EVALUATORS[cfg.eval.name](cfg, cfg.eval))
 
 
 def find_run(cfg: DictConfig) -> RunDir:

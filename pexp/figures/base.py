@@ -18,7 +18,7 @@ from omegaconf import DictConfig  # noqa: E402
 from pexp.eval.evaluate import evaluate  # noqa: E402
 from pexp.figures.compose import compose_experiment  # noqa: E402
 from pexp.runs import atomic_write, write_csv, write_json, write_text  # noqa: E402
-from pexp.train.loop import train  # noqa: E402
+from pexp.train.loop import recorded_train_seconds, train  # noqa: E402
 
 Claims = list[dict]
 
@@ -95,22 +95,11 @@ def collect_runs(runs: dict[str, str | Run], evaluator: str, overrides: Sequence
         metrics[label] = json.loads((run / "metrics.json").read_text())
         metrics[label][RUN_INFO] = dict(label=label, experiment=spec.experiment, run_dir=str(run.path),
                                         hash=run.path.name, data=metrics[label]["data"],
-                                        train_seconds=_train_seconds(metrics[label], run.path))
+                                        train_seconds=recorded_train_seconds(run.path))
         extra = {key: metrics[label][key] for key in ("reached_target",) if key in metrics[label]}
         frames.append(results.assign(run=label, experiment=spec.experiment, run_dir=str(run.path),
                                      data=metrics[label]["data"], **extra, **dict(spec.tags)))
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), metrics
-
-
-def _train_seconds(metrics: dict, run_dir: Path) -> float | None:
-    """A run's training wall time from its metrics.json: seconds per epoch x epochs trained (runs older than the
-    ``epochs_trained`` key: the last epoch of their train_log.csv), if recorded."""
-    epochs = metrics.get("epochs_trained")
-    if epochs is None and (run_dir / "train_log.csv").exists():
-        epochs = int(pd.read_csv(run_dir / "train_log.csv")["epoch"].max())
-    if metrics.get("seconds_per_epoch") is None or epochs is None:
-        return None
-    return float(metrics["seconds_per_epoch"]) * int(epochs)
 
 
 def figure_meta(figure: Figure, table: pd.DataFrame, overrides: Sequence[str] = (), runs: Sequence[dict] = (),

@@ -158,14 +158,14 @@ def build_model(cfg: DictConfig, input_shape: Sequence[int], init: DictConfig | 
         raise ConfigError(f"model.name={cfg.name!r} is not allowed: choose one of {', '.join(sorted(MODELS))}")
     model = MODELS[cfg.name](cfg, input_shape)
     if init is not None:
-        scale_init(model, init)
+        init_weights(model, init)
     return model
 
 
 INIT_SCHEMES = ("default", "normal_fan_in")
 
 
-def scale_init(model: EntryNet, init: DictConfig) -> None:
+def init_weights(model: EntryNet, init: DictConfig) -> None:
     """Set the initial weights as ``init`` says, in this order (biases keep PyTorch's default):
     ``scheme``: default (PyTorch's) or normal_fan_in (every weight N(0, 1/fan_in), the paper OM authors' code);
     ``first_std``: the first affine layer's weights N(0, first_std^2) instead; ``output_signs``: the last layer's

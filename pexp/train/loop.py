@@ -104,6 +104,16 @@ def state_path(run: RunDir, epoch: int) -> Path:
     return run / "states" / f"epoch_{epoch:03d}.pt"
 
 
+def recorded_train_seconds(run: Path) -> float | None:
+    """A run's training wall time from its train_log.csv (each row's seconds per epoch x the epochs it covers);
+    None when the run has no log."""
+    if not (run / "train_log.csv").exists():
+        return None
+    log = pd.read_csv(run / "train_log.csv")
+    interval = log["epoch"].diff().fillna(log["epoch"].iloc[0])
+    return float((log["seconds"] * interval).sum())
+
+
 def train(cfg: DictConfig) -> RunDir:
     """Train the run ``cfg`` describes, or reuse it when finished; resume from its checkpoint when interrupted."""
     validate_training(cfg)
