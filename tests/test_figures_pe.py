@@ -10,9 +10,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pexp import CONF_DIR
-import pexp.eval.evaluate as evaluate_module
+import pexp.eval.evaluators.pca as evaluate_module
 from pexp.data import Dataset, Split
-from pexp.eval.evaluate import pca_results
+from pexp.eval.evaluators.pca import pca_results
 from pexp.figures import FIGURES
 from pexp.figures.base import make_figure
 from pexp.figures.pca import components_needed

@@ -1,0 +1,57 @@
+"""``eval=boundary``: 2D toys, each training point's distance to the boundary and the boundary traced."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from pexp.config import ConfigError
+from pexp.data import load_dataset
+from pexp.eval.evaluators.common import _search_settings
+from pexp.eval.margin import minimal_perturbation
+from pexp.models import AsLogits, EntryNet, score
+from pexp.runs import RunDir
+from pexp.train.loop import decision_threshold
+
+
+def boundary_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
+                     progress: bool) -> pd.DataFrame:
+    """2D toys: rows ``kind=point`` (training points: x0, x1, target, margin = Euclidean distance to the boundary,
+    0 when misclassified) and rows ``kind=boundary`` (the boundary traced on the grid: segment, x0, x1)."""
+    data = load_dataset(cfg.data)
+    threshold = decision_threshold(cfg.loss)
+    x, y = data.train.x, data.train.y
+    if x.shape[1] != 2:
+        raise ConfigError(f"eval=boundary is for 2D data: data.name={cfg.data.name!r} has {x.shape[1]} features")
+    if len(model.blocks) == 1:  # affine model: the exact distance to its hyperplane
+        layer = model.blocks[0].affine
+        w = (layer.weight[0] if layer.out_features == 1 else layer.weight[1] - layer.weight[0]).detach().double()
+        b = float(layer.bias[0] if layer.out_features == 1 else layer.bias[1] - layer.bias[0]) - threshold
+        signed = (x.double() @ w + b) / w.norm() * torch.where(y == 1, 1.0, -1.0).double()
+        margins = signed.clamp(min=0)
+    else:
+        torch.manual_seed(int(eval_cfg.seed))
+        margins = minimal_perturbation(AsLogits(model, threshold), x, y, norm="l2", bounds=(-1e6, 1e6),
+                                       **_search_settings(eval_cfg, progress))
+    boundary = trace_boundary(model, threshold, eval_cfg.view, int(eval_cfg.grid))
+    points = pd.DataFrame(dict(kind="point", index=np.arange(len(y)), x0=x[:, 0].numpy(), x1=x[:, 1].numpy(),
+                               target=y.numpy(), margin=margins.double().numpy()))
+    return pd.concat([points, boundary], ignore_index=True)
+
+
+def trace_boundary(model: EntryNet, threshold: float, view: list[float], grid: int) -> pd.DataFrame:
+    """The decision boundary of a model on 2D inputs, traced on a ``grid`` x ``grid`` mesh over
+    view = [x_min, x_max, y_min, y_max]: rows kind=boundary, segment, x0, x1."""
+    import contourpy
+
+    x_min, x_max, y_min, y_max = map(float, view)
+    gx, gy = np.linspace(x_min, x_max, grid), np.linspace(y_min, y_max, grid)
+    mesh = torch.tensor(np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2), dtype=torch.float32)
+    with torch.no_grad():
+        values = score(model(mesh.to(next(model.parameters()).device))).reshape(len(gy), len(gx))
+    level = threshold if model.outputs == 1 else 0.0
+    segments = contourpy.contour_generator(gx, gy, values.double().cpu().numpy()).lines(level)
+    frames = [pd.DataFrame(dict(kind="boundary", segment=i, x0=line[:, 0], x1=line[:, 1]))
+              for i, line in enumerate(segments)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["kind", "segment", "x0", "x1"])

@@ -1,0 +1,40 @@
+"""``eval=margin``: margins of a train subset and of the test set."""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from pexp.data import load_dataset
+from pexp.eval.evaluators.common import _search_settings, _subset, run_of
+from pexp.eval.margin import minimal_perturbation
+from pexp.models import AsLogits, EntryNet
+from pexp.runs import RunDir, write_csv
+from pexp.train.loop import decision_threshold
+
+
+def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
+                   progress: bool) -> pd.DataFrame:
+    """Margins (``minimal_perturbation``) of a random train subset and of the test set:
+    columns split, index, target, margin, lossless."""
+    data = load_dataset(cfg.data)
+    logits = AsLogits(model, decision_threshold(cfg.loss))
+    frames = []
+    for name, split, n in (("train", data.train, eval_cfg.n_train), ("test", data.test, eval_cfg.n_test)):
+        part = out / f"{name}.csv"  # each split is kept as soon as it is done, so an interruption loses less
+        if not part.exists():
+            subset, index = _subset(split, n, int(eval_cfg.seed))
+            torch.manual_seed(int(eval_cfg.seed))
+            started = time.perf_counter()
+            margins = minimal_perturbation(logits, subset.x, subset.y, norm=eval_cfg.norm,
+                                           **_search_settings(eval_cfg, progress))
+            seconds = time.perf_counter() - started
+            lossless = subset.extras.get("lossless", torch.ones(len(subset), dtype=torch.bool))
+            write_csv(part, pd.DataFrame(dict(split=name, index=index.numpy(), target=subset.y.numpy(),
+                                              margin=margins.numpy(), lossless=lossless.numpy())))
+            print(f"[pexp] margins of {len(subset)} {name} points of {run_of(out).path}: median "
+                  f"{float(margins.median()):.4f} ({seconds:.1f}s)")
+        frames.append(pd.read_csv(part))
+    return pd.concat(frames, ignore_index=True)

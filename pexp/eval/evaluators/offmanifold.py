@@ -1,0 +1,85 @@
+"""``eval=offmanifold`` (toys with a known subspace) and ``eval=projected`` (offmanifold-fig4)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from pexp.config import ConfigError
+from pexp.data import Dataset, load_dataset
+from pexp.eval.evaluators.boundary import trace_boundary
+from pexp.eval.evaluators.common import _search_settings, _subset
+from pexp.eval.geometry import offmanifold_distance
+from pexp.eval.margin import minimal_perturbation
+from pexp.models import AsLogits, EntryNet
+from pexp.runs import RunDir
+from pexp.train.loop import decision_threshold
+
+
+def complement_basis(subspace: torch.Tensor) -> torch.Tensor:
+    """Orthonormal rows spanning the orthogonal complement of the rows of ``subspace`` (k, d)."""
+    _, _, vh = torch.linalg.svd(subspace.double(), full_matrices=True)
+    return vh[subspace.shape[0]:].to(subspace.dtype)
+
+
+def offmanifold_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
+                        progress: bool) -> pd.DataFrame:  # noqa: ARG001
+    """Toys with a known subspace: each training point's distance to the boundary along the normal of the data
+    subspace (to ``tolerance``), plus the boundary trace when the data are 2D: rows kind=point / boundary."""
+    data = load_dataset(cfg.data)
+    if data.subspace is None:
+        raise ConfigError(f"eval=offmanifold needs a data set with a known subspace: data.name={cfg.data.name!r}")
+    threshold = decision_threshold(cfg.loss)
+    x, y = data.train.x, data.train.y
+    distance = offmanifold_distance(model, x, complement_basis(data.subspace), max_distance=eval_cfg.max_distance,
+                                    tolerance=eval_cfg.tolerance, threshold=threshold)
+    points = pd.DataFrame(dict(kind="point", index=np.arange(len(y)), target=y.numpy(), distance=distance.numpy(),
+                               **{f"x{i}": x[:, i].numpy() for i in range(x.shape[1])}))
+    if x.shape[1] == 2:
+        return pd.concat([points, trace_boundary(model, threshold, eval_cfg.view, int(eval_cfg.grid))],
+                         ignore_index=True)
+    if x.shape[1] == 3 and len(data.subspace) == 2 and eval_cfg.get("surface_grid"):
+        return pd.concat([points, boundary_height(model, data, eval_cfg, threshold)], ignore_index=True)
+    return points
+
+
+def boundary_height(model: EntryNet, data: Dataset, eval_cfg: DictConfig, threshold: float) -> pd.DataFrame:
+    """3D data on a plane: on a ``surface_grid`` x ``surface_grid`` mesh of the data plane (``view`` in the plane's
+    own coordinates), the distance along the plane's normal to the nearest sign change, and on which side it is
+    (+1: along the normal, -1: against it; 0 where nothing is crossed). Rows kind=surface: u, v, distance, side."""
+    basis, normal = data.subspace.double(), complement_basis(data.subspace).double()[0]
+    origin = (data.train.x.double() - data.train.x.double() @ basis.T @ basis)[0]  # the plane's offset
+    low_u, high_u, low_v, high_v = map(float, eval_cfg.view)
+    side = int(eval_cfg.surface_grid)
+    u, v = torch.meshgrid(torch.linspace(low_u, high_u, side, dtype=torch.float64),
+                          torch.linspace(low_v, high_v, side, dtype=torch.float64), indexing="ij")
+    plane = origin + u.reshape(-1, 1) * basis[0] + v.reshape(-1, 1) * basis[1]
+    settings = dict(max_distance=eval_cfg.max_distance, tolerance=eval_cfg.tolerance, threshold=threshold)
+    up = offmanifold_distance(model, plane.float(), normal.float(), **settings, one_sided=True)
+    down = offmanifold_distance(model, plane.float(), -normal.float(), **settings, one_sided=True)
+    distance = torch.minimum(up, down)
+    direction = torch.where(torch.isinf(distance), 0, torch.where(up <= down, 1, -1))
+    return pd.DataFrame(dict(kind="surface", u=u.flatten().numpy(), v=v.flatten().numpy(),
+                             distance=distance.numpy(), side=direction.numpy()))
+
+
+def projected_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
+                      progress: bool) -> pd.DataFrame:  # noqa: ARG001
+    """offmanifold-fig4: for ``n_points`` random training points, the l2 size of the smallest perturbation PGD
+    finds with the perturbation unrestricted, restricted to the data subspace, or to its orthogonal complement:
+    columns mode, index, target, distance (inf: none found up to eps_max)."""
+    data = load_dataset(cfg.data)
+    if data.subspace is None:
+        raise ConfigError(f"eval=projected needs a data set with a known subspace: data.name={cfg.data.name!r}")
+    subset, index = _subset(data.train, eval_cfg.n_points, int(eval_cfg.seed))
+    logits = AsLogits(model, decision_threshold(cfg.loss))
+    directions = {"unrestricted": None, "subspace": data.subspace, "complement": complement_basis(data.subspace)}
+    frames = []
+    for mode in eval_cfg.modes:
+        torch.manual_seed(int(eval_cfg.seed))
+        distance = minimal_perturbation(logits, subset.x, subset.y, norm="l2", bounds=(-1e6, 1e6),
+                                        directions=directions[mode], **_search_settings(eval_cfg, progress))
+        frames.append(pd.DataFrame(dict(mode=mode, index=index.numpy(), target=subset.y.numpy(),
+                                         distance=distance.double().numpy())))
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,42 @@
+"""``eval=pca`` (hidden-layer activations of a run) and ``eval=dataset_pca`` (a whole data set, no model)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from pexp.data import load_dataset
+from pexp.eval.evaluators.common import _subset
+from pexp.eval.geometry import cumulative_explained_variance
+from pexp.models import EntryNet
+from pexp.runs import RunDir
+
+
+def pca_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
+                progress: bool) -> pd.DataFrame:  # noqa: ARG001
+    """Cumulative explained variance of the principal components of each hidden layer's activations over the
+    training set (all min(n, width) of them): columns layer, name, width, component, cumulative."""
+    data = load_dataset(cfg.data)
+    subset, _ = _subset(data.train, eval_cfg.n_train, int(eval_cfg.seed))
+    device = next(model.parameters()).device
+    frames = []
+    for layer, name in enumerate(model.layer_names[:-1]):
+        with torch.no_grad():  # one layer at a time: at most n x width activations held (10,000 x 4704 floats)
+            activations = torch.cat([model.hidden_activations(chunk.to(device))[layer].cpu()
+                                     for chunk in subset.x.split(int(eval_cfg.batch_size))])
+        cumulative = cumulative_explained_variance(activations)
+        frames.append(pd.DataFrame(dict(layer=layer + 1, name=name, width=activations.shape[1],
+                                        component=np.arange(1, len(cumulative) + 1), cumulative=cumulative.numpy())))
+    return pd.concat(frames, ignore_index=True)
+
+
+def dataset_pca_results(cfg: DictConfig, eval_cfg: DictConfig) -> pd.DataFrame:
+    """offmanifold-fig1: cumulative explained variance of the principal components of a whole data set's
+    ``eval_cfg.split`` (flattened, centred; float64 covariance accumulated in batches): columns component,
+    cumulative."""
+    data = load_dataset(cfg.data)
+    split = data.train if eval_cfg.split == "train" else data.test
+    cumulative = cumulative_explained_variance(split.x, batch_size=int(eval_cfg.batch_size))
+    return pd.DataFrame(dict(component=np.arange(1, len(cumulative) + 1), cumulative=cumulative.numpy(),
+                             n=len(split), data=data.source))
