@@ -244,3 +244,12 @@ def test_restricted_attack_never_leaves_its_subspace():
     assert flipped.any() and torch.all(size[flipped] <= 2.0 + 1e-9)
     steps = geometry.direction(torch.randn(5, 12, dtype=torch.float64))
     assert (steps - steps @ basis.T @ basis).abs().max() < 1e-9  # every step stays in the subspace
+
+
+@pytest.mark.parametrize("search", ["bisect", "walk"])
+def test_every_point_already_misclassified(search):
+    model, x, y = linear_problem(seed=8, n=10)
+    with torch.no_grad():
+        y = 1 - model(x).argmax(1)
+    found = minimal_perturbation(model, x, y, norm="l2", search=search, walk_step=0.01, eps_max=1.0)
+    assert torch.all(found == 0)
