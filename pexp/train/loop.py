@@ -171,8 +171,17 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     batches = range(0, n, batch_size)
     penalty = float(cfg.optim.get("first_layer_penalty", 0.0))  # OM fig3 (c): + this x ||W_1||_2 in the loss
     target = cfg.train.get("target_margin")  # stop once min_i y_i f(x_i) reaches it; train.epochs is then a cap
-    if state is not None and target is not None and float(training_margin(model, x_train, y_train,
-                                                                           threshold)) >= target:
+    # or once the accuracy on train.target_split (train | test) reaches train.target_accuracy (paper OM, fig4)
+    target_accuracy, split = cfg.train.get("target_accuracy"), cfg.train.get("target_split", "train")
+    x_target, y_target = (x_test, y_test) if split == "test" else (x_train, y_train)
+
+    def reached_target() -> bool:
+        if target_accuracy is not None and \
+                1 - float(error_rate(model, x_target, y_target, threshold).float().mean()) >= target_accuracy:
+            return True
+        return target is not None and float(training_margin(model, x_train, y_train, threshold)) >= target
+
+    if state is not None and reached_target():
         start_epoch = epochs  # it had stopped at its target when interrupted: nothing left to train
     epoch_bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc=str(cfg.run_name),
                      unit="epoch", disable=not cfg.train.progress)
@@ -194,7 +203,7 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
         done = epoch + 1
         if keep_states:
             torch_save(state_path(run, done), model.state_dict())
-        reached = target is not None and float(training_margin(model, x_train, y_train, threshold)) >= target
+        reached = reached_target()
         final = reached or done == epochs
         if done % log_every and not final:
             continue
@@ -234,7 +243,12 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
         seconds_per_epoch=float(pd.DataFrame(rows)["seconds"].mean()),
         epochs_trained=int(rows[-1]["epoch"]),
     )
-    if target is not None:
+    if target_accuracy is not None:
+        metrics.update(target_accuracy=float(target_accuracy), target_split=split, reached_target=reached_target())
+        if not metrics["reached_target"]:
+            print(f"[pexp] WARNING: {cfg.run_name} hit the epoch cap ({epochs}) before {split} accuracy "
+                  f"{target_accuracy} (recorded in metrics.json as reached_target=false)")
+    elif target is not None:
         final_margin = float(training_margin(model, x_train, y_train, threshold))
         metrics.update(target_margin=float(target), final_margin=final_margin, reached_target=final_margin >= target)
         if final_margin < target:
