@@ -95,6 +95,8 @@ def validate_training(cfg: DictConfig) -> None:
         check_choice(cfg, "init.scheme", ["default", "normal_fan_in"])
     check_number(cfg, "init.first_std", low=0, low_open=True, optional=True)
     check_number(cfg, "optim.first_layer_penalty", low=0, optional=True)
+    if _get(cfg, "optim.penalty_form") is not None:
+        check_choice(cfg, "optim.penalty_form", ["norm", "norm_with_bias", "half_squared"])
     if _get(cfg, "optim.reduction") is not None:
         check_choice(cfg, "optim.reduction", ["mean", "sum"])
     check_choice(cfg, "optim.name", ["summed_momentum", "sgd"])

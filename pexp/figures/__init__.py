@@ -6,7 +6,8 @@ from functools import partial
 from pexp.figures.base import Figure, Run
 from pexp.figures.margins import (all_vs_first_claims, eps_sweep_claims, plot_margin_cdfs,
                                   small_test_margin_claims)
-from pexp.figures.offmanifold import (SETTINGS, dataset_pca_claims, dataset_pca_table, offmanifold_claims,
+from pexp.figures.offmanifold import (READINGS, SETTINGS, dataset_pca_claims, dataset_pca_table, grid_claims,
+                                      offmanifold_claims,
                                       plot_dataset_pca, plot_offmanifold_2d, plot_offmanifold_3d, plot_projected,
                                       projected_claims, projected_table)
 from pexp.figures.pca import layer_pca_claims, plot_layer_pca
@@ -23,10 +24,11 @@ OM_FIG4_DATA = {"sphere": "(a) sphere of radius 28 in a 28-dimensional subspace 
                 "mnist": "(b) MNIST projected on its top 32 PCA directions, ten classes"}
 
 
-def om_runs(prefix: str, seeds: tuple[int, ...] = OM_SEEDS) -> dict[str, Run]:
+def om_runs(prefix: str, seeds: tuple[int, ...] = OM_SEEDS, settings: tuple[str, ...] = tuple(SETTINGS)) \
+        -> dict[str, Run]:
     return {f"{setting}/seed{seed}": Run(f"{prefix}_{setting}", (f"seed={seed}",),
                                          (("setting", setting), ("seed", seed)))
-            for setting in SETTINGS for seed in seeds}
+            for setting in settings for seed in seeds}
 
 ALL_VS_FIRST = dict(runs={"first": "richness_fig2_first", "all": "richness_fig2_all"}, evaluator="margin",
                     claims=all_vs_first_claims)
@@ -88,7 +90,7 @@ FIGURES: dict[str, Figure] = {
         what="1D data (7 points on the diagonal), two-layer net: vanilla vs smaller init vs weight decay",
         runs=om_runs("om_fig2"),
         evaluator="offmanifold",
-        claims=offmanifold_claims,
+        claims=partial(offmanifold_claims, inner=True),
         plot=partial(plot_offmanifold_2d, title="offmanifold-fig2: two-layer ReLU network on one-dimensional data"),
     ),
     "offmanifold-fig6": Figure(
@@ -97,7 +99,7 @@ FIGURES: dict[str, Figure] = {
         what="1D data (7 points on the diagonal), five-layer net: vanilla vs smaller init vs weight decay",
         runs=om_runs("om_fig6"),
         evaluator="offmanifold",
-        claims=offmanifold_claims,
+        claims=partial(offmanifold_claims, inner=True),
         plot=partial(plot_offmanifold_2d, title="offmanifold-fig6: five-layer ReLU network on one-dimensional data"),
     ),
     "pe-fig1": Figure(
@@ -134,9 +136,9 @@ FIGURES: dict[str, Figure] = {
         id="offmanifold-fig3",
         paper="OM",
         what="25 grid points at z = 0.5 in R^3, width-4000 net: vanilla vs smaller init vs l2 penalty; distance along z",
-        runs=om_runs("om_fig3", OM_GRID_SEEDS),
+        runs={**om_runs("om_fig3", OM_GRID_SEEDS), **om_runs("om_fig3", OM_GRID_SEEDS, tuple(READINGS)[1:])},
         evaluator="offmanifold",
-        claims=offmanifold_claims,
+        claims=grid_claims,
         plot=partial(plot_offmanifold_3d, title="offmanifold-fig3: two-dimensional data at z = 0.5, two-layer net "
                                                 "of width 4000"),
     ),
