@@ -94,6 +94,11 @@ def validate_training(cfg: DictConfig) -> None:
     if _get(cfg, "init.scheme") is not None:
         check_choice(cfg, "init.scheme", ["default", "normal_fan_in"])
     check_number(cfg, "init.first_std", low=0, low_open=True, optional=True)
+    if _get(cfg, "init.rng_order") is not None:
+        check_choice(cfg, "init.rng_order", ["authors_pe_fig1"])
+        check_choice(cfg, "init.network", ["ce", "se"])
+    if OmegaConf.select(cfg, "data.rng_order") is not None:
+        check_choice(cfg, "data.rng_order", ["authors", "pexp"])
     check_number(cfg, "optim.first_layer_penalty", low=0, optional=True)
     if _get(cfg, "optim.penalty_form") is not None:
         check_choice(cfg, "optim.penalty_form", ["norm", "norm_with_bias", "half_squared"])
@@ -215,6 +220,25 @@ def _validate_ts_eval(cfg: DictConfig) -> None:
         check_number(cfg, "eval.membership_temperature", low=0, low_open=True)
 
 
+def _validate_search(cfg: DictConfig) -> None:
+    """The margin search's own settings (pexp.eval.margin), where the eval config sets them."""
+    from pexp.eval.margin import OBJECTIVES, SEARCHES
+
+    if cfg.eval.get("objective") is not None:
+        check_choice(cfg, "eval.objective", OBJECTIVES)
+    if cfg.eval.get("search") is not None:
+        check_choice(cfg, "eval.search", SEARCHES)
+        if cfg.eval.search == "walk":
+            check_number(cfg, "eval.walk_step", low=0, low_open=True)
+    for key in ("restarts", "check_points"):
+        if cfg.eval.get(key) is not None:
+            check_number(cfg, f"eval.{key}", low=0, integer=True)
+    if cfg.eval.get("check_points"):
+        check_number(cfg, "eval.check_steps", low=1, integer=True)
+    if cfg.eval.get("protocol") is not None:
+        check_choice(cfg, "eval.protocol", ["accurate", "authors"])
+
+
 def validate_eval(cfg: DictConfig) -> None:
     """Check the eval group: the margin search settings of the evaluators that search, then each one's own."""
     check_choice(cfg, "eval.name", EVALUATORS)
@@ -242,6 +266,7 @@ def validate_eval(cfg: DictConfig) -> None:
     check_number(cfg, "eval.resolution", low=0, low_open=True, high=float(cfg.eval.eps_max))
     check_number(cfg, "eval.steps", low=1, integer=True)
     check_number(cfg, "eval.rel_stepsize", low=0, low_open=True)
+    _validate_search(cfg)
     if cfg.eval.name == "projected":
         check_number(cfg, "eval.n_points", low=1, integer=True)
         if _get(cfg, "eval.split") is not None:

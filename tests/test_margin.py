@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from pexp.eval.margin import minimal_perturbation
+from pexp.eval.margin import AUTHORS_PROTOCOL, minimal_norm_check, minimal_perturbation
 
 
 def linear_problem(seed=0, n=64, d=30):
@@ -46,17 +46,147 @@ def test_margin_equals_exact_value_for_a_linear_model(norm, resolution):
     assert torch.all(found[exact == 0] == 0)
 
 
-def test_authors_attack_setting_never_reports_less_than_the_exact_margin():
+def test_authors_protocol_never_reports_less_than_the_exact_margin():
     """With a random start, 40 steps of eps/30 cannot always reach the corner (each coordinate moves at most
     1.33 eps): margins are upper bounds, off by up to ~25% for a linear model, never below the exact value."""
     model, x, y = linear_problem(seed=2)
     exact = exact_margin(model, x, y, "linf")
     torch.manual_seed(0)
-    found = minimal_perturbation(model, x, y, eps_max=0.2, resolution=0.001).double()
+    found = minimal_perturbation(model, x, y, eps_max=0.2, resolution=0.001, **AUTHORS_PROTOCOL).double()
     reached = torch.isfinite(found)
     assert reached.sum() > 20
     assert torch.all(found[reached] >= exact[reached] - 1e-6)
     assert torch.all(found[reached] <= 1.3 * exact[reached] + 0.001 + 1e-6)
+
+
+def exact_margin_in_box(model, x, y, low=-1.0, high=1.0):
+    """Exact l_inf margin of a linear model inside the box [low, high]^d: the smallest r with
+    sum_i |w_i| min(r, room_i) >= |w.x + b|, room_i the distance to the bound in the flipping direction."""
+    w = (model.weight[1] - model.weight[0]).detach()
+    value = x @ w + float(model.bias[1] - model.bias[0])
+    margins = []
+    for point, v, target in zip(x, value, y):
+        if (v > 0).long() != target:
+            margins.append(0.0)
+            continue
+        direction = -torch.sign(v) * torch.sign(w)  # move every coordinate against the score's side
+        room = torch.where(direction > 0, high - point, point - low)
+        order = torch.argsort(room)
+        need, slope, r = float(v.abs()), float(w.abs().sum()), 0.0
+        for i in order:  # the change grows linearly in r with slope sum|w_j| over coordinates not yet at a bound
+            gain = slope * (float(room[i]) - r)
+            if gain >= need:
+                break
+            need, r, slope = need - gain, float(room[i]), slope - float(w[i].abs())
+        margins.append(r + need / slope if slope > 1e-12 and need > 0 else (r if need <= 0 else math.inf))
+    return torch.tensor(margins, dtype=torch.float64)
+
+
+def test_default_search_is_exact_next_to_the_box_bounds():
+    """Points next to the box bounds in the attack's direction: the exact margin is not |w.x + b| / ||w||_1, and
+    the default search (zero start, margin loss) finds it within one resolution step for >= 95% of the points,
+    never below it; the authors' protocol misses it."""
+    generator = torch.Generator().manual_seed(4)
+    model, x, y = linear_problem(seed=4, n=80, d=30)
+    w = (model.weight[1] - model.weight[0]).detach()
+    b = float(model.bias[1] - model.bias[0])
+    side = torch.where(y == 1, 1.0, -1.0).double()[:, None]              # the score's sign each point should have
+    flip = -side * torch.sign(w)[None]                                    # the direction that flips it
+    near = torch.rand(x.shape, generator=generator, dtype=torch.float64) < 0.5  # half the coordinates sit
+    gap = torch.rand(x.shape, generator=generator, dtype=torch.float64) * 0.02  # within 0.02 of that bound
+    x = torch.where(near, flip * (1 - gap), x)
+    # shift the free coordinates along -flip until the score is side * target (a margin of a few hundredths)
+    target = (0.02 + 0.1 * torch.rand(len(y), generator=generator, dtype=torch.float64)) * w.abs().sum()
+    free = (~near).double() * w.abs()[None]
+    shift = (side[:, 0] * target - (x @ w + b)) * side[:, 0] / free.sum(1)
+    x = torch.where(near, x, (x - flip * shift[:, None]).clamp(-1, 1))
+    y = (x @ w + b > 0).long()                                             # every point correctly classified
+    exact = exact_margin_in_box(model, x, y)
+    unbounded = exact_margin(model, x, y, "linf")
+    resolution, eps_max = 0.001, 0.3
+    assert (exact > unbounded * 1.05).sum() >= 20  # the bounds bind for many points
+    inside = exact <= eps_max - resolution
+    assert inside.sum() >= 30
+    found = minimal_perturbation(model, x, y, eps_max=eps_max, resolution=resolution).double()
+    assert torch.all(found[inside] >= exact[inside] - 1e-6)
+    assert (found[inside] <= exact[inside] + resolution + 1e-6).double().mean() >= 0.95
+    torch.manual_seed(0)
+    authors = minimal_perturbation(model, x, y, eps_max=eps_max, resolution=resolution, **AUTHORS_PROTOCOL).double()
+    assert (authors[inside] > exact[inside] + resolution + 1e-6).sum() >= 5
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_saturated_logits_still_give_the_exact_margin(norm):
+    """Logit gaps of 50 or more: the cross-entropy's gradient is exactly zero in float32, the margin loss's is
+    not. The default search returns the exact (finite) margin; the authors' protocol reports the points unflipped."""
+    model, x, y = linear_problem(seed=5, n=48, d=20)
+    model = model.float()
+    with torch.no_grad():
+        model.weight.mul_(400.0)
+        model.bias.mul_(400.0)
+    x = x.float()
+    exact = exact_margin(model.double(), x.double(), y, norm).float()
+    model = model.float()
+    with torch.no_grad():
+        gap = (model(x)[:, 1] - model(x)[:, 0]).abs()
+    right = exact > 0
+    assert (gap[right] >= 50).float().mean() > 0.8
+    resolution = 0.001 if norm == "linf" else 0.005
+    eps_max = math.ceil(float(exact[right].max()) / resolution + 2) * resolution
+    found = minimal_perturbation(model, x, y, norm=norm, eps_max=eps_max, resolution=resolution)
+    assert torch.all(torch.isfinite(found))
+    assert torch.all(found >= exact - 1e-4) and torch.all(found <= exact + resolution + 1e-4)
+    torch.manual_seed(0)
+    authors = minimal_perturbation(model, x, y, norm=norm, eps_max=eps_max, resolution=resolution, **AUTHORS_PROTOCOL)
+    assert torch.isinf(authors[right & (gap >= 50)]).float().mean() > 0.5
+
+
+class _FlatAtZero(nn.Module):
+    """Class 0 while |x_0| <= 0.075: logits (0, -1 + 40 relu(|x_0| - 0.05)). At x = 0 the gradient is exactly
+    zero, so an attack from zero cannot move; one from a random start can."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        other = -1 + 40 * torch.relu(x[:, 0].abs() - 0.05) + 0 * self.dummy
+        return torch.stack([torch.zeros_like(other), other], 1)
+
+
+def test_a_point_is_censored_only_after_every_restart_failed():
+    model = _FlatAtZero()
+    x, y = torch.zeros(6, 4), torch.zeros(6, dtype=torch.long)
+    assert torch.all(torch.isinf(minimal_perturbation(model, x, y, eps_max=0.1)))  # stuck at zero: censored
+    torch.manual_seed(0)
+    found = minimal_perturbation(model, x, y, eps_max=0.1, restarts=8)
+    assert torch.all(found >= 0.075 - 1e-6) and torch.all(found <= 0.1)
+    assert torch.isfinite(found).all()  # with eight random starts, each point is flipped by one of them
+
+
+def test_walk_stops_at_the_first_flip():
+    """The OM authors' attack: fixed l2 steps along the normalised gradient from zero; on a linear model it walks
+    straight to the boundary and stops at the first step past it."""
+    model, x, y = linear_problem(seed=6, n=40, d=10)
+    exact = exact_margin(model, x, y, "l2")
+    step = 0.01
+    found = minimal_perturbation(model, x, y, norm="l2", bounds=(-1e6, 1e6), search="walk", walk_step=step,
+                                 steps=10_000, eps_max=1e3).double()
+    right = exact > 0
+    expected = torch.ceil(exact[right] / step - 1e-9) * step
+    assert torch.allclose(found[right], expected, atol=1e-6)
+    capped = minimal_perturbation(model, x, y, norm="l2", bounds=(-1e6, 1e6), search="walk", walk_step=step,
+                                  steps=10_000, eps_max=float(exact[right].median())).double()
+    assert torch.all(torch.isinf(capped[exact > float(exact[right].median()) + step]))
+
+
+def test_minimal_norm_check_agrees_with_the_exact_margin():
+    model, x, y = linear_problem(seed=7, n=40, d=20)
+    exact = exact_margin(model, x, y, "linf")
+    found = minimal_norm_check(model.float(), x.float(), y, norm="linf").double()
+    right = exact > 0
+    assert torch.all(found[right] >= exact[right] - 1e-4)
+    assert (found[right] <= exact[right] * 1.02 + 1e-4).double().mean() >= 0.9
 
 
 def test_search_needs_about_log2_attacks_per_point():
@@ -100,18 +230,17 @@ def test_restricted_margin_equals_exact_value_for_a_linear_model(part):
 
 
 def test_restricted_attack_never_leaves_its_subspace():
-    import foolbox as fb
-
-    from pexp.eval.margin import _L2PGD
+    from pexp.eval.margin import _attack, _Geometry
 
     model, x, y = linear_problem(n=32, d=12)
     basis = torch.linalg.qr(torch.randn(12, 3, dtype=torch.float64,
                                         generator=torch.Generator().manual_seed(1)))[0].T
-    attack = _L2PGD(rel_stepsize=1 / 30, steps=40, random_start=True)
-    attack.projector = basis.T @ basis
-    fmodel = fb.PyTorchModel(model.eval(), bounds=(-1e6, 1e6))
-    adversarial = attack.run(fmodel, x, fb.criteria.Misclassification(y), epsilon=2.0)
-    delta = adversarial - x
-    assert delta.norm(dim=1).max() > 0.5  # it moved
+    geometry = _Geometry(2.0, (-1e6, 1e6), basis.T @ basis)
+    radius = torch.full((32,), 2.0, dtype=torch.float64)
+    delta = geometry.project(x, geometry.random_start(x, radius), radius)
     off = delta - delta @ basis.T @ basis
     assert off.norm(dim=1).max() < 1e-9 and delta.norm(dim=1).max() <= 2.0 + 1e-9
+    flipped, size = _attack(model, x, y, radius, radius / 30, geometry, 40, "margin", True)
+    assert flipped.any() and torch.all(size[flipped] <= 2.0 + 1e-9)
+    steps = geometry.direction(torch.randn(5, 12, dtype=torch.float64))
+    assert (steps - steps @ basis.T @ basis).abs().max() < 1e-9  # every step stays in the subspace

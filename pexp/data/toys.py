@@ -29,15 +29,28 @@ def _toy(x: torch.Tensor, y: torch.Tensor, subspace: torch.Tensor | None = None,
     return Dataset(split, split, source="toy", subspace=subspace)
 
 
+PE_FIG1_CENTRES = ((7.0, 19.0, 8), (0.0, 5.0, 4), (11.0, 27.0, 4))  # class A, then class B's two groups
+
+
+def draw_pe_fig1_points(generator: torch.Generator, authors: bool) -> torch.Tensor:
+    """The 16 points of pe-fig1 from ``generator``: class A's 8, then class B's two groups of 4; ``authors``
+    draws them the authors' way (randn(8, 2), randn(4, 2), randn(4, 2), each times 0.5 plus its centre), else
+    as one randn(16, 2) (pexp's earlier order; torch draws a block of 16 differently from blocks of 8 and 4)."""
+    centres = torch.tensor([[cx, cy] for cx, cy, n in PE_FIG1_CENTRES for _ in range(n)])
+    if not authors:
+        return centres + 0.5 * torch.randn(16, 2, generator=generator)
+    return torch.cat([torch.randn(n, 2, generator=generator) for _, _, n in PE_FIG1_CENTRES]) * 0.5 + centres
+
+
 def pe_fig1_points(cfg: DictConfig) -> Dataset:
     """pe-fig1: 16 points in the plane, in this order: class A (target 0) 8 from N([7, 19], 0.5^2 I), then class B
     (target 1) 4 from N([0, 5], 0.5^2 I) and 4 from N([11, 27], 0.5^2 I).
 
-    Reads ``cfg.seed`` (seed of the torch.Generator drawing the points). No subspace (the data span the plane).
+    Reads ``cfg.seed`` (seed of the torch.Generator drawing the points) and ``cfg.rng_order`` (``authors``: drawn
+    as the authors' script draws them after ``torch.manual_seed(seed)``; ``pexp``: one block of 16). No subspace.
     """
     generator = torch.Generator().manual_seed(int(_require(cfg, "seed", "pe_fig1")))
-    centres = torch.tensor([[7.0, 19.0]] * 8 + [[0.0, 5.0]] * 4 + [[11.0, 27.0]] * 4)
-    x = centres + 0.5 * torch.randn(16, 2, generator=generator)
+    x = draw_pe_fig1_points(generator, cfg.get("rng_order", "pexp") == "authors")
     y = torch.tensor([0] * 8 + [1] * 8)
     return _toy(x, y)
 

@@ -168,3 +168,128 @@ def components_for(fractions: torch.Tensor, levels: Sequence[float] = (0.9, 0.95
         raise ValueError(f"levels must lie in (0, 1], got {list(levels)}")
     fractions = fractions.to(torch.float64).cpu()
     return {level: int(torch.searchsorted(fractions, level)) + 1 for level in levels}
+
+
+def _one_hidden_layer(model: nn.Module) -> tuple[torch.Tensor, ...] | None:
+    """(W1, b1, w2, c, negative slope) of a one-hidden-layer ReLU / leaky-ReLU network on 2D inputs, in float64,
+    with its output reduced to the score (f, or logit_1 - logit_0); None for any other architecture."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or len(blocks) != 2:
+        return None
+    first, last = blocks[0], blocks[1]
+    if not isinstance(first.affine, nn.Linear) or not isinstance(last.affine, nn.Linear) \
+            or first.affine.in_features != 2 or not isinstance(last.activation, nn.Identity) \
+            or not isinstance(first.after, (nn.Identity, nn.Dropout)):
+        return None
+    if isinstance(first.activation, nn.ReLU):
+        slope = 0.0
+    elif isinstance(first.activation, nn.LeakyReLU):
+        slope = float(first.activation.negative_slope)
+    else:
+        return None
+    w1, b1 = first.affine.weight.detach().double().cpu(), first.affine.bias.detach().double().cpu()
+    w2, b2 = last.affine.weight.detach().double().cpu(), last.affine.bias.detach().double().cpu()
+    if w2.shape[0] == 1:
+        return w1, b1, w2[0], b2[0], slope
+    if w2.shape[0] == 2:
+        return w1, b1, w2[1] - w2[0], b2[1] - b2[0], slope
+    return None
+
+
+def exact_margins_2d(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threshold: float = 0.0) -> torch.Tensor | None:
+    """Exact Euclidean distance (float64) from each 2D point to its network's decision boundary {score = threshold},
+    0 where the point is misclassified, for a one-hidden-layer (leaky) ReLU network; None for other architectures.
+
+    The score is affine inside each cell of the arrangement of the hidden units' lines, so the boundary is a union
+    of segments and rays, each ending on a unit's line. Candidates: (ii) every point of a unit's line where the
+    score equals the threshold (along the line the score is piecewise linear between its crossings with the other
+    lines, so these zeros are exact), and (i) for the two cells on either side of each such point and the point's
+    own cell, the foot of the perpendicular on that cell's boundary line, when it lies in the cell. The nearest
+    candidate is the nearest boundary point.
+    """
+    parts = _one_hidden_layer(model)
+    if parts is None:
+        return None
+    w1, b1, w2, c, slope = parts
+    points = torch.as_tensor(x, dtype=torch.float64).cpu()
+    on_lines, unit = _boundary_points_on_lines(w1, b1, w2, c, slope, threshold)  # each on the line of unit[i]
+    rows = torch.arange(len(unit))
+    sides = []
+    for activation in (1.0, slope):  # the two cells on either side of each boundary point on a line
+        pattern = _pattern(w1, b1, on_lines, slope)
+        pattern[rows, unit] = activation
+        sides.append(pattern)
+    own = _pattern(w1, b1, points, slope)
+    cells = torch.cat([*sides, own])                      # (K, H) activation slopes per unit
+    gradient = cells * w2 @ w1                                    # (K, 2): the score's gradient in each cell
+    offset = (cells * w2 * b1).sum(1) + c - threshold             # score - threshold = gradient . x + offset
+    usable = gradient.norm(dim=1) > 1e-12
+    gradient, offset, cells = gradient[usable], offset[usable], cells[usable]
+    # the foot of the perpendicular from every point on every cell's boundary line: (n, K, 2)
+    along = (points @ gradient.T + offset) / gradient.square().sum(1)
+    feet = points[:, None, :] - along[..., None] * gradient[None]
+    pre = feet @ w1.T + b1                                        # (n, K, H) pre-activations at the feet
+    tolerance = 1e-9 * (1 + pre.abs())
+    inside = torch.where(cells[None] == 1.0, pre >= -tolerance, pre <= tolerance).all(-1)
+    distance_feet = torch.where(inside, (feet - points[:, None, :]).norm(dim=-1), torch.full_like(along, math.inf))
+    distance = distance_feet.amin(1) if distance_feet.shape[1] else torch.full((len(points),), math.inf)
+    if len(on_lines):
+        distance = torch.minimum(distance, torch.cdist(points, on_lines).amin(1))
+    values = (_pattern(w1, b1, points, slope) * (points @ w1.T + b1)) @ w2 + c
+    right = torch.where(torch.as_tensor(y).cpu() == 1, values > threshold, values <= threshold)
+    return torch.where(right, distance, torch.zeros_like(distance))
+
+
+def _pattern(w1: torch.Tensor, b1: torch.Tensor, points: torch.Tensor, slope: float) -> torch.Tensor:
+    """The activation slope (1 or ``slope``) of every unit at every point: (n, H)."""
+    return torch.where(points @ w1.T + b1 > 0, 1.0, slope).to(torch.float64)
+
+
+def _boundary_points_on_lines(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, c: torch.Tensor, slope: float,
+                              threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """All points where the score equals ``threshold`` on the hidden units' lines {w1_k . x + b1_k = 0}: (m, 2)
+    points and the (m,) unit whose line each lies on. Along line k the score is linear between consecutive
+    crossings with the other lines, so each interval (and each unbounded end) holds at most one zero, found
+    exactly by linear interpolation."""
+    found, units = [], []
+    for k in range(len(b1)):
+        normal = w1[k]
+        if normal.norm() < 1e-12:
+            continue
+        base = -b1[k] * normal / normal.square().sum()
+        direction = torch.stack([-normal[1], normal[0]]) / normal.norm()
+        rate = w1 @ direction                                     # d pre-activation / d tau, per unit
+        crossing = -(w1 @ base + b1) / torch.where(rate.abs() > 1e-12, rate, torch.ones_like(rate))
+        taus = torch.sort(crossing[(rate.abs() > 1e-12) & (torch.arange(len(b1)) != k)]).values
+        if len(taus) == 0:
+            taus = torch.zeros(1, dtype=torch.float64)
+        # the score at the breakpoints, and its slope beyond the first and the last one
+        knots = torch.cat([taus[:1] - 1.0, taus, taus[-1:] + 1.0])
+        on_line = base[None] + knots[:, None] * direction[None]
+        pre = on_line @ w1.T + b1
+        pre[:, k] = 0.0
+        score = (torch.where(pre > 0, 1.0, slope) * pre) @ w2 + c - threshold
+        for i in range(len(knots) - 1):
+            a, b = score[i], score[i + 1]
+            if a == 0:
+                tau = knots[i]
+            elif a * b < 0:
+                tau = knots[i] + (knots[i + 1] - knots[i]) * a / (a - b)
+            else:
+                continue
+            found.append(base + tau * direction)
+            units.append(k)
+        for end, sign in ((0, -1.0), (len(knots) - 1, 1.0)):     # the unbounded ends: a linear continuation
+            inner = 1 if end == 0 else len(knots) - 2
+            step = (score[end] - score[inner]) / (knots[end] - knots[inner])
+            if step.abs() > 1e-15:
+                tau = knots[end] - score[end] / step
+                if (tau - knots[end]) * sign > 0:
+                    found.append(base + tau * direction)
+                    units.append(k)
+        if score[-1] == 0:
+            found.append(base + knots[-1] * direction)
+            units.append(k)
+    if not found:
+        return torch.zeros(0, 2, dtype=torch.float64), torch.zeros(0, dtype=torch.long)
+    return torch.stack(found), torch.tensor(units)

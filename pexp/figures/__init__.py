@@ -30,17 +30,17 @@ def om_runs(prefix: str, seeds: tuple[int, ...] = OM_SEEDS, settings: tuple[str,
                                          (("setting", setting), ("seed", seed)))
             for setting in settings for seed in seeds}
 
-ALL_VS_FIRST = dict(runs={"first": "richness_fig2_first", "all": "richness_fig2_all"}, evaluator="margin",
-                    claims=all_vs_first_claims)
+# richness-fig2 / pe-fig6: the two Algorithm 1 runs, and the unperturbed net (pe-fig4's squared-error run) that
+# PE section 6 compares them with (in the table and the claims, not drawn: the paper's figure has two panels)
+ALL_VS_FIRST = dict(runs={"first": "richness_fig2_first", "all": "richness_fig2_all", "unperturbed": "pe_fig4_se"},
+                    evaluator="margin", claims=all_vs_first_claims)
 
 FIGURES: dict[str, Figure] = {
     "richness-fig2": Figure(
         id="richness-fig2",
         paper="R",
         what="margin CDFs (train, test) of Algorithm 1 at eps 0.020: input only vs all layers perturbed",
-        runs={"first": "richness_fig2_first", "all": "richness_fig2_all"},
-        evaluator="margin",
-        claims=all_vs_first_claims,
+        **ALL_VS_FIRST,
         plot=partial(plot_margin_cdfs, panels={"first": "(a) perturbation at the input only",
                                                "all": "(b) perturbation at every layer"},
                      title="richness-fig2: margins after Algorithm 1 at eps 0.020 (PE-net, airplane vs horse)"),

@@ -87,6 +87,7 @@ def collect_runs(runs: dict[str, str | Run], evaluator: str, overrides: Sequence
     """Train and evaluate what is missing; the evaluator's results of every run in one table (plus run, data
     and tag columns) and each run's metrics.json by label (plus ``run_info`` for the figure's meta.json)."""
     frames, metrics = [], {}
+    evaluator, overrides = chosen_evaluator(evaluator, overrides)
     for label, spec in runs.items():
         spec = spec if isinstance(spec, Run) else Run(spec)
         cfg: DictConfig = compose_experiment(spec.experiment, [f"eval={evaluator}", *spec.overrides, *overrides])
@@ -100,6 +101,23 @@ def collect_runs(runs: dict[str, str | Run], evaluator: str, overrides: Sequence
         frames.append(results.assign(run=label, experiment=spec.experiment, run_dir=str(run.path),
                                      data=metrics[label]["data"], **extra, **dict(spec.tags)))
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), metrics
+
+
+def chosen_evaluator(evaluator: str, overrides: Sequence[str]) -> tuple[str, list[str]]:
+    """A figure's eval config, or another option of the same evaluator named on the command line
+    (e.g. ``eval=margin_authors`` for a margin figure): that option and the other overrides."""
+    from pexp import CONF_DIR
+    from pexp.config import ConfigError
+
+    picked = [item.split("=", 1)[1] for item in overrides if item.startswith("eval=")]
+    rest = [item for item in overrides if not item.startswith("eval=")]
+    if not picked or picked[-1] == evaluator:
+        return evaluator, rest
+    options = sorted(path.stem for path in (Path(CONF_DIR) / "eval").glob("*.yaml")
+                     if path.stem == evaluator or path.stem.startswith(f"{evaluator}_"))
+    if picked[-1] not in options:
+        raise ConfigError(f"eval={picked[-1]} is not allowed for this figure: choose one of {', '.join(options)}")
+    return picked[-1], rest
 
 
 def figure_meta(figure: Figure, table: pd.DataFrame, overrides: Sequence[str] = (), runs: Sequence[dict] = (),

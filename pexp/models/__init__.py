@@ -161,10 +161,31 @@ def build_model(cfg: DictConfig, input_shape: Sequence[int], init: DictConfig | 
 
     if cfg.name not in MODELS:
         raise ConfigError(f"model.name={cfg.name!r} is not allowed: choose one of {', '.join(sorted(MODELS))}")
+    if init is not None and init.get("rng_order") == "authors_pe_fig1":
+        replay_pe_fig1_authors(cfg, input_shape, init)
     model = MODELS[cfg.name](cfg, input_shape)
     if init is not None:
         init_weights(model, init)
     return model
+
+
+def replay_pe_fig1_authors(cfg: DictConfig, input_shape: Sequence[int], init: DictConfig) -> None:
+    """Put torch's global generator where the authors' pe-fig1 script has it when it builds ``init.network``:
+    seeded with ``init.seed``, after drawing the 16 points and, for the squared-error net (``se``), after building
+    the cross-entropy net and its ``init.epochs`` epochs of a shuffling DataLoader (two int64 draws each). The net
+    built next then has the authors' initial weights for that seed."""
+    from pexp.config import ConfigError
+    from pexp.data.toys import draw_pe_fig1_points
+
+    if init.get("network") not in ("ce", "se"):
+        raise ConfigError(f"init.network={init.get('network')!r} is not allowed with init.rng_order=authors_pe_fig1: "
+                          "choose one of ce, se")
+    torch.manual_seed(int(init.seed))
+    draw_pe_fig1_points(torch.default_generator, authors=True)
+    if init.network == "se":
+        MODELS[cfg.name](cfg, input_shape)  # the cross-entropy net, built first
+        for _ in range(2 * int(init.epochs)):
+            torch.empty((), dtype=torch.int64).random_()
 
 
 INIT_SCHEMES = ("default", "normal_fan_in")

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from pexp.config import ConfigError
 from pexp.data import load_dataset
 from pexp.eval.evaluators.common import _search_settings
+from pexp.eval.geometry import exact_margins_2d
 from pexp.eval.margin import minimal_perturbation
 from pexp.models import AsLogits, EntryNet, score
 from pexp.runs import RunDir
@@ -18,25 +19,33 @@ from pexp.train.loop import decision_threshold
 def boundary_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
                      progress: bool) -> pd.DataFrame:
     """2D toys: rows ``kind=point`` (training points: x0, x1, target, margin = Euclidean distance to the boundary,
-    0 when misclassified) and rows ``kind=boundary`` (the boundary traced on the grid: segment, x0, x1)."""
+    0 when misclassified; ``method``: how it was found; ``search_margin``: the l2 margin search's value, a check)
+    and rows ``kind=boundary`` (the boundary traced on the grid: segment, x0, x1). The margin is exact for an
+    affine model (distance to its hyperplane) and for a one-hidden-layer (leaky) ReLU network (its linear
+    regions, :func:`exact_margins_2d`); other networks take the search's value (inf: censored at eps_max)."""
     data = load_dataset(cfg.data)
     threshold = decision_threshold(cfg.loss)
     x, y = data.train.x, data.train.y
     if x.shape[1] != 2:
         raise ConfigError(f"eval=boundary is for 2D data: data.name={cfg.data.name!r} has {x.shape[1]} features")
+    torch.manual_seed(int(eval_cfg.seed))
+    searched = minimal_perturbation(AsLogits(model, threshold), x, y, norm="l2", bounds=(-1e6, 1e6),
+                                    **_search_settings(eval_cfg, progress)).double()
     if len(model.blocks) == 1:  # affine model: the exact distance to its hyperplane
         layer = model.blocks[0].affine
         w = (layer.weight[0] if layer.out_features == 1 else layer.weight[1] - layer.weight[0]).detach().double()
         b = float(layer.bias[0] if layer.out_features == 1 else layer.bias[1] - layer.bias[0]) - threshold
         signed = (x.double() @ w + b) / w.norm() * torch.where(y == 1, 1.0, -1.0).double()
-        margins = signed.clamp(min=0)
+        margins, method = signed.clamp(min=0), "exact"
     else:
-        torch.manual_seed(int(eval_cfg.seed))
-        margins = minimal_perturbation(AsLogits(model, threshold), x, y, norm="l2", bounds=(-1e6, 1e6),
-                                       **_search_settings(eval_cfg, progress))
+        margins, method = exact_margins_2d(model, x, y, threshold), "exact"
+        if margins is None:
+            margins, method = searched, "search"
     boundary = trace_boundary(model, threshold, eval_cfg.view, int(eval_cfg.grid))
     points = pd.DataFrame(dict(kind="point", index=np.arange(len(y)), x0=x[:, 0].numpy(), x1=x[:, 1].numpy(),
-                               target=y.numpy(), margin=margins.double().numpy()))
+                               target=y.numpy(), margin=margins.double().numpy(), method=method,
+                               search_margin=searched.numpy(), eps_max=float(eval_cfg.eps_max),
+                               rng_order=str(cfg.data.get("rng_order", "pexp"))))
     return pd.concat([points, boundary], ignore_index=True)
 
 

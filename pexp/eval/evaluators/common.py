@@ -23,15 +23,22 @@ def run_of(out: RunDir) -> RunDir:
     return RunDir(out.path.parent.parent)
 
 
+SEARCH_KEYS = ("eps_max", "resolution", "steps", "rel_stepsize", "random_start", "objective", "restarts", "search",
+               "walk_step", "batch_size")
+
+
 def _search_settings(eval_cfg: DictConfig, progress: bool) -> dict:
-    return dict(eps_max=eval_cfg.eps_max, resolution=eval_cfg.resolution, steps=eval_cfg.steps,
-                rel_stepsize=eval_cfg.rel_stepsize, random_start=eval_cfg.random_start,
-                batch_size=eval_cfg.batch_size, progress=progress)
+    """The keyword arguments of ``minimal_perturbation`` an eval config sets (the others keep its defaults)."""
+    return dict(**{key: eval_cfg[key] for key in SEARCH_KEYS if eval_cfg.get(key) is not None}, progress=progress)
+
+
+def _subset_index(size: int, n: int | None, seed: int) -> tuple[torch.Tensor, bool]:
+    """A seeded random choice of ``n`` of ``range(size)``, sorted (all when ``n`` is None or too large)."""
+    if n is None or n >= size:
+        return torch.arange(size), True
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n].sort().values, False
 
 
 def _subset(split: Split, n: int | None, seed: int) -> tuple[Split, torch.Tensor]:
-    if n is None or n >= len(split):
-        index = torch.arange(len(split))
-    else:
-        index = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    index, _ = _subset_index(len(split), n, seed)
     return split.subset(index), index
