@@ -150,3 +150,55 @@ def test_fig4_summary_min_max_censored_and_gap_to_the_published_values():
     assert 0.5 in beside["measured"]["factors_missing"]
     published_shape = [c for c in claims if "(published)" in c["claim"]]
     assert published_shape and all(c["holds"] for c in published_shape)  # the paper's curves meet its claim
+
+
+TINY_SPHERE = ["train.progress=false", "data.n_train=40", "data.n_test=10", "data.radius=1.0", "model.widths=[32,32]",
+               "optim.lr=0.2", "train.batch_size=20", "train.epochs=300", "eval.n_points=12", "eval.walk_step=0.05"]
+
+
+def test_fig4_evaluator_three_modes_walk_and_censored_points(tmp_path):
+    from pexp.eval.evaluate import evaluate
+    from pexp.train.loop import load_trained, train
+
+    cfg = compose_experiment("om_fig4_sphere", [f"paths.output_dir={tmp_path}", *TINY_SPHERE, "eval.steps=5"])
+    assert cfg.eval.search == "walk" and cfg.eval.objective == "margin" and not cfg.eval.random_start
+    run = train(cfg)
+    table = evaluate(run, cfg.eval, progress=False)
+    assert sorted(set(table["mode"])) == ["complement", "subspace", "unrestricted"]
+    assert (table.groupby("mode").size() == 12).all() and table["index"].tolist()[:12] == list(range(12))
+    censored = table["censored"].astype(bool)
+    assert censored.any() and (censored == table["distance"].apply(math.isinf)).all()  # 5 steps of 0.05: at most 0.25
+    flipped = table.loc[~censored & (table["distance"] > 0), "distance"]
+    assert len(flipped) and (flipped <= 5 * 0.05 + 1e-6).all()
+    # the walk stops at the first flip: just short of the recorded size, along the (projected) walk, nothing flipped
+    model, _ = load_trained(run)
+    data = load_dataset(cfg.data)
+    x = data.train.x[:12]
+    with torch.no_grad():
+        assert torch.equal((model(x)[:, 0] > 0).long()[~torch.tensor(table["misclassified"].tolist()[:12])],
+                           data.train.y[:12][~torch.tensor(table["misclassified"].tolist()[:12])])
+
+
+def test_fig4_figure_takes_the_factors_of_the_runs_found(tmp_path):
+    from pexp.figures import FIGURES
+    from pexp.figures.base import write_figure
+    from pexp.figures.offmanifold import projected_table, sweep_configs
+    from pexp.train.loop import train
+
+    overrides = [f"paths.output_dir={tmp_path}", "train.progress=false", "data.n_train=40", "data.n_test=10",
+                 "model.widths=[16,16]", "train.epochs=20", "train.batch_size=20", "optim.lr=0.01",
+                 "eval.n_points=6", "eval.steps=200", "synthetic=true"]  # both data sets take them
+    for factor in (1, 3):  # what a sweep over two factors leaves behind
+        train(compose_experiment("om_fig4_sphere", [*overrides, f"init.factor={factor}", "seed=2"]))
+    found = sweep_configs("om_fig4_sphere", overrides)
+    assert sorted((float(c.init.factor), int(c.seed)) for c in found) == [(1.0, 2), (3.0, 2)]
+    untouched = sweep_configs("om_fig4_sphere", [*overrides, "data.n_train=41"])  # another config: the sweep's grid
+    assert len(untouched) == 25
+    mnist = [*overrides, "sweep.factors=[0.5]", "sweep.seeds=[1]"]
+    table, metrics = projected_table(mnist, "cpu", False)
+    assert set(table.loc[table["dataset"] == "sphere", "factor"]) == {1.0, 3.0}
+    assert set(table.loc[table["dataset"] == "mnist", "factor"]) == {0.5}  # none found: the sweep's own grid
+    paths = write_figure(FIGURES["offmanifold-fig4"], table, metrics, tmp_path / "figures")
+    claims = json.loads(paths["claims.json"].read_text())
+    assert any(c["claim"].startswith("sphere: off the subspace distance beside the published") for c in claims)
+    assert "censored" in pd.read_csv(paths["csv"]).columns

@@ -1,6 +1,8 @@
 """``eval=offmanifold`` (toys with a known subspace) and ``eval=projected`` (offmanifold-fig4)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import torch
@@ -64,8 +66,7 @@ def boundary_height(model: EntryNet, data: Dataset, eval_cfg: DictConfig, thresh
                              distance=distance.numpy(), side=direction.numpy()))
 
 
-SEARCH_KEYS = ("search", "walk_step", "objective", "restarts")  # passed on to the margin search when set
-NO_BOX = (-1e6, 1e6)  # eval.bounds=null: the inputs are not clipped
+NO_BOX = (-math.inf, math.inf)  # eval.bounds=null: the inputs are not clipped
 
 
 def projected_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
@@ -84,13 +85,14 @@ def projected_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, ou
     logits = AsLogits(model, decision_threshold(cfg.loss))
     directions = {"unrestricted": None, "subspace": data.subspace, "complement": complement_basis(data.subspace)}
     bounds = NO_BOX if eval_cfg.get("bounds") is None else tuple(map(float, eval_cfg.bounds))
-    search = {**_search_settings(eval_cfg, progress),
-              **{key: eval_cfg[key] for key in SEARCH_KEYS if eval_cfg.get(key) is not None}}
+    search = _search_settings(eval_cfg, progress)
+    with torch.no_grad():  # every point misclassified already (an untrained smoke net): all distances are 0
+        nothing_to_attack = bool((logits(points.x).argmax(1) != points.y).all())
     frames = []
     for mode in eval_cfg.modes:
         torch.manual_seed(int(eval_cfg.seed))
-        distance = minimal_perturbation(logits, points.x, points.y, norm="l2", bounds=bounds,
-                                        directions=directions[mode], **search).double()
+        distance = torch.zeros(len(points), dtype=torch.float64) if nothing_to_attack else minimal_perturbation(
+            logits, points.x, points.y, norm="l2", bounds=bounds, directions=directions[mode], **search).double()
         frames.append(pd.DataFrame(dict(mode=mode, index=index.numpy(), target=points.y.numpy(),
                                         distance=distance.numpy(), misclassified=(distance == 0).numpy(),
                                         censored=torch.isinf(distance).numpy())))
