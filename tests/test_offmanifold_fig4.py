@@ -202,3 +202,14 @@ def test_fig4_figure_takes_the_factors_of_the_runs_found(tmp_path):
     claims = json.loads(paths["claims.json"].read_text())
     assert any(c["claim"].startswith("sphere: off the subspace distance beside the published") for c in claims)
     assert "censored" in pd.read_csv(paths["csv"]).columns
+
+
+def test_where_the_base_data_set_is_found_does_not_change_the_run():
+    from pexp.runs import training_run_dir
+
+    plain = compose_experiment("om_fig4_mnist")
+    elsewhere = compose_experiment("om_fig4_mnist", ["data.base.verify_checksums=false", "data.base.root=/x",
+                                                     "data.base.download=false"])
+    assert training_run_dir(plain).path == training_run_dir(elsewhere).path
+    assert training_run_dir(plain).path != training_run_dir(compose_experiment("om_fig4_mnist",
+                                                                               ["data.base.n_train=10"])).path
