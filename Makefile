@@ -55,13 +55,21 @@ sweep-eps: install
 		hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.progress=false $(ARGS)
 	$(PY) -m pexp.figures fig=pe-fig5 $(ARGS)
 
-# offmanifold-fig4's runs as a Hydra multirun over the first layer's init factor (both data sets), run in parallel
-# by the joblib launcher (one thread per job); the figure then finds them by config. The figure draws the factors
-# of pexp.figures.OM_FACTORS (1..32): other FACTORS train runs it does not show.
-FACTORS ?= 1,2,4,8,16,32
+# offmanifold-fig4's runs: per data set a Hydra multirun over the first layer's init factor and the seed, run in
+# parallel by the joblib launcher (one thread per job). The grid is each experiment's `sweep` (factors 0.5..7 /
+# 0.2..7, seeds 1-5) unless FACTORS / SEEDS (comma lists) are given; the figure then draws every finished run of
+# the sweep it finds, whatever its factors.
+FACTORS ?=
+SEEDS   ?=
+SWEEP    = $(PY) -c "import sys; from omegaconf import OmegaConf; s = OmegaConf.load(sys.argv[1]).sweep; print(','.join(map(str, s[sys.argv[2]])))"
 sweep-init: install
-	OMP_NUM_THREADS=1 $(PY) -m pexp.train -m experiment=om_fig4_sphere,om_fig4_mnist init.factor=$(FACTORS) \
-		hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.progress=false $(ARGS)
+	for experiment in om_fig4_sphere om_fig4_mnist; do \
+		factors="$(FACTORS)"; seeds="$(SEEDS)"; \
+		test -n "$$factors" || factors=$$($(SWEEP) conf/experiment/$$experiment.yaml factors); \
+		test -n "$$seeds" || seeds=$$($(SWEEP) conf/experiment/$$experiment.yaml seeds); \
+		OMP_NUM_THREADS=1 $(PY) -m pexp.train -m experiment=$$experiment init.factor=$$factors seed=$$seeds \
+			hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.progress=false $(ARGS) || exit $$?; \
+	done
 	$(PY) -m pexp.figures fig=offmanifold-fig4 $(ARGS)
 
 # Speed of the batched pieces against their references, one table + outputs/bench/bench.json (~10 min here);

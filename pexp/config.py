@@ -100,6 +100,8 @@ def validate_training(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "data.rng_order") is not None:
         check_choice(cfg, "data.rng_order", ["authors", "pexp"])
     check_number(cfg, "optim.first_layer_penalty", low=0, optional=True)
+    if _get(cfg, "optim.penalty_form") is not None:
+        check_choice(cfg, "optim.penalty_form", ["norm", "norm_with_bias", "half_squared"])
     if _get(cfg, "optim.reduction") is not None:
         check_choice(cfg, "optim.reduction", ["mean", "sum"])
     check_choice(cfg, "optim.name", ["summed_momentum", "sgd"])
@@ -110,6 +112,9 @@ def validate_training(cfg: DictConfig) -> None:
     check_number(cfg, "train.batch_size", low=1, integer=True, optional=True)
     check_number(cfg, "train.log_every", low=1, integer=True, optional=True)
     check_number(cfg, "train.target_margin", low=0, low_open=True, optional=True)
+    check_number(cfg, "train.target_accuracy", low=0, low_open=True, high=1, optional=True)
+    if _get(cfg, "train.target_split") is not None:
+        check_choice(cfg, "train.target_split", ["train", "test"])
     check_number(cfg, "train.checkpoint_every", low=1, integer=True, optional=True)
     log_every, checkpoint_every = cfg.train.get("log_every") or 1, cfg.train.get("checkpoint_every") or 1
     if checkpoint_every % log_every:
@@ -264,6 +269,13 @@ def validate_eval(cfg: DictConfig) -> None:
     _validate_search(cfg)
     if cfg.eval.name == "projected":
         check_number(cfg, "eval.n_points", low=1, integer=True)
+        if _get(cfg, "eval.split") is not None:
+            check_choice(cfg, "eval.split", ["train", "test"])
+        bounds = _get(cfg, "eval.bounds")
+        if bounds is not None and not (OmegaConf.is_list(bounds) and len(bounds) == 2 and all(isinstance(b, numbers.Real) for b in bounds)
+                                       and bounds[0] < bounds[1]):
+            raise ConfigError(f"eval.bounds={list(bounds) if OmegaConf.is_list(bounds) else bounds!r} is not "
+                              f"allowed: must be null (no box) or [low, high] with low < high")
         modes = list(_get(cfg, "eval.modes"))
         if not modes or any(mode not in PROJECTION_MODES for mode in modes):
             raise ConfigError(f"eval.modes={modes} is not allowed: must be a non-empty list of "

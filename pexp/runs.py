@@ -24,8 +24,8 @@ TMP_SUFFIX = ".tmp"  # temporary files of atomic_write: .<stem>.<random>.tmp<suf
 # The keys of the training config that define a run, and the ones inside them that only say where or how
 # to find/show things (not hashed).
 RUN_KEYS = ("data", "model", "loss", "perturb", "init", "optim", "train", "seed")
-NOT_HASHED = {"data.root", "data.download", "data.verify_checksums", "train.progress", "train.log_every",
-              "train.checkpoint_every"}
+NOT_HASHED = {"data.root", "data.download", "data.verify_checksums", "data.base.root", "data.base.download",
+              "data.base.verify_checksums", "train.progress", "train.log_every", "train.checkpoint_every"}
 
 
 def _plain(cfg: Any) -> Any:

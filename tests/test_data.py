@@ -141,20 +141,6 @@ def test_mnist_idx_files_are_read_and_checksums_enforced(tmp_path):
     assert torch.equal(data.train.x[0].flatten(), image_3)
 
 
-def test_mnist_pca_lies_in_its_subspace_with_binary_targets():
-    from pexp import CONF_DIR
-
-    cfg = OmegaConf.load(f"{CONF_DIR}/data/synthetic_mnist_pca32.yaml")
-    cfg.base.n_train, cfg.base.n_test, cfg.n_train = 600, 100, 300
-    data = load_dataset(cfg)
-    basis = data.subspace
-    assert basis.shape == (32, 784) and torch.allclose(basis @ basis.T, torch.eye(32), atol=1e-5)
-    flat = data.train.x.reshape(len(data.train), -1)
-    differences = flat - flat[:1]  # the data lie in an affine copy of the subspace
-    off = differences - differences @ basis.T @ basis
-    assert off.abs().max() < 1e-4 and set(data.train.y.tolist()) == {0, 1} and data.source == "synthetic"
-
-
 @pytest.mark.parametrize("name,shape,low", [("synthetic_cifar10", (3, 32, 32), -1.0), ("synthetic_mnist", (1, 28, 28), 0.0)])
 def test_ten_class_stand_ins(name, shape, low):
     from pexp import CONF_DIR

@@ -121,17 +121,6 @@ def test_boundary_height_over_a_data_plane_is_exact_for_a_known_plane():
                           torch.tensor(0.2 + 0.1 * surface["u"].to_numpy()), atol=2e-4)
 
 
-def test_projected_evaluator_end_to_end_on_the_sphere(tmp_path):
-    cfg = compose_experiment("om_fig4_sphere", [
-        "train.progress=false", f"paths.output_dir={tmp_path}", "data.n_train=200", "data.n_test=50",
-        "model.widths=[32,32]", "train.epochs=20", "train.batch_size=50", "eval.n_points=12",
-        "eval.resolution=0.05", "eval.steps=10"])
-    table = evaluate(train(cfg), cfg.eval, progress=False)
-    assert sorted(set(table["mode"])) == ["complement", "subspace", "unrestricted"]
-    assert (table.groupby("mode").size() == 12).all()
-    assert (table["distance"] >= 0).all()
-
-
 def test_dataset_pca_figure_table_from_stand_ins(tmp_path):
     from pexp.figures.offmanifold import dataset_pca_claims, dataset_pca_table
 

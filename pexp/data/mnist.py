@@ -94,25 +94,36 @@ def load_mnist(cfg: DictConfig) -> Dataset:
     return Dataset(splits[0], splits[1], source="mnist")
 
 
+PROJECTIONS = ("linear", "affine")
+
+
 def load_mnist_pca(cfg: DictConfig) -> Dataset:
     """offmanifold-fig4 (b): MNIST (``cfg.base``: the config of mnist or synthetic_mnist) projected onto the top
-    ``cfg.components`` principal directions of its training images and mapped back into R^784:
-    x -> mean + U U^T (x - mean). The binary target is 1 for the digits in ``cfg.positive`` and 0 otherwise.
-    Subspace: U (components x 784 rows), so perturbations can be split into on- and off-subspace parts.
+    ``cfg.components`` principal directions V (d x k) of its training images (eigenvectors of the centred scatter
+    matrix), kept in R^784. ``cfg.projection``: "linear" x -> x V V^T (no centring: the authors' projection, so
+    every point lies in the span of V) or "affine" x -> mean + (x - mean) V V^T (the data lie in that span shifted
+    by the part of the mean off it). Targets: the ten digits when ``cfg.positive`` is null, else 1 for the digits
+    in ``cfg.positive`` and 0 otherwise. Subspace: V^T (k x 784 rows), to split perturbations on / off it.
     """
+    from pexp.config import ConfigError
     from pexp.data import load_dataset
 
+    projection = cfg.get("projection", "affine")
+    if projection not in PROJECTIONS:
+        raise ConfigError(f"data.projection={projection!r} is not allowed: choose one of {', '.join(PROJECTIONS)}")
     base = load_dataset(cfg.base)
     flat = base.train.x.reshape(len(base.train), -1).double()
     mean = flat.mean(0)
     centred = flat - mean
     _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues of the scatter matrix
     basis = vectors[:, -int(cfg.components):].flip(1).T
-    positive = torch.tensor(list(cfg.positive))
+    shift = mean if projection == "affine" else torch.zeros_like(mean)
+    positive = cfg.get("positive")
 
     def project(split: Split) -> Split:
-        centred = split.x.reshape(len(split), -1).double() - mean
-        x = (mean + centred @ basis.T @ basis).float().reshape(split.x.shape)
-        return Split(x, torch.isin(split.y, positive).long(), dict(split.extras))
+        centred = split.x.reshape(len(split), -1).double() - shift
+        x = (shift + centred @ basis.T @ basis).float().reshape(split.x.shape)
+        y = split.y if positive is None else torch.isin(split.y, torch.tensor(list(positive))).long()
+        return Split(x, y, dict(split.extras))
 
     return Dataset(project(base.train), project(base.test), base.source, subspace=basis.float().contiguous())

@@ -108,27 +108,43 @@ def grid25(cfg: DictConfig) -> Dataset:
     return _toy(x, (i + j) % 2, subspace=subspace, extras={"offset": offset.contiguous()})
 
 
-def sphere(cfg: DictConfig) -> Dataset:
-    """offmanifold-fig4 (a): points uniform on the unit sphere of R^dim, embedded in R^ambient by a random
-    orthogonal map (Q of the QR factorisation of a Gaussian (ambient, dim) matrix, signs fixed so it is Haar).
+SPHERE_LABELS = ("random", "halfspace")
 
-    Reads ``cfg.n_train``, ``cfg.n_test``, ``cfg.dim`` (28), ``cfg.ambient`` (784) and ``cfg.seed`` (one
-    torch.Generator draws the map, then the train points, then the test points). Target: 1 where the first
-    intrinsic coordinate is positive, else 0 (a random half-space of the subspace, since the map is random).
-    Subspace: the (dim, ambient) orthonormal rows of the map.
+
+def sphere(cfg: DictConfig) -> Dataset:
+    """offmanifold-fig4 (a): points uniform on the sphere of radius ``cfg.radius`` (default 1) in R^dim, embedded
+    in R^ambient by a random orthogonal map (Q of the QR factorisation of a Gaussian (ambient, dim) matrix, signs
+    fixed so it is Haar).
+
+    Reads ``cfg.n_train``, ``cfg.n_test``, ``cfg.dim``, ``cfg.ambient``, ``cfg.radius``, ``cfg.labels`` and
+    ``cfg.seed`` (one torch.Generator draws the map, then the train points and labels, then the test ones).
+    Targets: ``labels=random`` (the authors') half of each split 1 and half 0 in a random order, independent of the
+    points; ``labels=halfspace`` 1 where the first intrinsic coordinate is positive (a random half-space of the
+    subspace, since the map is random). Subspace: the (dim, ambient) orthonormal rows of the map.
     """
+    from pexp.config import ConfigError
+
     name = "sphere"
     dim, ambient = int(_require(cfg, "dim", name)), int(_require(cfg, "ambient", name))
     if not 0 < dim <= ambient:
-        raise ValueError(f"data.dim={dim} must be in [1, data.ambient={ambient}]")
+        raise ConfigError(f"data.dim={dim} is not allowed: must be in [1, data.ambient={ambient}]")
+    radius, labels = float(cfg.get("radius", 1.0)), cfg.get("labels", "halfspace")
+    if not radius > 0:
+        raise ConfigError(f"data.radius={radius} is not allowed: must be > 0")
+    if labels not in SPHERE_LABELS:
+        raise ConfigError(f"data.labels={labels!r} is not allowed: choose one of {', '.join(SPHERE_LABELS)}")
     generator = torch.Generator().manual_seed(int(_require(cfg, "seed", name)))
     q, r = torch.linalg.qr(torch.randn(ambient, dim, generator=generator, dtype=torch.float64))
     embedding = q * torch.sign(torch.diagonal(r))
 
     def draw(n: int) -> Split:
         z = torch.randn(n, dim, generator=generator, dtype=torch.float64)
-        z = z / z.norm(dim=1, keepdim=True)
-        return Split((z @ embedding.T).float(), (z[:, 0] > 0).long())
+        z = radius * z / z.norm(dim=1, keepdim=True)
+        if labels == "random":
+            y = (torch.arange(n) % 2)[torch.randperm(n, generator=generator)]
+        else:
+            y = (z[:, 0] > 0).long()
+        return Split((z @ embedding.T).float(), y)
 
     train = draw(int(_require(cfg, "n_train", name)))
     test = draw(int(_require(cfg, "n_test", name)))

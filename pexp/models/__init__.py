@@ -121,16 +121,21 @@ def richness_cnn(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
 def mlp(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
     """Fully connected ReLU network: flatten -> widths... -> outputs (PyTorch's default init,
     U(-1/sqrt(fan_in), 1/sqrt(fan_in))); ``batch_norm`` (before each ReLU) and ``dropout`` (after it) give the
-    variants of paper TS's Table 1."""
+    variants of paper TS's Table 1; ``bias: false`` leaves every layer without biases (paper OM's fig4 nets)."""
+    from pexp.config import ConfigError
+
     sizes = [int(torch.tensor(input_shape).prod()), *map(int, cfg.widths)]
     batch_norm, dropout = bool(cfg.get("batch_norm", False)), float(cfg.get("dropout", 0.0))  # paper TS, Table 1
+    bias = cfg.get("bias", True)
+    if not isinstance(bias, bool):
+        raise ConfigError(f"model.bias={bias!r} is not allowed: must be true or false")
 
     def hidden(width_in: int, width_out: int) -> Block:
         activation = nn.Sequential(nn.BatchNorm1d(width_out), nn.ReLU()) if batch_norm else nn.ReLU()
-        return Block(nn.Linear(width_in, width_out), activation, nn.Dropout(dropout) if dropout else None)
+        return Block(nn.Linear(width_in, width_out, bias=bias), activation, nn.Dropout(dropout) if dropout else None)
 
     blocks = [hidden(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
-    blocks.append(Block(nn.Linear(sizes[-1], int(cfg.outputs))))
+    blocks.append(Block(nn.Linear(sizes[-1], int(cfg.outputs), bias=bias)))
     blocks[0].before = nn.Flatten()
     bias_scale = float(cfg.get("hidden_bias_scale", 1.0))  # pe-fig1: hidden biases x10 after default init
     if bias_scale != 1.0:

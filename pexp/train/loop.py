@@ -45,12 +45,27 @@ def decision_threshold(loss: DictConfig) -> float:
     return 0.0
 
 
+PENALTY_FORMS = ("norm", "norm_with_bias", "half_squared")
+
+
+def first_layer_norm(model: EntryNet, form: str) -> torch.Tensor:
+    """The first affine layer's penalised size (paper OM, fig3 (c)): norm = ||W1||_F (the paper's text),
+    norm_with_bias = ||[W1, b1]||_F (the authors' code), half_squared = ||W1||_F^2 / 2 (the paper's definition of
+    L2 regularisation, lambda/2 ||w||^2)."""
+    layer = model.affine(model.layer_names[0])
+    if form == "norm_with_bias" and layer.bias is not None:
+        return torch.cat([layer.weight.flatten(), layer.bias.flatten()]).norm()
+    if form == "half_squared":
+        return layer.weight.pow(2).sum() / 2
+    return layer.weight.norm()
+
+
 def training_step(model: EntryNet, optimizer: torch.optim.Optimizer, reduction: str, x: torch.Tensor,
                   y: torch.Tensor, loss: DictConfig, eps: float, pieces: int, active: list[bool],
-                  first_layer_penalty: float = 0.0) -> torch.Tensor:
+                  first_layer_penalty: float = 0.0, penalty_form: str = "norm") -> torch.Tensor:
     """One update; returns the summed loss of the batch (detached). With perturbations (Algorithm 1) each
     sample's loss is the sum of its losses at the argmax- and argmin-perturbed forward passes.
-    ``first_layer_penalty`` adds that times the l2 (Frobenius) norm of the first affine layer's weights."""
+    ``first_layer_penalty`` adds that times :func:`first_layer_norm` of the first affine layer (``penalty_form``)."""
     if any(active) and eps > 0:
         perturbations = extreme_perturbations(model, x, eps, pieces, active)
         losses = per_sample_loss(model(torch.cat([x, x]), perturbations), torch.cat([y, y]), loss)
@@ -61,7 +76,7 @@ def training_step(model: EntryNet, optimizer: torch.optim.Optimizer, reduction: 
     total = losses.sum()
     objective = total if reduction == "sum" else total / x.shape[0]
     if first_layer_penalty:
-        objective = objective + first_layer_penalty * model.affine(model.layer_names[0]).weight.norm()
+        objective = objective + first_layer_penalty * first_layer_norm(model, penalty_form)
     optimizer.zero_grad(set_to_none=True)
     objective.backward()
     optimizer.step()
@@ -169,10 +184,20 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     batch_size = int(cfg.train.batch_size or n)  # null: full batch
     log_every, checkpoint_every = int(cfg.train.get("log_every", 1)), int(cfg.train.get("checkpoint_every", 1))
     batches = range(0, n, batch_size)
-    penalty = float(cfg.optim.get("first_layer_penalty", 0.0))  # OM fig3 (c): + this x ||W_1||_2 in the loss
+    penalty = float(cfg.optim.get("first_layer_penalty", 0.0))  # OM fig3 (c): + this x ||W_1|| in the loss
+    penalty_form = str(cfg.optim.get("penalty_form", "norm"))
     target = cfg.train.get("target_margin")  # stop once min_i y_i f(x_i) reaches it; train.epochs is then a cap
-    if state is not None and target is not None and float(training_margin(model, x_train, y_train,
-                                                                           threshold)) >= target:
+    # or once the accuracy on train.target_split (train | test) reaches train.target_accuracy (paper OM, fig4)
+    target_accuracy, split = cfg.train.get("target_accuracy"), cfg.train.get("target_split", "train")
+    x_target, y_target = (x_test, y_test) if split == "test" else (x_train, y_train)
+
+    def reached_target() -> bool:
+        if target_accuracy is not None and \
+                1 - float(error_rate(model, x_target, y_target, threshold).float().mean()) >= target_accuracy:
+            return True
+        return target is not None and float(training_margin(model, x_train, y_train, threshold)) >= target
+
+    if state is not None and reached_target():
         start_epoch = epochs  # it had stopped at its target when interrupted: nothing left to train
     epoch_bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc=str(cfg.run_name),
                      unit="epoch", disable=not cfg.train.progress)
@@ -190,11 +215,11 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
                 index = order[first:first + batch_size].to(device)
                 x_batch, y_batch = x_train[index], y_train[index]
             total += training_step(model, optimizer, reduction, x_batch, y_batch, cfg.loss, eps,
-                                   int(cfg.perturb.pieces), active, penalty)
+                                   int(cfg.perturb.pieces), active, penalty, penalty_form)
         done = epoch + 1
         if keep_states:
             torch_save(state_path(run, done), model.state_dict())
-        reached = target is not None and float(training_margin(model, x_train, y_train, threshold)) >= target
+        reached = reached_target()
         final = reached or done == epochs
         if done % log_every and not final:
             continue
@@ -234,7 +259,12 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
         seconds_per_epoch=float(pd.DataFrame(rows)["seconds"].mean()),
         epochs_trained=int(rows[-1]["epoch"]),
     )
-    if target is not None:
+    if target_accuracy is not None:
+        metrics.update(target_accuracy=float(target_accuracy), target_split=split, reached_target=reached_target())
+        if not metrics["reached_target"]:
+            print(f"[pexp] WARNING: {cfg.run_name} hit the epoch cap ({epochs}) before {split} accuracy "
+                  f"{target_accuracy} (recorded in metrics.json as reached_target=false)")
+    elif target is not None:
         final_margin = float(training_margin(model, x_train, y_train, threshold))
         metrics.update(target_margin=float(target), final_margin=final_margin, reached_target=final_margin >= target)
         if final_margin < target:
