@@ -29,7 +29,7 @@ def test_make_bench_quick_writes_well_formed_json(tmp_path):
     assert len(machine["loadavg_start"]) == 3 and len(machine["loadavg_end"]) == 3
     assert bench["mode"] == "quick" and bench["data"] == "synthetic_cifar2"
     names = [row["name"] for row in bench["rows"]]
-    for prefix in ("1.", "2.", "3a.", "3b.", "4.", "5.", "6."):
+    for prefix in ("1.", "2.", "3a.", "3b.", "3c.", "4.", "5.", "6."):
         assert any(name.startswith(prefix) for name in names), prefix
     for row in bench["rows"]:
         assert set(row) >= {"name", "ours", "reference", "unit", "ratio", "target", "met", "notes"}

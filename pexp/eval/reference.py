@@ -2,15 +2,14 @@
 
 - ``autograd_tangent_sensitivity``: the mixed derivative d^2 f_j / (d theta d x) built in full by autograd, one
   input at a time (the closed form is ``pexp.eval.tangent.tangent_sensitivity``);
-- ``sweep_margins``: foolbox's PGD run at every epsilon of a grid on every point (the per-point bisection is
-  ``pexp.eval.margin.minimal_perturbation``).
+- ``sweep_margins``: the margin search's attack run at every epsilon of a grid on every point (the per-point
+  bisection is ``pexp.eval.margin.minimal_perturbation``).
 """
 from __future__ import annotations
 
 import math
 from typing import Sequence
 
-import foolbox as fb
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev
@@ -35,20 +34,22 @@ def autograd_tangent_sensitivity(model: nn.Module, x: torch.Tensor) -> tuple[tor
 
 
 def sweep_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float], *,
-                  bounds: Sequence[float] = (-1.0, 1.0), steps: int = 40, rel_stepsize: float = 1 / 30,
-                  random_start: bool = True) -> torch.Tensor:
-    """l_inf margins by brute force: foolbox's ``LinfPGD`` at every epsilon of ``epsilons`` (ascending) on every
-    point; a point's margin is the smallest epsilon at which the attack flipped it (0 when it is already
-    misclassified, ``inf`` when no epsilon did). ``model`` returns logits."""
+                  bounds: Sequence[float] = (-1.0, 1.0), steps: int = 100, rel_stepsize: float = 1 / 25,
+                  random_start: bool = False, objective: str = "margin") -> torch.Tensor:
+    """l_inf margins by brute force: the margin search's own attack (``pexp.eval.margin``) run at every epsilon of
+    ``epsilons`` (ascending) on every point; a point's margin is the smallest epsilon at which it flipped the point
+    (0 when it is already misclassified, ``inf`` when no epsilon did). ``model`` returns logits."""
+    from pexp.eval.margin import _attack, _Geometry
+
     model = model.eval()
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
-    fmodel = fb.PyTorchModel(model, bounds=tuple(bounds), device=device)
-    attack = fb.attacks.LinfPGD(rel_stepsize=rel_stepsize, steps=steps, random_start=random_start)
-    _, _, success = attack(fmodel, x, fb.criteria.Misclassification(y), epsilons=list(epsilons))
+    geometry = _Geometry(math.inf, bounds, None)
     with torch.no_grad():
         wrong = model(x).argmax(1) != y
-    grid = torch.tensor(list(epsilons), dtype=x.dtype, device=device)
-    first = torch.where(success.any(0), success.int().argmax(0), -1)  # index of the first success, -1: none
-    margins = torch.where(first >= 0, grid[first.clamp(min=0)], torch.full_like(grid[:1], math.inf))
+    margins = torch.full((len(y),), math.inf, dtype=x.dtype, device=device)
+    for epsilon in epsilons:
+        radius = torch.full((len(y),), float(epsilon), dtype=x.dtype, device=device)
+        flipped, _ = _attack(model, x, y, radius, radius * rel_stepsize, geometry, steps, objective, random_start)
+        margins = torch.where(flipped & torch.isinf(margins), radius, margins)
     return torch.where(wrong, torch.zeros_like(margins), margins).cpu()
