@@ -287,7 +287,8 @@ def table2(estimates: pd.DataFrame) -> pd.DataFrame:
     table = pd.concat(frames, ignore_index=True)
     if table["variant"].nunique() > 1:
         mean = table.groupby("estimator", sort=False).mean(numeric_only=True).reset_index()
-        table = pd.concat([table, mean.assign(variant=MEAN_OF_VARIANTS, data=data_label(table))], ignore_index=True)
+        mean = mean.assign(variant=MEAN_OF_VARIANTS, data=data_label(table), n_sens_train=np.nan, n_sens_test=np.nan)
+        table = pd.concat([table, mean], ignore_index=True)
     published = {metric: [PUBLISHED_MAE.get(name, {}).get(metric, np.nan) for name in table["estimator"]]
                  for metric in ("loss", "accuracy")}
     return table.assign(published_mae_loss=published["loss"], published_mae_accuracy=published["accuracy"])
@@ -322,10 +323,11 @@ def table2_markdown(table: pd.DataFrame) -> str:
         means = " (means over the variants)" if variant == MEAN_OF_VARIANTS else ""
         lines += ["", f"Scale{means}: mean abs(test - train) CE {first['mean_gap_loss']:.3f}, accuracy "
                       f"{first['mean_gap_accuracy']:.3f} (equal to the baseline's MAE by construction); test CE "
-                      f"from {first['test_loss_min']:.3f} to {first['test_loss_max']:.3f}; eq. (7) on "
-                      f"{int(first['n_sens_train'])} train / {int(first['n_sens_test'])} test inputs, smallest "
-                      f"effective sample size of eq. (4)'s weights {first['ess_min_train']:.0f} (train), "
-                      f"{first['ess_min_test']:.0f} (test).", ""]
+                      f"from {first['test_loss_min']:.3f} to {first['test_loss_max']:.3f}; eq. (7)"
+                      + ("" if means else f" on {int(first['n_sens_train'])} train / {int(first['n_sens_test'])} "
+                                          "test inputs")
+                      + f", smallest effective sample size of eq. (4)'s weights {first['ess_min_train']:.1f} (train), "
+                      f"{first['ess_min_test']:.1f} (test).", ""]
     return "\n".join(lines)
 
 
