@@ -210,14 +210,7 @@ def _validate_ts_eval(cfg: DictConfig) -> None:
     check_number(cfg, "eval.n_train", low=2, integer=True, optional=True)
     check_number(cfg, "eval.n_test", low=2, integer=True, optional=True)
     if cfg.eval.name == "tangent":
-        check_number(cfg, "eval.n_loss", low=1, integer=True, optional=True)
         check_number(cfg, "eval.depth", low=2, integer=True, optional=True)
-        check_choice(cfg, "eval.anchor", ["previous", "initial"])
-        check_choice(cfg, "eval.accuracy", ["error", "accuracy"])
-        if not isinstance(_get(cfg, "eval.membership_weights"), bool):
-            raise ConfigError(f"eval.membership_weights={cfg.eval.membership_weights!r} is not allowed: must be "
-                              "true or false")
-        check_number(cfg, "eval.membership_temperature", low=0, low_open=True)
 
 
 def _validate_search(cfg: DictConfig) -> None:

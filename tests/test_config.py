@@ -129,9 +129,6 @@ def test_ts_experiments_follow_the_paper():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("eval.anchor=next", "eval.anchor='next' is not allowed: choose one of previous, initial"),
-    ("eval.accuracy=loss", "eval.accuracy='loss' is not allowed: choose one of error, accuracy"),
-    ("eval.membership_weights=maybe", "eval.membership_weights='maybe' is not allowed: must be true or false"),
     ("eval.n_train=1", "eval.n_train=1 is not allowed: must be an integer >= 2"),
     ("eval.depth=1", "eval.depth=1 is not allowed"),
 ])

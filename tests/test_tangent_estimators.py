@@ -6,64 +6,119 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from pexp.eval.tangent import (add_estimates, estimate_accuracy, estimate_test, linear_layers,
-                               mean_absolute_errors, membership_weights, psi_star)
+from pexp.eval.tangent import (ESTIMATOR_INPUTS, add_estimates, input_statistics, linear_layers,
+                               log_psi_star, mean_absolute_errors, self_normalised_mean)
 from pexp.figures import FIGURES
 from pexp.figures.base import make_figure
+from pexp.models import build_model, fold_batch_norm
 
-# Two epochs of training (states 0, 1, 2). psi*(3, mu, sigma) = (sigma^2 + mu^2)^2 since 1F1(-1; 1/2; z) = 1 - 2z.
+# Two epochs of training (states 0, 1, 2), label-free statistics plus the truth (test_loss, test_accuracy).
+# psi*(3, mu, sigma) = (sigma^2 + mu^2)^2 since 1F1(-1; 1/2; -z) = 1 + 2z.
 TRACE = pd.DataFrame(dict(
     epoch=[0, 1, 2],
-    train_loss=[2.0, 1.0, 0.5], test_loss=[2.0, 1.5, 1.2],
-    train_accuracy=[0.1, 0.6, 0.8], test_accuracy=[0.1, 0.5, 0.6],
-    log_w_product=[-10.0, -8.0, -5.0],                         # eq. (5): q = 1.25, 1.6
-    mu_train=[1.0, 1.0, 1.0], sigma_train=[1.0, 1.0, 1.0],     # psi* = 4
-    mu_test=[1.0, 1.0, 2.0], sigma_test=[1.0, 1.0, 1.0],       # psi* = 4, 4, 25: q = 1, 6.25
-    sens_train=[1.0, 2.0, 2.0], sens_test=[1.0, 3.0, 4.0],     # eq. (7): ratio 1, 1.5, 2: q = 1.5, 4/3
+    train_loss=[2.0, 1.0, 0.5], train_accuracy=[0.1, 0.6, 0.8],   # train errors 0.9, 0.4, 0.2
+    test_loss=[2.0, 1.5, 1.2], test_accuracy=[0.1, 0.5, 0.6],
+    log_w_product=[-10.0, -8.0, -5.0],             # eq. (5): q = 10/8, 8/5
+    log_eq1_constant=[30.0, 30.0, 30.0],           # with constants: log Sens1 = 30 + 2 P = 10, 14, 20: q = 10/14, 0.7
+    mu_T_train=[1.0, 1.0, 1.0], sigma_T_train=[1.0, 1.0, 1.0],   # psi* = 4
+    mu_T_test=[1.0, 1.0, 2.0], sigma_T_test=[1.0, 1.0, 1.0],     # psi* = 4, 4, 25: q = 1, 1, 6.25
+    log_sens_train=np.log([1.0, 2.0, 2.0]), log_sens_test=np.log([1.0, 3.0, 4.0]),  # eq. (7): q = 1, 1.5, 2
 ))
-
-
-def test_psi_star_of_the_trace():
-    assert psi_star(3, 2.0, 1.0) == pytest.approx(25.0)
 
 
 def test_estimators_reproduce_a_hand_computed_trace():
     out = add_estimates(TRACE.iloc[::-1], depth=3)  # rows in any order
     np.testing.assert_allclose(out["q_eq5"], [np.nan, 1.25, 1.6])
-    np.testing.assert_allclose(out["q_eq6"], [np.nan, 1.0, 6.25])
-    np.testing.assert_allclose(out["q_eq7"], [np.nan, 1.5, 4 / 3])
-    # est(t) = train(t) * (test / train)(t-1) * q(t)
-    np.testing.assert_allclose(out["loss_eq5"], [np.nan, 1.0 * 1.0 * 1.25, 0.5 * 1.5 * 1.6])
-    np.testing.assert_allclose(out["loss_eq6"], [np.nan, 1.0, 0.5 * 1.5 * 6.25])
-    np.testing.assert_allclose(out["loss_eq7"], [np.nan, 1.5, 1.0])
-    # accuracy = 1 - estimated error, errors train 0.9, 0.4, 0.2 and test 0.9, 0.5, 0.4
-    np.testing.assert_allclose(out["accuracy_eq5"], [np.nan, 0.5, 0.6])
-    np.testing.assert_allclose(out["accuracy_eq7"], [np.nan, 0.4, 1 - 0.2 * 1.25 * 4 / 3])
+    np.testing.assert_allclose(out["q_eq5_constants"], [np.nan, 10 / 14, 0.7])
+    np.testing.assert_allclose(out["q_eq6"], [1.0, 1.0, 6.25])
+    np.testing.assert_allclose(out["q_eq7"], [1.0, 1.5, 2.0])
+    # est(t) = q(t) * train(t): no test value anywhere
+    np.testing.assert_allclose(out["loss_eq5"], [np.nan, 1.25, 0.8])
+    np.testing.assert_allclose(out["loss_eq5_constants"], [np.nan, 10 / 14, 0.35])
+    np.testing.assert_allclose(out["loss_eq6"], [2.0, 1.0, 3.125])
+    np.testing.assert_allclose(out["loss_eq7"], [2.0, 1.5, 1.0])
+    np.testing.assert_allclose(out["loss_baseline"], [2.0, 1.0, 0.5])
+    # accuracy = 1 - q * train error; the other reading train accuracy / q
+    np.testing.assert_allclose(out["accuracy_eq5"], [np.nan, 0.5, 0.68])
+    np.testing.assert_allclose(out["accuracy_eq7"], [0.1, 0.4, 0.6])
+    np.testing.assert_allclose(out["accuracy_direct_eq5"], [np.nan, 0.48, 0.5])
     mae = mean_absolute_errors(out).set_index("estimator")
-    assert mae.loc["eq5", "mae_loss"] == pytest.approx(0.125)
-    assert mae.loc["eq6", "mae_loss"] == pytest.approx((0.5 + 3.4875) / 2)
+    assert mae.loc["eq5", "mae_loss"] == pytest.approx((0.25 + 0.4) / 2)
+    assert mae.loc["eq5", "mae_loss_over_64"] == pytest.approx((0.25 + 0.4) / 2 / 64)
+    assert mae.loc["eq6", "mae_loss"] == pytest.approx((0.5 + 1.925) / 2)
     assert mae.loc["eq7", "mae_loss"] == pytest.approx(0.1)
-    assert mae.loc["eq5", "mae_accuracy"] == pytest.approx(0.0, abs=1e-12)
-    assert mae.loc["eq7", "mae_accuracy"] == pytest.approx((0.1 + (1 - 0.2 * 1.25 * 4 / 3 - 0.6)) / 2)
-    assert (mae["epochs"] == 2).all()
+    assert mae.loc["eq5", "mae_accuracy"] == pytest.approx(0.04)
+    assert mae.loc["eq7", "mae_accuracy"] == pytest.approx(0.05)
+    assert mae.loc["eq5", "mae_accuracy_direct"] == pytest.approx((0.02 + 0.1) / 2)
+    # the baseline's MAE is the mean |test - train|; the scale columns cover epochs 1-2
+    assert mae.loc["baseline", "mae_loss"] == pytest.approx(0.6) == mae.loc["eq5", "mean_gap_loss"]
+    assert mae.loc["baseline", "mae_accuracy"] == pytest.approx(0.15) == mae.loc["eq7", "mean_gap_accuracy"]
+    assert (mae["test_loss_min"] == 1.2).all() and (mae["test_loss_max"] == 1.5).all() and (mae["epochs"] == 2).all()
 
 
-def test_initial_anchor_and_accuracy_mode():
-    q = np.array([np.nan, 1.25, 1.6])
-    np.testing.assert_allclose(estimate_test(TRACE.train_loss, TRACE.test_loss, q, "initial"),
-                               [np.nan, 1.25, 0.5 * 1.25 * 1.6])
-    np.testing.assert_allclose(estimate_accuracy(TRACE.train_accuracy, TRACE.test_accuracy, q, mode="accuracy"),
-                               [np.nan, 0.6 * 1.0 / 1.25, 0.8 * (0.5 / 0.6) / 1.6])
-    with pytest.raises(ValueError, match="anchor='next' is not allowed"):
-        estimate_test(TRACE.train_loss, TRACE.test_loss, q, "next")
+def test_no_estimate_depends_on_test_labels_or_test_losses():
+    changed = TRACE.assign(test_loss=[9.0, 0.1, 7.0], test_accuracy=[0.9, 0.05, 0.3], extra=[1, 2, 3])
+    before, after = add_estimates(TRACE, depth=3), add_estimates(changed, depth=3)
+    estimates = [c for c in before.columns if c.startswith(("q_", "loss_", "accuracy_"))]
+    assert len(estimates) == 20
+    pd.testing.assert_frame_equal(before[estimates], after[estimates])
+    assert not {"test_loss", "test_accuracy"} & set(ESTIMATOR_INPUTS)
+    # and each label-free input does matter
+    for column in ("log_w_product", "mu_T_test", "log_sens_test", "train_loss"):
+        moved = add_estimates(TRACE.assign(**{column: TRACE[column] * 1.1 + 0.1}), depth=3)
+        assert not np.allclose(moved[estimates].fillna(0), before[estimates].fillna(0)), column
     with pytest.raises(ValueError, match="one row per epoch"):
         add_estimates(TRACE.iloc[[0, 2]], depth=3)
 
 
-def test_membership_weights_are_sigmoids_of_standardised_log_sensitivities():
-    np.testing.assert_allclose(membership_weights(np.array([0.0, 1.0]), np.array([-1.0, 1.0])),
-                               [0.5, 1 / (1 + np.exp(-1.0))])
+def test_membership_log_weights_are_a_product_of_sigmoids():
+    torch.manual_seed(0)
+    model = build_model(OmegaConf.create(dict(name="mlp", widths=[5, 4, 3], outputs=3)), (6,)).double()
+    x = torch.randn(7, 6, dtype=torch.float64)
+    stats = input_statistics(model, x, batch_size=3)
+    h, probability, active = x, torch.ones(7, dtype=torch.float64), torch.zeros(7, dtype=torch.long)
+    for block in model.blocks[:-1]:
+        z = block.affine(h)
+        unit = torch.sigmoid(z)
+        probability *= torch.where(z > 0, unit, 1 - unit).prod(1)  # eq. (4): sigma(h) if active, 1 - sigma(h) if not
+        active += (z > 0).sum(1)
+        h = torch.relu(z)
+    np.testing.assert_allclose(stats["log_weight"], torch.log(probability).detach().numpy(), rtol=1e-12)
+    np.testing.assert_array_equal(stats["active"], active.numpy())
+    assert 0 < active.min() and active.max() < 12  # both kinds of units present
+
+
+def test_self_normalised_mean_is_invariant_to_a_common_shift():
+    values = np.array([1.0, 4.0, 0.5, 2.0])
+    log_weights = np.array([-300.0, -301.0, -299.5, -302.0])  # exp underflows to ~1e-130: fine in log space
+    log_mean, ess = self_normalised_mean(values, log_weights)
+    weights = np.exp(log_weights + 300)
+    assert np.exp(log_mean) == pytest.approx((weights * values).sum() / weights.sum(), rel=1e-12)
+    assert ess == pytest.approx(weights.sum() ** 2 / (weights ** 2).sum(), rel=1e-12)
+    shifted = self_normalised_mean(values, log_weights + 1000.0)
+    assert shifted == pytest.approx((log_mean, ess), rel=1e-12)
+    assert self_normalised_mean(values, np.zeros(4)) == pytest.approx((np.log(values.mean()), 4.0))
+    with pytest.raises(ValueError, match="one log-weight per value"):
+        self_normalised_mean(values, log_weights[:3])
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6, 9])
+@pytest.mark.parametrize("mu,sigma", [(0.0, 1.0), (1.3, 0.9), (200.0, 20.0), (185.0, 31.0), (400.0, 0.5),
+                                      (3.0e3, 1.0), (1.0e4, 1.0e-2)])
+def test_log_psi_star_matches_a_direct_evaluation(k, mu, sigma):
+    """psi* = sigma^(2(k-1)) 1F1(-(k-1)/2; 1/2; -mu^2 / (2 sigma^2))^2 in 60-digit arithmetic, logged."""
+    import mpmath  # a dependency of torch (through sympy)
+    with mpmath.workdps(60):
+        kummer = mpmath.hyp1f1(mpmath.mpf(1 - k) / 2, mpmath.mpf(1) / 2, -mpmath.mpf(mu) ** 2 / (2 * mpmath.mpf(sigma) ** 2))
+        direct = float(2 * (k - 1) * mpmath.log(sigma) + 2 * mpmath.log(kummer))
+    assert log_psi_star(k, mu, sigma) == pytest.approx(direct, rel=1e-9, abs=1e-9)
+
+
+def test_log_psi_star_is_vectorised():
+    mus, sigmas = np.array([180.0, 200.0]), np.array([20.0, 25.0])
+    np.testing.assert_allclose(log_psi_star(5, mus, sigmas), [log_psi_star(5, m, s) for m, s in zip(mus, sigmas)])
 
 
 def ts_overrides(tmp_path, epochs=2):
@@ -86,9 +141,14 @@ def test_figures_and_evaluators_on_a_tiny_run(tmp_path):
             assert set(item) == {"claim", "measured", "expected", "holds", "data"}
             assert item["data"] == ("toy" if fig == "tangent-fig2" else "synthetic")
     table = pd.read_csv(written["tangent-table2"]["csv"])
-    assert list(table["estimator"]) == ["eq5", "eq6", "eq7"] and (table["epochs"] == 2).all()
+    estimators = ["eq5", "eq5_constants", "eq6", "eq7", "baseline"]
+    assert list(table["variant"].unique()) == ["plain", "batch_norm", "dropout", "mean of the 3 variants"]
+    assert list(table["estimator"]) == estimators * 4 and (table["epochs"] == 2).all()
+    np.testing.assert_allclose(table["mae_loss_over_64"], table["mae_loss"] / 64)
     markdown = written["tangent-table2"]["md"].read_text()
-    assert "| eq. (7) empirical ||Sens||_F^2 |" in markdown and "4.2e-04" in markdown
+    assert "| eq. (7) eq.-(4)-weighted squared Sens norm |" in markdown and "4.2e-04" in markdown and "hypothesis" in markdown
+    claims = json.loads(written["tangent-table2"]["claims.json"].read_text())
+    assert any("HYPOTHESIS" in item["claim"] for item in claims)
 
     # the run kept every epoch's weights (0 = init), the last equal to the final model
     cfg = compose_experiment("ts_cifar10", ["eval=active", *overrides])
@@ -139,14 +199,27 @@ def test_tangent_evaluator_needs_the_epoch_states(tmp_path):
         evaluate(train(cfg), cfg.eval, "cpu", progress=False)
 
 
-def test_table1_variants_build_and_the_estimators_refuse_them():
-    from omegaconf import OmegaConf
-
-    from pexp.models import build_model
-
-    cfg = OmegaConf.create(dict(name="mlp", widths=[6, 5], outputs=10, batch_norm=True, dropout=0.5))
-    model = build_model(cfg, (1, 4, 4))
-    assert model(torch.zeros(3, 1, 4, 4)).shape == (3, 10)
-    assert isinstance(model.blocks[0].after, torch.nn.Dropout) and model.blocks[0].after.p == 0.5
+def test_batch_norm_folding_gives_the_eval_mode_outputs():
+    torch.manual_seed(0)
+    cfg = OmegaConf.create(dict(name="mlp", widths=[6, 5, 4], outputs=3, batch_norm=True, dropout=0.5))
+    model = build_model(cfg, (1, 3, 3)).double()
+    assert isinstance(model.blocks[0].after, torch.nn.Identity)  # Table 1: no dropout after hidden layer 1
+    assert isinstance(model.blocks[1].after, torch.nn.Dropout) and model.blocks[1].after.p == 0.5
     with pytest.raises(ValueError, match="block 0 .* is not allowed"):
         linear_layers(model)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.2)
+    for _ in range(30):  # running statistics and affine parameters away from their defaults
+        x = torch.randn(16, 1, 3, 3, dtype=torch.float64) * 2 + 0.5
+        loss = (model(x) - 1).square().mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    norm = model.blocks[0].activation[0]
+    assert norm.running_mean.abs().min() > 0 and (norm.weight - 1).abs().min() > 0
+    folded = fold_batch_norm(model)
+    assert model.training and not folded.training  # a copy: the model itself is untouched
+    x = torch.randn(10, 1, 3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model.eval()(x), rtol=1e-12, atol=1e-12)
+    assert len(linear_layers(folded)) == 4
+    assert input_statistics(folded, x)["sensitivity"].shape == (10,)

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from scipy.special import gammaln, hyp1f1
+from scipy.special import gamma, gammaln, logsumexp, poch
 from torch import nn
 
 
@@ -60,21 +60,31 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size={batch_size} is not allowed: it must be >= 1")
 
 
-def _sensitivity_batch(layers: Sequence[nn.Linear], x: torch.Tensor) -> torch.Tensor:
-    """Per-layer squared Frobenius norms of d^2 f_j / dW_i dx for one batch: shape (B, L, outputs)."""
-    preactivations = _preactivations(layers, x)
+def _first_factor(layers: Sequence[nn.Linear]) -> torch.Tensor:
+    """R with W_1 W_1^T = R^T R (reduced QR of W_1^T): the factor of the first Gram matrix, shape (r, n_1)."""
+    weight = layers[0].weight
+    return torch.linalg.qr(weight.T.double(), mode="r").R.to(weight.dtype)
+
+
+def _sensitivity_batch(layers: Sequence[nn.Linear], x: torch.Tensor, factor: torch.Tensor,
+                       preactivations: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Per-layer squared Frobenius norms of d^2 f_j / dW_i dx for one batch: shape (B, L, outputs).
+
+    ``factor`` is :func:`_first_factor`; the Gram matrices K_i = (d h_i/dx)(d h_i/dx)^T are kept as factors
+    K_i = F_i F_i^T, F_1 = D_1 R^T and F_i = D_i W_i F_{i-1}, so ||d h_i/dx||_F^2 = ||F_i||_F^2 and each hidden
+    layer after the first costs one (r x n) @ (n x n) product per input (stored transposed: one large GEMM)."""
+    preactivations = _preactivations(layers, x) if preactivations is None else preactivations
     masks = [(z > 0).to(z.dtype) for z in preactivations[:-1]]
     batch = x.shape[0]
 
-    # ||d h_{i-1}/dx||_F^2 for i = 1..L via the Gram matrices K_i (None stands for K_0 = identity)
+    # ||d h_{i-1}/dx||_F^2 for i = 1..L
     jacobian_norms = [x.new_full((batch,), float(layers[0].in_features))]
-    gram = None
-    for position, (layer, mask) in enumerate(zip(layers[:-1], masks)):
-        weight = layer.weight
-        weight_gram = weight if gram is None else weight @ gram  # W_i K_{i-1}: (n_i, n_{i-1}) or (B, n_i, n_{i-1})
-        jacobian_norms.append((mask * (weight_gram * weight).sum(-1)).sum(-1))  # tr(D_i W_i K_{i-1} W_i^T D_i)
-        if position < len(masks) - 1:
-            gram = mask[:, :, None] * (weight_gram @ weight.T) * mask[:, None, :]
+    if masks:
+        factor_t = factor[None] * masks[0][:, None, :]                        # F_1^T: (B, r, n_1)
+        jacobian_norms.append(factor_t.square().sum((1, 2)))
+        for layer, mask in zip(layers[1:-1], masks[1:]):
+            factor_t = (factor_t @ layer.weight.T) * mask[:, None, :]          # F_i^T = F_{i-1}^T W_i^T D_i
+            jacobian_norms.append(factor_t.square().sum((1, 2)))
 
     # ||delta_i^j||^2 for i = L..1: delta columns j, starting from the identity at the output layer
     outputs = layers[-1].out_features
@@ -95,14 +105,15 @@ def tangent_sensitivity(model: nn.Module, x: torch.Tensor, batch_size: int = 256
 
     Returns shape (N, outputs), or (N, L, outputs) with ``per_layer`` (one row per weight layer, summing to the
     total), in the dtype and on the device of the model's weights. Derivatives at a kink follow autograd
-    (relu'(0) = 0). Cost per input, for L >= 3 weight layers of width n: about (2L - 5) n^3 multiply-adds
+    (relu'(0) = 0). Cost per input, for L >= 3 weight layers of width n: about (L - 2) n^3 multiply-adds
     besides the forward pass.
     """
     _check_batch_size(batch_size)
     layers = linear_layers(model)
     weight = layers[0].weight
     with torch.no_grad():
-        sensitivity = torch.cat([_sensitivity_batch(layers, x[i:i + batch_size].to(weight))
+        factor = _first_factor(layers)
+        sensitivity = torch.cat([_sensitivity_batch(layers, x[i:i + batch_size].to(weight), factor)
                                  for i in range(0, len(x), batch_size)])
     return sensitivity if per_layer else sensitivity.sum(1)
 
@@ -140,21 +151,64 @@ def _positive(name: str, value: float | np.ndarray, allow_zero: bool = False) ->
     return values
 
 
+MAX_SERIES_TERMS = 2_000_000  # beyond this the even-k Kummer series gives way to its (then exact) asymptotic form
+
+
+def _log_kummer_odd(m: int, z: float) -> float:
+    """log 1F1(-m; 1/2; -z) for a whole m >= 0: a polynomial of degree m in z whose terms
+    (-m)_n / (1/2)_n (-z)^n / n! are all >= 0, summed in log space."""
+    n = np.arange(m + 1)
+    with np.errstate(divide="ignore"):
+        log_z = np.where(n > 0, n * np.log(z), 0.0) if z > 0 else np.where(n > 0, -np.inf, 0.0)
+    log_terms = gammaln(m + 1) - gammaln(m - n + 1) - (gammaln(n + 0.5) - gammaln(0.5)) - gammaln(n + 1) + log_z
+    return float(logsumexp(log_terms))
+
+
+def _log_kummer_half(c: float, z: float) -> float:
+    """log 1F1(1/2 - c; 1/2; -z) for a half-odd c = k/2 (k even): by Kummer's transformation
+    e^(-z) 1F1(c; 1/2; z), a series of positive terms summed in log space; for z so large that the series would
+    need more than MAX_SERIES_TERMS terms, the asymptotic form Gamma(1/2)/Gamma(c) z^(c - 1/2)
+    sum_s (1/2 - c)_s (1 - c)_s / s! z^(-s) (it terminates, with terms >= 0; the dropped part is O(e^(-z)))."""
+    if z == 0:
+        return 0.0
+    peak = ((z - 1.5) + np.sqrt((z - 1.5) ** 2 + 4 * max(c * z - 0.5, 0.0))) / 2  # where t_(n+1) / t_n = 1
+    terms = int(peak + 40 * np.sqrt(peak + 1) + 100)
+    if terms <= MAX_SERIES_TERMS:
+        n = np.arange(terms)
+        log_terms = (gammaln(c + n) - gammaln(c) - gammaln(n + 0.5) + gammaln(0.5) - gammaln(n + 1)
+                     + n * np.log(z))
+        return float(-z + logsumexp(log_terms))
+    a, m = 0.5 - c, int(round(c - 1))  # a - b + 1 = 1 - c = -m
+    s = np.arange(m + 1)
+    log_terms = [np.log(poch(a, i) * poch(-m, i) / gamma(i + 1)) - i * np.log(z) for i in s]
+    return float(gammaln(0.5) - gammaln(c) + (c - 0.5) * np.log(z) + logsumexp(log_terms))
+
+
 def _log_psi_star(depths: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    kummer = hyp1f1(-(depths - 1) / 2, 0.5, -mu ** 2 / (2 * sigma ** 2))
-    with np.errstate(divide="ignore"):  # Psi = 0 gives log 0 = -inf, i.e. psi* = 0
-        return 2 * (depths - 1) * np.log(sigma) + 2 * np.log(np.abs(kummer))
+    """log psi*(k, mu, sigma), elementwise; Psi(-(k-1)/2, 1/2, -z) > 0 for every whole k >= 1 and z >= 0."""
+    depths, mu, sigma = np.broadcast_arrays(depths, np.asarray(mu, dtype=float), sigma)
+    out = np.empty(depths.shape)
+    for index in np.ndindex(depths.shape):
+        k, z = int(depths[index]), float(mu[index] ** 2 / (2 * sigma[index] ** 2))
+        log_kummer = _log_kummer_odd((k - 1) // 2, z) if k % 2 else _log_kummer_half(k / 2, z)
+        out[index] = 2 * (k - 1) * np.log(sigma[index]) + 2 * log_kummer
+    return out
 
 
 def _as_result(values: np.ndarray) -> float | np.ndarray:
     return float(values) if values.ndim == 0 else values
 
 
+def log_psi_star(k: int | np.ndarray, mu: float | np.ndarray, sigma: float | np.ndarray) -> float | np.ndarray:
+    """log psi*(k, mu, sigma) = 2 (k-1) log sigma + 2 log Psi(-(k-1)/2, 1/2, -mu^2 / (2 sigma^2)) (Psi: Kummer's
+    1F1), the active-count factor of eqs. (2) and (6), evaluated in log space for any mu / sigma; arguments
+    broadcast like numpy arrays."""
+    return _as_result(_log_psi_star(_depths(k), np.asarray(mu, dtype=float), _positive("sigma", sigma)))
+
+
 def psi_star(k: int | np.ndarray, mu: float | np.ndarray, sigma: float | np.ndarray) -> float | np.ndarray:
-    """psi*(k, mu, sigma) = sigma^(2(k-1)) Psi(-(k-1)/2, 1/2, -mu^2 / (2 sigma^2))^2 (Psi: Kummer's 1F1), the
-    active-count factor of eqs. (2) and (6); arguments broadcast like numpy arrays."""
-    depths, sigma = _depths(k), _positive("sigma", sigma)
-    return _as_result(np.exp(_log_psi_star(depths, np.asarray(mu, dtype=float), sigma)))
+    """psi*(k, mu, sigma) = exp(:func:`log_psi_star`) (it overflows to inf where the log does not)."""
+    return _as_result(np.exp(np.asarray(log_psi_star(k, mu, sigma))))
 
 
 def sensitivity_bound(k: int | np.ndarray, n_theta: float | np.ndarray, d_in: float | np.ndarray,
@@ -189,116 +243,70 @@ def sensitivity_bound(k: int | np.ndarray, n_theta: float | np.ndarray, d_in: fl
     return _as_result(np.exp(log_bound))
 
 
-# --- Estimating the test loss and accuracy from the training ones (eqs. (5)-(7)), as pure functions ---------
+# --- Per-input statistics: active counts, eq. (4)'s membership weights, ||Sens(x)||_F^2 ---------------------
 
-ESTIMATORS = ("eq5", "eq6", "eq7")
-ANCHORS = ("previous", "initial")
-ACCURACY_MODES = ("error", "accuracy")
+def membership_log_weights(preactivations: Sequence[torch.Tensor]) -> torch.Tensor:
+    """log p(A(x) | x) of eq. (4) / (8) for each input's own activation pattern: sum over the hidden units of
+    log sigmoid(h_l) where h_l > 0 and log(1 - sigmoid(h_l)) where not, i.e. sum_l log sigmoid(|h_l|), from the
+    hidden layers' pre-activations (one (B, n_i) tensor per layer)."""
+    return sum(torch.nn.functional.logsigmoid(z.abs()).sum(1) for z in preactivations)
+
+
+def input_statistics(model: nn.Module, x: torch.Tensor, batch_size: int = 256, sensitivity: bool = True
+                     ) -> dict[str, np.ndarray]:
+    """Per input, labels unused: ``active`` T(x), the number of positive hidden units over all hidden layers;
+    ``log_weight``, eq. (4)'s log membership weight (:func:`membership_log_weights`); and with ``sensitivity``
+    ``sensitivity`` ||d^2 f/(d theta d x)||_F^2 summed over the outputs (:func:`tangent_sensitivity`). float64
+    numpy arrays of length N."""
+    _check_batch_size(batch_size)
+    layers = linear_layers(model)
+    weight = layers[0].weight
+    parts: dict[str, list[torch.Tensor]] = dict(active=[], log_weight=[], sensitivity=[])
+    with torch.no_grad():
+        factor = _first_factor(layers) if sensitivity else None
+        for i in range(0, len(x), batch_size):
+            batch = x[i:i + batch_size].to(weight)
+            preactivations = _preactivations(layers, batch)
+            hidden = preactivations[:-1]
+            parts["active"].append(sum((z > 0).sum(1) for z in hidden) if hidden else batch.new_zeros(len(batch)))
+            parts["log_weight"].append(membership_log_weights(hidden) if hidden else batch.new_zeros(len(batch)))
+            if sensitivity:
+                parts["sensitivity"].append(_sensitivity_batch(layers, batch, factor, preactivations).sum((1, 2)))
+    return {name: torch.cat(values).double().cpu().numpy() for name, values in parts.items() if values}
+
+
+def self_normalised_mean(values: np.ndarray, log_weights: np.ndarray) -> tuple[float, float]:
+    """(log S, effective sample size) of S = sum_n w_n v_n / sum_n w_n for v_n >= 0, w_n = exp(log_weights_n),
+    in log space (log-sum-exp), so a common shift of the log-weights changes nothing; ESS = (sum w)^2 / sum w^2."""
+    values, log_weights = np.asarray(values, dtype=float), np.asarray(log_weights, dtype=float)
+    if values.shape != log_weights.shape or values.size == 0:
+        raise ValueError(f"values of shape {values.shape} and log-weights of shape {log_weights.shape} are not "
+                         "allowed: one log-weight per value, at least one")
+    if (values < 0).any() or not np.isfinite(log_weights).all():
+        raise ValueError("negative values or non-finite log-weights are not allowed: S needs v >= 0 and w > 0")
+    with np.errstate(divide="ignore"):
+        log_mean = logsumexp(log_weights + np.log(values)) - logsumexp(log_weights)
+    return float(log_mean), float(np.exp(2 * logsumexp(log_weights) - logsumexp(2 * log_weights)))
 
 
 def log_weight_product(model: nn.Module) -> float:
-    """log prod_i w_max_i over the weight layers, w_max_i = max |W_i| (the layer-wise l_inf norm of eq. (5))."""
+    """P = sum_i log max |W_i| over the weight layers (weights only): the log of prod_i w_max_i in eqs. (1), (5)."""
     return float(sum(torch.log(layer.weight.detach().abs().max()).double() for layer in linear_layers(model)))
 
 
-def membership_weights(log_values: np.ndarray, log_reference: np.ndarray, temperature: float = 1.0
-                       ) -> np.ndarray:
-    """Sigmoid membership probabilities sigma((log s - m) / (temperature * sd)), with (m, sd) the mean and standard
-    deviation of ``log_reference`` (the training inputs' log sensitivities): our stand-in for eq. (4)."""
-    spread = float(np.std(log_reference)) * temperature or 1.0
-    return 1.0 / (1.0 + np.exp(-(np.asarray(log_values, dtype=float) - float(np.mean(log_reference))) / spread))
-
-
-def change_over_epochs(ratio: np.ndarray) -> np.ndarray:
-    """q(t) = r(t) / r(t-1) of a per-epoch test/train sensitivity ratio r (eqs. (6), (7)); q(0) = nan."""
-    ratio = np.asarray(ratio, dtype=float)
-    return np.concatenate([[np.nan], ratio[1:] / ratio[:-1]])
-
-
-def weight_change(log_products: np.ndarray) -> np.ndarray:
-    """Eq. (5) in log form: q(t) = log prod_i w_max_i(t-1) / log prod_i w_max_i(t); q(0) = nan. Above 1 when the
-    weights grow (while the product is below 1, as in every network here)."""
-    logs = np.asarray(log_products, dtype=float)
-    return np.concatenate([[np.nan], logs[:-1] / logs[1:]])
-
-
-def estimate_test(train: np.ndarray, test: np.ndarray, change: np.ndarray, anchor: str = "previous") -> np.ndarray:
-    """Estimated test value per epoch from the training value, assuming the test/train ratio g = test / train
-    moves like the sensitivity: g(t) = g(t-1) q(t).
-
-    ``anchor='previous'``: est(t) = train(t) g(t-1) q(t) (one epoch ahead; g(t-1) measured);
-    ``anchor='initial'``: est(t) = train(t) g(0) q(1) ... q(t) (only the init measured). est(0) = nan.
-    """
-    if anchor not in ANCHORS:
-        raise ValueError(f"anchor={anchor!r} is not allowed: choose one of {', '.join(ANCHORS)}")
-    train, test, change = (np.asarray(a, dtype=float) for a in (train, test, change))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        gap = test / train
-        if anchor == "previous":
-            estimate = train[1:] * gap[:-1] * change[1:]
-        else:
-            estimate = train[1:] * gap[0] * np.cumprod(change[1:])
-    return np.concatenate([[np.nan], estimate])
-
-
-def estimate_accuracy(train_accuracy: np.ndarray, test_accuracy: np.ndarray, change: np.ndarray,
-                      anchor: str = "previous", mode: str = "error") -> np.ndarray:
-    """Estimated test accuracy. ``mode='error'``: the error rate (the 0-1 loss) is estimated like the loss,
-    accuracy = 1 - estimated error; ``mode='accuracy'``: the accuracy itself, moving against the sensitivity
-    (q -> 1 / q)."""
-    if mode not in ACCURACY_MODES:
-        raise ValueError(f"mode={mode!r} is not allowed: choose one of {', '.join(ACCURACY_MODES)}")
-    train_accuracy, test_accuracy = np.asarray(train_accuracy, float), np.asarray(test_accuracy, float)
-    if mode == "error":
-        return 1 - estimate_test(1 - train_accuracy, 1 - test_accuracy, change, anchor)
-    return estimate_test(train_accuracy, test_accuracy, 1 / np.asarray(change, float), anchor)
-
-
-def sensitivity_changes(stats: pd.DataFrame, depth: int, weighted: bool = False) -> dict[str, np.ndarray]:
-    """q(t) of each estimator from a per-epoch statistics table (columns log_w_product, mu_train, sigma_train,
-    mu_test, sigma_test, sens_train, sens_test and, with ``weighted``, sens_train_weighted / sens_test_weighted):
-    eq5 the l_inf weight norms, eq6 psi*(depth, mu, sigma) on test vs train, eq7 the mean ||Sens||_F^2 test vs train."""
-    psi_test = psi_star(depth, stats["mu_test"].to_numpy(), stats["sigma_test"].to_numpy())
-    psi_train = psi_star(depth, stats["mu_train"].to_numpy(), stats["sigma_train"].to_numpy())
-    suffix = "_weighted" if weighted else ""
-    return dict(eq5=weight_change(stats["log_w_product"].to_numpy()),
-                eq6=change_over_epochs(np.asarray(psi_test) / np.asarray(psi_train)),
-                eq7=change_over_epochs(stats[f"sens_test{suffix}"].to_numpy() / stats[f"sens_train{suffix}"].to_numpy()))
-
-
-def add_estimates(stats: pd.DataFrame, depth: int, anchor: str = "previous", accuracy: str = "error",
-                  weighted: bool = False) -> pd.DataFrame:
-    """``stats`` plus columns q_<eq>, loss_<eq> and accuracy_<eq> (the estimated test loss and accuracy) for eqs.
-    (5), (6), (7), from columns train_loss, test_loss, train_accuracy, test_accuracy and those of
-    :func:`sensitivity_changes`; rows sorted by epoch, one per epoch from 0 without gaps."""
-    stats = stats.sort_values("epoch").reset_index(drop=True)
-    if not np.array_equal(stats["epoch"].to_numpy(), np.arange(len(stats))):
-        raise ValueError("the estimators need one row per epoch 0, 1, 2, ... without gaps")
-    out = stats.copy()
-    for name, change in sensitivity_changes(stats, depth, weighted).items():
-        out[f"q_{name}"] = change
-        out[f"loss_{name}"] = estimate_test(stats["train_loss"], stats["test_loss"], change, anchor)
-        out[f"accuracy_{name}"] = estimate_accuracy(stats["train_accuracy"], stats["test_accuracy"], change,
-                                                    anchor, accuracy)
-    return out
-
-
-def mean_absolute_errors(estimates: pd.DataFrame) -> pd.DataFrame:
-    """Table 2: per estimator, the mean absolute error over the epochs that have an estimate (t >= 1) of the
-    test cross-entropy and of the test accuracy: columns estimator, mae_loss, mae_accuracy, epochs."""
-    rows = []
-    for name in ESTIMATORS:
-        loss_error = (estimates[f"loss_{name}"] - estimates["test_loss"]).abs()
-        accuracy_error = (estimates[f"accuracy_{name}"] - estimates["test_accuracy"]).abs()
-        rows.append(dict(estimator=name, mae_loss=float(loss_error.mean()), mae_accuracy=float(accuracy_error.mean()),
-                         epochs=int(loss_error.notna().sum())))
-    return pd.DataFrame(rows)
+def log_eq1_constant(model: nn.Module) -> float:
+    """log(N_theta d_in N_max^(2(k-1))), the factors of eq. (1) besides (prod_i w_max_i)^2: N_theta the weights
+    (eq. (1) is for a biasless network), N_max the widest hidden layer, k the number of weight layers."""
+    layers = linear_layers(model)
+    n_theta = sum(layer.weight.numel() for layer in layers)
+    n_max = max((layer.out_features for layer in layers[:-1]), default=1)
+    return float(np.log(n_theta) + np.log(layers[0].in_features) + 2 * (len(layers) - 1) * np.log(n_max))
 
 
 @torch.no_grad()
 def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000
                       ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on (x, y)."""
+    """Mean (per-sample) cross-entropy and accuracy of ``model`` on (x, y)."""
     weight = next(model.parameters())
     total, correct = 0.0, 0
     for i in range(0, len(y), batch_size):
@@ -309,32 +317,104 @@ def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
     return total / len(y), correct / len(y)
 
 
-def epoch_statistics(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
-                     test: tuple[torch.Tensor, torch.Tensor], train_subset: torch.Tensor,
-                     test_subset: torch.Tensor, batch_size: int = 256, temperature: float = 1.0) -> dict:
-    """What the estimators need from one epoch's weights: the train / test cross-entropy and accuracy (on the
-    given sets), the mean and standard deviation of the per-layer active counts (pooled over hidden layers and
-    inputs; ``total_`` for all hidden units) and the mean ||Sens(x)||_F^2 (summed over outputs; also weighted by
-    :func:`membership_weights`) on the two input subsets, and log prod_i w_max_i."""
+def split_statistics(model: nn.Module, x: torch.Tensor, subset: torch.Tensor, batch_size: int = 256) -> dict:
+    """The label-free statistics of one split (its inputs ``x`` only): mean and standard deviation of T(x) over
+    all of ``x`` (eq. (6)); over ``x[subset]``, log S = log of the eq.-(4)-weighted self-normalised mean of
+    ||Sens||_F^2 with its effective sample size (eq. (7)), and the log of the plain mean (for reference)."""
     import time
 
-    row: dict = {}
-    for name, (x, y) in (("train", train), ("test", test)):
-        row[f"{name}_loss"], row[f"{name}_accuracy"] = loss_and_accuracy(model, x, y)
+    whole = input_statistics(model, x, batch_size, sensitivity=False)
     started = time.perf_counter()
-    sens = {name: tangent_sensitivity(model, subset, batch_size).sum(1).double().cpu().numpy()
-            for name, subset in (("train", train_subset), ("test", test_subset))}
-    row["seconds_sensitivity"] = time.perf_counter() - started
-    with np.errstate(divide="ignore"):
-        log_train = np.log(sens["train"])
-        for name, values in sens.items():
-            counts = active_counts(model, train_subset if name == "train" else test_subset).double()
-            row[f"mu_{name}"], row[f"sigma_{name}"] = float(counts.mean()), float(counts.std())
-            totals = counts.sum(1)
-            row[f"total_mu_{name}"], row[f"total_sigma_{name}"] = float(totals.mean()), float(totals.std())
-            row[f"sens_{name}"] = float(values.mean())
-            weights = membership_weights(np.log(values), log_train[np.isfinite(log_train)], temperature)
-            row[f"sens_{name}_weighted"] = float((weights * values).sum() / weights.sum())
-    row["log_w_product"] = log_weight_product(model)
-    row["n_sens_train"], row["n_sens_test"] = len(train_subset), len(test_subset)
+    part = input_statistics(model, x[subset], batch_size)
+    seconds = time.perf_counter() - started
+    log_sens, ess = self_normalised_mean(part["sensitivity"], part["log_weight"])
+    return dict(mu_T=float(whole["active"].mean()), sigma_T=float(whole["active"].std(ddof=1)),
+                log_sens=log_sens, ess=ess, log_sens_unweighted=float(np.log(part["sensitivity"].mean())),
+                log_weight_mean=float(part["log_weight"].mean()), n_T=len(x), n_sens=len(part["sensitivity"]),
+                seconds_sensitivity=seconds)
+
+
+def epoch_statistics(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test_x: torch.Tensor,
+                     train_subset: torch.Tensor, test_subset: torch.Tensor, batch_size: int = 256) -> dict:
+    """What the estimators need from one state, label-free except the training loss and accuracy: those on
+    ``train`` (x, y); :func:`split_statistics` of the train inputs and of the test inputs (``<name>_train``,
+    ``<name>_test``; ``*_subset`` index the inputs whose ||Sens||_F^2 is computed); P = log prod_i w_max_i and
+    eq. (1)'s log constant. The test labels are not an argument: the actual test values are measured apart."""
+    row: dict = {}
+    row["train_loss"], row["train_accuracy"] = loss_and_accuracy(model, *train)
+    for name, (x, subset) in (("train", (train[0], train_subset)), ("test", (test_x, test_subset))):
+        row.update({f"{key}_{name}": value for key, value in split_statistics(model, x, subset, batch_size).items()})
+    row["log_w_product"], row["log_eq1_constant"] = log_weight_product(model), log_eq1_constant(model)
     return row
+
+
+# --- The label-free estimates of eqs. (5)-(7): est(t) = q(t) * train(t), pure functions of per-state statistics
+
+ESTIMATORS = ("eq5", "eq5_constants", "eq6", "eq7", "baseline")
+# The only columns the estimators read: no test label and no test loss among them.
+ESTIMATOR_INPUTS = ("epoch", "train_loss", "train_accuracy", "log_w_product", "log_eq1_constant", "mu_T_train",
+                    "sigma_T_train", "mu_T_test", "sigma_T_test", "log_sens_train", "log_sens_test")
+
+
+def q_eq5(log_w_product: np.ndarray, log_constant: float | np.ndarray = 0.0) -> np.ndarray:
+    """Eq. (5) in log form: q(t) = log Sens1(t-1) / log Sens1(t) with log Sens1 = log_constant + 2 P(t) and
+    P = log prod_i w_max_i; ``log_constant=0`` (the paper's form: q = P(t-1) / P(t)) or eq. (1)'s constants
+    (:func:`log_eq1_constant`). q(0) = nan: eq. (5) needs the previous state."""
+    logs = np.asarray(log_constant, dtype=float) + 2 * np.asarray(log_w_product, dtype=float)
+    return np.concatenate([[np.nan], logs[:-1] / logs[1:]])
+
+
+def q_eq6(depth: int, mu_train: np.ndarray, sigma_train: np.ndarray, mu_test: np.ndarray,
+          sigma_test: np.ndarray) -> np.ndarray:
+    """Eq. (6): q = psi*(k, mu_te, sigma_te) / psi*(k, mu_tr, sigma_tr), from log psi* (same state)."""
+    return np.exp(np.asarray(log_psi_star(depth, mu_test, sigma_test))
+                  - np.asarray(log_psi_star(depth, mu_train, sigma_train)))
+
+
+def q_eq7(log_sens_train: np.ndarray, log_sens_test: np.ndarray) -> np.ndarray:
+    """Eq. (7): q = S(X_test) / S(X_train) from the logs of the self-normalised means (same state)."""
+    return np.exp(np.asarray(log_sens_test, dtype=float) - np.asarray(log_sens_train, dtype=float))
+
+
+def add_estimates(stats: pd.DataFrame, depth: int) -> pd.DataFrame:
+    """``stats`` plus, per estimator of :data:`ESTIMATORS`, columns q_<name>, loss_<name> = q train_loss and
+    accuracy_<name> = 1 - q (1 - train_accuracy) (the error rate estimated like the loss), and
+    accuracy_direct_<name> = train_accuracy / q (the other reading: the accuracy moving against the sensitivity).
+    Reads only :data:`ESTIMATOR_INPUTS`; rows sorted by epoch, one per state 0, 1, 2, ... without gaps."""
+    stats = stats.sort_values("epoch").reset_index(drop=True)
+    if not np.array_equal(stats["epoch"].to_numpy(), np.arange(len(stats))):
+        raise ValueError("the estimators need one row per epoch 0, 1, 2, ... without gaps")
+    inputs = {name: stats[name].to_numpy(dtype=float) for name in ESTIMATOR_INPUTS}
+    changes = dict(eq5=q_eq5(inputs["log_w_product"]),
+                   eq5_constants=q_eq5(inputs["log_w_product"], inputs["log_eq1_constant"]),
+                   eq6=q_eq6(depth, inputs["mu_T_train"], inputs["sigma_T_train"], inputs["mu_T_test"],
+                             inputs["sigma_T_test"]),
+                   eq7=q_eq7(inputs["log_sens_train"], inputs["log_sens_test"]),
+                   baseline=np.ones(len(stats)))
+    out = stats.copy()
+    for name, q in changes.items():
+        out[f"q_{name}"] = q
+        out[f"loss_{name}"] = q * inputs["train_loss"]
+        out[f"accuracy_{name}"] = 1 - q * (1 - inputs["train_accuracy"])
+        out[f"accuracy_direct_{name}"] = inputs["train_accuracy"] / q
+    return out
+
+
+def mean_absolute_errors(estimates: pd.DataFrame, first_epoch: int = 1) -> pd.DataFrame:
+    """Table 2: per estimator, the MAE over epochs >= ``first_epoch`` of the estimated test cross-entropy
+    (mae_loss, per sample; mae_loss_over_64 = mae_loss / 64, the batch-size reading of the published numbers, a
+    hypothesis) and accuracy (mae_accuracy: error-rate reading; mae_accuracy_direct: accuracy / q), with the scale
+    a reader needs: mean |test - train| of both, and the range of the test loss over those epochs."""
+    rows = estimates[estimates["epoch"] >= first_epoch]
+    scale = dict(mean_gap_loss=float((rows["test_loss"] - rows["train_loss"]).abs().mean()),
+                 mean_gap_accuracy=float((rows["test_accuracy"] - rows["train_accuracy"]).abs().mean()),
+                 test_loss_min=float(rows["test_loss"].min()), test_loss_max=float(rows["test_loss"].max()),
+                 epochs=len(rows))
+    out = []
+    for name in ESTIMATORS:
+        mae_loss = float((rows[f"loss_{name}"] - rows["test_loss"]).abs().mean())
+        out.append(dict(estimator=name, mae_loss=mae_loss, mae_loss_over_64=mae_loss / 64,
+                        mae_accuracy=float((rows[f"accuracy_{name}"] - rows["test_accuracy"]).abs().mean()),
+                        mae_accuracy_direct=float((rows[f"accuracy_direct_{name}"]
+                                                   - rows["test_accuracy"]).abs().mean()), **scale))
+    return pd.DataFrame(out)

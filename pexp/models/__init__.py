@@ -120,8 +120,9 @@ def richness_cnn(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
 
 def mlp(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
     """Fully connected ReLU network: flatten -> widths... -> outputs (PyTorch's default init,
-    U(-1/sqrt(fan_in), 1/sqrt(fan_in))); ``batch_norm`` (before each ReLU) and ``dropout`` (after it) give the
-    variants of paper TS's Table 1; ``bias: false`` leaves every layer without biases (paper OM's fig4 nets)."""
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in))); ``batch_norm`` (before each ReLU) and ``dropout`` (after the ReLU of every
+    hidden layer but the first, as Table 1 of paper TS marks them) give the variants of paper TS's Table 1;
+    ``bias: false`` leaves every layer without biases (paper OM's fig4 nets)."""
     from pexp.config import ConfigError
 
     sizes = [int(torch.tensor(input_shape).prod()), *map(int, cfg.widths)]
@@ -130,11 +131,12 @@ def mlp(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
     if not isinstance(bias, bool):
         raise ConfigError(f"model.bias={bias!r} is not allowed: must be true or false")
 
-    def hidden(width_in: int, width_out: int) -> Block:
+    def hidden(width_in: int, width_out: int, first: bool) -> Block:
         activation = nn.Sequential(nn.BatchNorm1d(width_out), nn.ReLU()) if batch_norm else nn.ReLU()
-        return Block(nn.Linear(width_in, width_out, bias=bias), activation, nn.Dropout(dropout) if dropout else None)
+        return Block(nn.Linear(width_in, width_out, bias=bias), activation,
+                     nn.Dropout(dropout) if dropout and not first else None)
 
-    blocks = [hidden(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    blocks = [hidden(a, b, i == 0) for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
     blocks.append(Block(nn.Linear(sizes[-1], int(cfg.outputs), bias=bias)))
     blocks[0].before = nn.Flatten()
     bias_scale = float(cfg.get("hidden_bias_scale", 1.0))  # pe-fig1: hidden biases x10 after default init
@@ -143,6 +145,34 @@ def mlp(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
             for block in blocks[:-1]:
                 block.affine.bias.mul_(bias_scale)
     return EntryNet(blocks, [f"fc{i + 1}" for i in range(len(blocks))], input_shape)
+
+
+def fold_batch_norm(model: EntryNet) -> EntryNet:
+    """An inference-mode copy of ``model`` in which every BatchNorm1d that directly follows a block's Linear layer
+    (``activation = Sequential(BatchNorm1d, ...)``, as ``mlp`` builds it) is folded into that layer,
+    W' = diag(g) W and b' = g (b - running_mean) + beta with g = gamma / sqrt(running_var + eps), and every Dropout
+    (the identity at evaluation) is removed: the same outputs as ``model.eval()``, as plain Linear -> ReLU blocks."""
+    import copy
+
+    folded = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for block in folded.blocks:
+            parts = list(block.activation) if isinstance(block.activation, nn.Sequential) else [block.activation]
+            if parts and isinstance(parts[0], nn.BatchNorm1d) and isinstance(block.affine, nn.Linear):
+                norm, affine = parts.pop(0), block.affine
+                scale = (norm.weight if norm.affine else torch.ones_like(norm.running_var)) / torch.sqrt(
+                    norm.running_var + norm.eps)
+                bias = affine.bias if affine.bias is not None else torch.zeros_like(scale)
+                shift = norm.bias if norm.affine else torch.zeros_like(scale)
+                new = nn.Linear(affine.in_features, affine.out_features).to(affine.weight)
+                new.weight.copy_(affine.weight * scale[:, None])
+                new.bias.copy_((bias - norm.running_mean) * scale + shift)
+                block.affine = new
+            parts = [part for part in parts if not isinstance(part, nn.Dropout)]
+            block.activation = parts[0] if len(parts) == 1 else nn.Sequential(*parts) if parts else nn.Identity()
+            if isinstance(block.after, nn.Dropout):
+                block.after = nn.Identity()
+    return folded
 
 
 def linear(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
