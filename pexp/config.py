@@ -223,11 +223,11 @@ def _validate_search(cfg: DictConfig) -> None:
         check_choice(cfg, "eval.search", SEARCHES)
         if cfg.eval.search == "walk":
             check_number(cfg, "eval.walk_step", low=0, low_open=True)
-    for key in ("restarts", "check_points"):
-        if cfg.eval.get(key) is not None:
-            check_number(cfg, f"eval.{key}", low=0, integer=True)
-    if cfg.eval.get("check_points"):
-        check_number(cfg, "eval.check_steps", low=1, integer=True)
+    if cfg.eval.get("restarts") is not None:
+        check_number(cfg, "eval.restarts", low=0, integer=True)
+    if cfg.eval.get("first_estimate") is not None:
+        check_choice(cfg, "eval.first_estimate", ["fmn"])
+        check_number(cfg, "eval.fmn_steps", low=1, integer=True)
     if cfg.eval.get("protocol") is not None:
         check_choice(cfg, "eval.protocol", ["accurate", "authors"])
 

@@ -9,7 +9,7 @@ sys.path.insert(0, str(ROOT))
 TINY = [
     "data=synthetic_cifar2", "data.n_train=120", "data.n_test=60", "model.size=1", "train.epochs=2",
     "train.batch_size=20", "train.progress=false", "eval.n_train=20", "eval.n_test=20", "eval.resolution=0.005",
-    "eval.steps=10", "eval.check_points=5", "eval.check_steps=20",
+    "eval.steps=10", "eval.fmn_steps=20",
 ]
 
 

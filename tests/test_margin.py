@@ -194,7 +194,7 @@ def test_search_needs_about_log2_attacks_per_point():
     calls = []
     original = model.forward
     model.forward = lambda inputs: (calls.append(len(inputs)), original(inputs))[1]
-    minimal_perturbation(model, x, y, eps_max=0.1, resolution=0.001, steps=5)
+    minimal_perturbation(model, x, y, eps_max=0.1, resolution=0.001, steps=5, first_estimate=None)
     points_passes = sum(calls)
     # per point: 1 clean pass + at most 1 + ceil(log2 100) = 8 attacks of (5 steps + 1 check) passes
     assert points_passes <= len(y) * (1 + 8 * 6)
@@ -253,3 +253,19 @@ def test_every_point_already_misclassified(search):
         y = 1 - model(x).argmax(1)
     found = minimal_perturbation(model, x, y, norm="l2", search=search, walk_step=0.01, eps_max=1.0)
     assert torch.all(found == 0)
+
+
+def test_first_estimate_is_an_upper_bound_and_the_margin_the_smaller_of_the_two():
+    """FMN's adversarial closes the grid above its norm; PGD bisects below it; the margin is the smaller value,
+    never below the exact one."""
+    model, x, y = linear_problem(seed=9, n=40, d=20)
+    exact = exact_margin(model, x, y, "linf")
+    found = minimal_perturbation(model, x, y, eps_max=0.3, resolution=0.001, details=True)
+    right = exact > 0
+    margin, pgd, fmn = (found[key].double() for key in ("margin", "pgd", "fmn"))
+    assert torch.all(margin[right] >= exact[right] - 1e-6)
+    assert torch.all(margin[right] <= exact[right] + 0.001 + 1e-6)
+    assert torch.all(torch.isfinite(fmn[right])) and torch.all(torch.isnan(fmn[~right]))
+    assert torch.allclose(margin[right], torch.minimum(pgd[right], fmn[right]))
+    plain = minimal_perturbation(model, x, y, eps_max=0.3, resolution=0.001, first_estimate=None).double()
+    assert torch.all((plain[right] - margin[right]).abs() <= 0.001 + 1e-6)  # the same margins, fewer PGD rounds

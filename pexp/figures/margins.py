@@ -131,27 +131,30 @@ def largest_gap(table: pd.DataFrame, label: str, x_max: float = PAPER_RANGE, los
 
 
 def search_check(table: pd.DataFrame, resolution: float = 0.001) -> dict:
-    """The margin search against an independent minimal-norm attack (FMN, column ``check``) on the points both
-    measured: how often the search's margin lies within one grid step of FMN's or below it, and which is lower
-    how often (a lower value from either is a better upper bound on the true margin)."""
-    rows = table[np.isfinite(table["check"].astype(float))] if "check" in table else table.iloc[:0]
+    """The two attacks of the margin search on every point both measured: how often the PGD bisection's margin
+    (``pgd``) lies within one grid step of, or below, the minimal-norm attack's (``fmn``), and which was lower how
+    often (the figure's margin is the smaller of the two: the better upper bound on the true margin)."""
+    if "fmn" not in table or "pgd" not in table:
+        return dict(points=0)
+    rows = table[np.isfinite(table["fmn"].astype(float)) | np.isinf(table["fmn"].astype(float))]
     rows = rows[rows["margin"] > 0]
-    ours, theirs = rows["margin"].to_numpy(dtype=float), rows["check"].to_numpy(dtype=float)
+    pgd, fmn = rows["pgd"].to_numpy(dtype=float), rows["fmn"].to_numpy(dtype=float)
     n = len(rows)
     if n == 0:
         return dict(points=0)
-    return dict(points=n, within_one_step_or_below=float(np.mean(ours <= theirs + resolution + 1e-9)),
-                search_lower=int(np.sum(ours < theirs - 1e-9)), fmn_lower=int(np.sum(theirs < ours - 1e-9)),
-                search_censored=int(np.isinf(ours).sum()), fmn_failed=int(np.isinf(theirs).sum()),
-                fmn_lower_by_more_than_one_step=int(np.sum(theirs < ours - resolution - 1e-9)))
+    return dict(points=n, pgd_within_one_step_or_below=float(np.mean(pgd <= fmn + resolution + 1e-9)),
+                pgd_lower=int(np.sum(pgd < fmn - 1e-9)), fmn_lower=int(np.sum(fmn < pgd - 1e-9)),
+                fmn_lower_by_more_than_one_step=int(np.sum(fmn < pgd - resolution - 1e-9)),
+                pgd_found_nothing_below_fmn=int(np.isinf(pgd).sum()), fmn_failed=int(np.isinf(fmn).sum()))
 
 
 def search_check_claim(table: pd.DataFrame) -> dict:
     measured = search_check(table)
-    share = measured.get("within_one_step_or_below", math.nan)
-    return claim("the margin search is at least as strong as an independent minimal-norm attack (foolbox FMN) on "
-                 "a seeded subset", measured, ">= 95% of the checked points: search margin <= FMN margin + one "
-                 "grid step (0.001)", measured["points"] > 0 and share >= 0.95, data_label(table))
+    share = measured.get("pgd_within_one_step_or_below", math.nan)
+    return claim("the margin search's two attacks agree: PGD bisection (zero start, margin loss) within one grid step "
+                 "of foolbox's minimal-norm attack FMN, or below it (the figure uses the smaller of the two)",
+                 measured, ">= 95% of the points: PGD margin <= FMN margin + one grid step (0.001)",
+                 measured["points"] > 0 and share >= 0.95, data_label(table))
 
 
 def _lossless(table: pd.DataFrame) -> bool:

@@ -24,12 +24,15 @@ def run_of(out: RunDir) -> RunDir:
 
 
 SEARCH_KEYS = ("eps_max", "resolution", "steps", "rel_stepsize", "random_start", "objective", "restarts", "search",
-               "walk_step", "batch_size")
+               "walk_step", "first_estimate", "fmn_steps", "batch_size")
 
 
 def _search_settings(eval_cfg: DictConfig, progress: bool) -> dict:
     """The keyword arguments of ``minimal_perturbation`` an eval config sets (the others keep its defaults)."""
-    return dict(**{key: eval_cfg[key] for key in SEARCH_KEYS if eval_cfg.get(key) is not None}, progress=progress)
+    settings = {key: eval_cfg[key] for key in SEARCH_KEYS if eval_cfg.get(key) is not None}
+    if "first_estimate" in eval_cfg:  # null is a setting here: no first estimate
+        settings["first_estimate"] = eval_cfg.first_estimate
+    return dict(**settings, progress=progress)
 
 
 def _subset_index(size: int, n: int | None, seed: int) -> tuple[torch.Tensor, bool]:

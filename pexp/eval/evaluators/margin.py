@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
 
 from pexp.data import load_dataset
-from pexp.eval.evaluators.common import _search_settings, _subset, _subset_index, run_of
-from pexp.eval.margin import minimal_norm_check, minimal_perturbation
+from pexp.eval.evaluators.common import _search_settings, _subset, run_of
+from pexp.eval.margin import minimal_perturbation
 from pexp.models import AsLogits, EntryNet
 from pexp.runs import RunDir, write_csv
 from pexp.train.loop import decision_threshold
@@ -19,9 +18,9 @@ from pexp.train.loop import decision_threshold
 def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
                    progress: bool) -> pd.DataFrame:
     """Margins (``minimal_perturbation``) of a random train subset and of the test set: columns split, index,
-    target, margin (inf: not flipped within eps_max), censored, eps_max, lossless, and ``check``: on a seeded
-    subset of ``eval.check_points`` points per split, the margin foolbox's minimal-norm attack (FMN) finds
-    (NaN elsewhere), an independent upper bound to compare with."""
+    target, margin (inf: not flipped within eps_max), censored, eps_max, lossless, protocol, and each attack's own
+    value: ``pgd`` (the PGD bisection; inf where it found nothing at or below FMN's bound) and ``fmn`` (foolbox's
+    minimal-norm attack, the first estimate; NaN where it did not run). The margin is the smaller of the two."""
     data = load_dataset(cfg.data)
     logits = AsLogits(model, decision_threshold(cfg.loss))
     frames = []
@@ -31,20 +30,16 @@ def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: 
             subset, index = _subset(split, n, int(eval_cfg.seed))
             torch.manual_seed(int(eval_cfg.seed))
             started = time.perf_counter()
-            margins = minimal_perturbation(logits, subset.x, subset.y, norm=eval_cfg.norm,
-                                           **_search_settings(eval_cfg, progress))
+            found = minimal_perturbation(logits, subset.x, subset.y, norm=eval_cfg.norm, details=True,
+                                         **_search_settings(eval_cfg, progress))
+            margins = found["margin"]
             seconds = time.perf_counter() - started
-            check = np.full(len(subset), np.nan)
-            chosen, _ = _subset_index(len(subset), eval_cfg.get("check_points") or 0, int(eval_cfg.seed) + 1)
-            if len(chosen):
-                check[chosen.numpy()] = minimal_norm_check(logits, subset.x[chosen], subset.y[chosen],
-                                                           norm=eval_cfg.norm, steps=int(eval_cfg.check_steps),
-                                                           batch_size=int(eval_cfg.batch_size)).double().numpy()
             lossless = subset.extras.get("lossless", torch.ones(len(subset), dtype=torch.bool))
             write_csv(part, pd.DataFrame(dict(split=name, index=index.numpy(), target=subset.y.numpy(),
                                               margin=margins.numpy(), censored=torch.isinf(margins).numpy(),
                                               eps_max=float(eval_cfg.eps_max), lossless=lossless.numpy(),
-                                              check=check, protocol=eval_cfg.get("protocol", "accurate"))))
+                                              pgd=found["pgd"].numpy(), fmn=found["fmn"].numpy(),
+                                              protocol=eval_cfg.get("protocol", "accurate"))))
             censored = int(torch.isinf(margins).sum())
             print(f"[pexp] margins of {len(subset)} {name} points of {run_of(out).path}: median "
                   f"{float(margins.median()):.4f}, {censored} not flipped within {eval_cfg.eps_max} ({seconds:.1f}s)")
