@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -28,9 +29,10 @@ def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: DictConf
     mse: (f - t_y)^2 with t = ``loss.targets`` (default 0/1); ce: cross-entropy on logits;
     logistic: binary cross-entropy of sigmoid(f) against the 0/1 target."""
     outputs = outputs / float(loss.get("output_divisor", 1))
-    if loss.name == "mse":
-        values = torch.as_tensor(list(loss.get("targets", (0.0, 1.0))), dtype=outputs.dtype, device=outputs.device)
-        return (outputs[:, 0] - values[targets]) ** 2
+    if loss.name == "mse":  # the targets are made on the device (a tensor from a list would copy from the host)
+        low, high = (float(value) for value in loss.get("targets", (0.0, 1.0)))
+        values = torch.where(targets.bool(), outputs.new_full((), high), outputs.new_full((), low))
+        return (outputs[:, 0] - values) ** 2
     if loss.name == "logistic":
         return F.binary_cross_entropy_with_logits(outputs[:, 0], targets.to(outputs.dtype), reduction="none")
     return F.cross_entropy(outputs, targets, reduction="none")
@@ -141,28 +143,72 @@ def _model_readable(run: RunDir) -> bool:
     return True
 
 
-def _train_locked(cfg: DictConfig, run: RunDir) -> None:
-    device = resolve_device(cfg.device)
-    data: Dataset = load_dataset(cfg.data)
+def start_run(cfg: DictConfig, run: RunDir,
+              device: torch.device) -> tuple[Dataset, EntryNet, torch.optim.Optimizer, str, int, list[dict]]:
+    """A run as it starts or resumes: its data (on the device), seeded model and optimiser (loaded from
+    ``checkpoint.pt`` when there is one), the batch-loss reduction, the epochs already done and their log rows;
+    writes config.yaml."""
+    data = on_device(load_dataset(cfg.data), device)
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg.model, data.input_shape, cfg.init).to(device)
     optimizer, reduction = build_optimizer(cfg.optim, model.parameters())
     write_text(run / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    keep_states = bool(cfg.train.get("keep_states", False))  # every epoch's weights, for per-epoch evaluators
-    if keep_states and not state_path(run, 0).exists():
+    if bool(cfg.train.get("keep_states", False)) and not state_path(run, 0).exists():
         torch_save(state_path(run, 0), model.state_dict())  # epoch 0: the init (the same on every attempt)
-
-    rows: list[dict] = []
-    start_epoch = 0
     state = _load_checkpoint(run / "checkpoint.pt")
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, rows = state["epoch"], state["log"]
-        print(f"[pexp] resuming {run.path} at epoch {start_epoch + 1}")
+    if state is None:
+        return data, model, optimizer, reduction, 0, []
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    print(f"[pexp] resuming {run.path} at epoch {state['epoch'] + 1}")
+    return data, model, optimizer, reduction, int(state["epoch"]), list(state["log"])
 
-    x_train, y_train = data.train.x.to(device), data.train.y.to(device)
-    x_test, y_test = data.test.x.to(device), data.test.y.to(device)
+
+def on_device(data: Dataset, device: torch.device) -> Dataset:
+    """The data set with its inputs and targets on ``device`` (moved once; per-point extras stay where they are)."""
+    return replace(data, train=replace(data.train, x=data.train.x.to(device), y=data.train.y.to(device)),
+                   test=replace(data.test, x=data.test.x.to(device), y=data.test.y.to(device)))
+
+
+def epochs_since_log(done: int, log_every: int) -> int:
+    """How many epochs the log row written after epoch ``done`` covers."""
+    return log_every if done % log_every == 0 else done % log_every
+
+
+def log_row(cfg: DictConfig, run: RunDir, model: EntryNet, data: Dataset, done: int, eps: float, summed_loss: float,
+            seen: int, seconds: float) -> dict:
+    """The train_log.csv row after epoch ``done``: the mean loss over the ``seen`` epochs since the last row, the
+    train and test errors now, and the seconds per epoch; stops the run when the loss is not finite."""
+    mean_loss = summed_loss / (len(data.train.y) * seen)
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"training loss became {mean_loss} by epoch {done} of run {run.path}; "
+                                 f"lower optim.lr or check the data")
+    threshold = decision_threshold(cfg.loss)
+    return dict(epoch=done, eps=eps, loss=mean_loss,
+                train_error=float(error_rate(model, data.train.x, data.train.y, threshold).float().mean()),
+                test_error=float(error_rate(model, data.test.x, data.test.y, threshold).float().mean()),
+                seconds=seconds)
+
+
+def print_row(cfg: DictConfig, row: dict) -> None:
+    print(f"[pexp] {cfg.run_name} epoch {row['epoch']}/{int(cfg.train.epochs)}: eps {row['eps']:.4f} loss "
+          f"{row['loss']:.4f} train err {row['train_error']:.4f} test err {row['test_error']:.4f} "
+          f"({row['seconds']:.3g} s/epoch)")
+
+
+def save_progress(run: RunDir, model: EntryNet, optimizer: torch.optim.Optimizer, done: int,
+                  rows: list[dict]) -> None:
+    """checkpoint.pt (weights, optimiser state, epochs done, log rows) and train_log.csv, each atomically."""
+    torch_save(run / "checkpoint.pt", dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                           epoch=done, log=rows))
+    write_csv(run / "train_log.csv", pd.DataFrame(rows))
+
+
+def _train_locked(cfg: DictConfig, run: RunDir) -> None:
+    device = resolve_device(cfg.device)
+    data, model, optimizer, reduction, start_epoch, rows = start_run(cfg, run, device)
+    keep_states = bool(cfg.train.get("keep_states", False))  # every epoch's weights, for per-epoch evaluators
+    x_train, y_train = data.train.x, data.train.y
     threshold = decision_threshold(cfg.loss)
     active = active_layers(model, cfg.perturb.layers)
     epochs, n = int(cfg.train.epochs), len(y_train)
@@ -171,23 +217,23 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     batches = range(0, n, batch_size)
     penalty = float(cfg.optim.get("first_layer_penalty", 0.0))  # OM fig3 (c): + this x ||W_1||_2 in the loss
     target = cfg.train.get("target_margin")  # stop once min_i y_i f(x_i) reaches it; train.epochs is then a cap
-    if state is not None and target is not None and float(training_margin(model, x_train, y_train,
-                                                                           threshold)) >= target:
+    if start_epoch and target is not None and float(training_margin(model, x_train, y_train, threshold)) >= target:
         start_epoch = epochs  # it had stopped at its target when interrupted: nothing left to train
     epoch_bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc=str(cfg.run_name),
                      unit="epoch", disable=not cfg.train.progress)
     started, total = time.perf_counter(), torch.zeros((), device=device)
     for epoch in epoch_bar:
         eps = eps_at_epoch(cfg.perturb.eps, epoch, epochs, int(cfg.perturb.ramp_steps))
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + epoch)) \
-            if batch_size < n else None
+        # the order is drawn on the host (the same on every device) and moved to the device once per epoch
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + epoch)).to(
+            device) if batch_size < n else None
         inner = tqdm(batches, desc=f"epoch {epoch + 1} eps={eps:.4f}", leave=False, unit="batch",
                      disable=not cfg.train.progress or len(batches) < 20)
         for first in inner:
             if order is None:  # full batch
                 x_batch, y_batch = x_train, y_train
             else:
-                index = order[first:first + batch_size].to(device)
+                index = order[first:first + batch_size]
                 x_batch, y_batch = x_train[index], y_train[index]
             total += training_step(model, optimizer, reduction, x_batch, y_batch, cfg.loss, eps,
                                    int(cfg.perturb.pieces), active, penalty)
@@ -198,30 +244,26 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
         final = reached or done == epochs
         if done % log_every and not final:
             continue
-        seen = log_every if done % log_every == 0 else done % log_every
-        mean_loss = float(total) / (n * seen)
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"training loss became {mean_loss} by epoch {done} of run {run.path}; "
-                                     f"lower optim.lr or check the data")
-        seconds = (time.perf_counter() - started) / seen
-        rows.append(dict(epoch=done, eps=eps, loss=mean_loss,
-                         train_error=float(error_rate(model, x_train, y_train, threshold).float().mean()),
-                         test_error=float(error_rate(model, x_test, y_test, threshold).float().mean()),
-                         seconds=seconds))
-        epoch_bar.set_postfix(loss=f"{mean_loss:.4f}", train_err=f"{rows[-1]['train_error']:.4f}")
+        seen = epochs_since_log(done, log_every)
+        rows.append(log_row(cfg, run, model, data, done, eps, float(total), seen,
+                            (time.perf_counter() - started) / seen))
+        epoch_bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", train_err=f"{rows[-1]['train_error']:.4f}")
         if log_every == 1 or not cfg.train.progress:
-            print(f"[pexp] {cfg.run_name} epoch {done}/{epochs}: eps {eps:.4f} loss {mean_loss:.4f} "
-                  f"train err {rows[-1]['train_error']:.4f} test err {rows[-1]['test_error']:.4f} "
-                  f"({seconds:.3g} s/epoch)")
+            print_row(cfg, rows[-1])
         started, total = time.perf_counter(), torch.zeros((), device=device)
         if done % checkpoint_every == 0 or final:
-            torch_save(run / "checkpoint.pt", dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                                   epoch=done, log=rows))
-            write_csv(run / "train_log.csv", pd.DataFrame(rows))
+            save_progress(run, model, optimizer, done, rows)
         if reached:
             break
+    finish_run(cfg, run, model, data, rows)
 
-    test_wrong = error_rate(model, x_test, y_test, threshold).cpu()
+
+def finish_run(cfg: DictConfig, run: RunDir, model: EntryNet, data: Dataset, rows: list[dict],
+               extra: dict | None = None) -> dict:
+    """model.pt, metrics.json (plus ``extra``) and the COMPLETE marker of a run whose training is done."""
+    threshold, target = decision_threshold(cfg.loss), cfg.train.get("target_margin")
+    x_train, y_train = data.train.x, data.train.y
+    test_wrong = error_rate(model, data.test.x, data.test.y, threshold).cpu()
     lossless = data.test.extras.get("lossless", torch.ones_like(test_wrong))
     metrics = dict(
         data=data.source,
@@ -233,18 +275,21 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
         n_test_lossless=int(lossless.sum()),
         seconds_per_epoch=float(pd.DataFrame(rows)["seconds"].mean()),
         epochs_trained=int(rows[-1]["epoch"]),
+        **(extra or {}),
     )
     if target is not None:
         final_margin = float(training_margin(model, x_train, y_train, threshold))
         metrics.update(target_margin=float(target), final_margin=final_margin, reached_target=final_margin >= target)
         if final_margin < target:
-            print(f"[pexp] WARNING: {cfg.run_name} hit the epoch cap ({epochs}) before the target margin {target}: "
-                  f"min y f(x) = {final_margin:.4f} (recorded in metrics.json as reached_target=false)")
+            print(f"[pexp] WARNING: {cfg.run_name} hit the epoch cap ({int(cfg.train.epochs)}) before the target "
+                  f"margin {target}: min y f(x) = {final_margin:.4f} (recorded in metrics.json as "
+                  f"reached_target=false)")
     torch_save(run / "model.pt", dict(state_dict=model.state_dict(), input_shape=list(data.input_shape)))
     write_json(run / "metrics.json", metrics)
     run.mark_complete(metrics)
     print(f"[pexp] finished {run.path}: train acc {metrics['train_accuracy']:.4f}, "
           f"test acc {metrics['test_accuracy']:.4f}")
+    return metrics
 
 
 def load_trained(run: RunDir | Path | str, device: torch.device | str = "cpu") -> tuple[EntryNet, DictConfig]:
