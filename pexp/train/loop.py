@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -24,14 +24,32 @@ from pexp.train.perturb import active_layers, eps_at_epoch, extreme_perturbation
 LOSSES = ("mse", "ce", "logistic")
 
 
-def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: DictConfig) -> torch.Tensor:
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss config read once (reading a DictConfig costs tens of microseconds: too much per step)."""
+
+    name: str
+    divisor: float = 1.0
+    low: float = 0.0   # the squared-error targets of classes 0 and 1
+    high: float = 1.0
+
+    @staticmethod
+    def of(loss: DictConfig | LossSpec) -> LossSpec:
+        if isinstance(loss, LossSpec):
+            return loss
+        low, high = (float(value) for value in loss.get("targets", (0.0, 1.0)))
+        return LossSpec(str(loss.name), float(loss.get("output_divisor", 1)), low, high)
+
+
+def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: DictConfig | LossSpec) -> torch.Tensor:
     """One value per sample, on the outputs divided by ``loss.output_divisor`` (default 1):
     mse: (f - t_y)^2 with t = ``loss.targets`` (default 0/1); ce: cross-entropy on logits;
     logistic: binary cross-entropy of sigmoid(f) against the 0/1 target."""
-    outputs = outputs / float(loss.get("output_divisor", 1))
+    loss = LossSpec.of(loss)
+    if loss.divisor != 1:
+        outputs = outputs / loss.divisor
     if loss.name == "mse":  # the targets are made on the device (a tensor from a list would copy from the host)
-        low, high = (float(value) for value in loss.get("targets", (0.0, 1.0)))
-        values = torch.where(targets.bool(), outputs.new_full((), high), outputs.new_full((), low))
+        values = torch.where(targets.bool(), outputs.new_full((), loss.high), outputs.new_full((), loss.low))
         return (outputs[:, 0] - values) ** 2
     if loss.name == "logistic":
         return F.binary_cross_entropy_with_logits(outputs[:, 0], targets.to(outputs.dtype), reduction="none")
@@ -48,7 +66,7 @@ def decision_threshold(loss: DictConfig) -> float:
 
 
 def training_step(model: EntryNet, optimizer: torch.optim.Optimizer, reduction: str, x: torch.Tensor,
-                  y: torch.Tensor, loss: DictConfig, eps: float, pieces: int, active: list[bool],
+                  y: torch.Tensor, loss: DictConfig | LossSpec, eps: float, pieces: int, active: list[bool],
                   first_layer_penalty: float = 0.0) -> torch.Tensor:
     """One update; returns the summed loss of the batch (detached). With perturbations (Algorithm 1) each
     sample's loss is the sum of its losses at the argmax- and argmin-perturbed forward passes.
@@ -217,26 +235,29 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     batches = range(0, n, batch_size)
     penalty = float(cfg.optim.get("first_layer_penalty", 0.0))  # OM fig3 (c): + this x ||W_1||_2 in the loss
     target = cfg.train.get("target_margin")  # stop once min_i y_i f(x_i) reaches it; train.epochs is then a cap
+    # read once: a DictConfig access costs tens of microseconds, too much per epoch of a toy run
+    loss, pieces, progress = LossSpec.of(cfg.loss), int(cfg.perturb.pieces), bool(cfg.train.progress)
+    eps_max, ramp_steps, seed = float(cfg.perturb.eps), int(cfg.perturb.ramp_steps), int(cfg.seed)
     if start_epoch and target is not None and float(training_margin(model, x_train, y_train, threshold)) >= target:
         start_epoch = epochs  # it had stopped at its target when interrupted: nothing left to train
     epoch_bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc=str(cfg.run_name),
-                     unit="epoch", disable=not cfg.train.progress)
+                     unit="epoch", disable=not progress)
     started, total = time.perf_counter(), torch.zeros((), device=device)
     for epoch in epoch_bar:
-        eps = eps_at_epoch(cfg.perturb.eps, epoch, epochs, int(cfg.perturb.ramp_steps))
+        eps = eps_at_epoch(eps_max, epoch, epochs, ramp_steps)
         # the order is drawn on the host (the same on every device) and moved to the device once per epoch
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + epoch)).to(
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).to(
             device) if batch_size < n else None
         inner = tqdm(batches, desc=f"epoch {epoch + 1} eps={eps:.4f}", leave=False, unit="batch",
-                     disable=not cfg.train.progress or len(batches) < 20)
+                     disable=not progress or len(batches) < 20)
         for first in inner:
             if order is None:  # full batch
                 x_batch, y_batch = x_train, y_train
             else:
                 index = order[first:first + batch_size]
                 x_batch, y_batch = x_train[index], y_train[index]
-            total += training_step(model, optimizer, reduction, x_batch, y_batch, cfg.loss, eps,
-                                   int(cfg.perturb.pieces), active, penalty)
+            total += training_step(model, optimizer, reduction, x_batch, y_batch, loss, eps, pieces, active,
+                                   penalty)
         done = epoch + 1
         if keep_states:
             torch_save(state_path(run, done), model.state_dict())
@@ -248,7 +269,7 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
         rows.append(log_row(cfg, run, model, data, done, eps, float(total), seen,
                             (time.perf_counter() - started) / seen))
         epoch_bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", train_err=f"{rows[-1]['train_error']:.4f}")
-        if log_every == 1 or not cfg.train.progress:
+        if log_every == 1 or not progress:
             print_row(cfg, rows[-1])
         started, total = time.perf_counter(), torch.zeros((), device=device)
         if done % checkpoint_every == 0 or final:

@@ -20,15 +20,18 @@ def _add_scaled(target: torch.Tensor, other: torch.Tensor, factor: Hyper, inplac
 
 
 @torch.no_grad()
-def momentum_update(param: torch.Tensor, grad: torch.Tensor, buffer: torch.Tensor, lr: Hyper, momentum: Hyper,
-                    dampening: Hyper, weight_decay: Hyper) -> None:
-    """One step, in place: g = grad + weight_decay * param; buffer <- momentum * buffer + (1 - dampening) * g;
-    param <- param - lr * buffer. torch.optim.SGD is dampening 0 with a zero-initialised buffer (its first step
-    sets the buffer to g: the same numbers); :class:`SummedMomentum` is dampening = momentum."""
+def momentum_update(param: torch.Tensor, grad: torch.Tensor, buffer: torch.Tensor | None, lr: Hyper,
+                    momentum: Hyper, undamped: Hyper, weight_decay: Hyper) -> None:
+    """One step, in place: g = grad + weight_decay * param; buffer <- momentum * buffer + undamped * g;
+    param <- param - lr * buffer (without a buffer: param <- param - lr * g, torch.optim.SGD without momentum).
+    torch.optim.SGD is undamped = 1 with a zero-initialised buffer (its first step sets the buffer to g: the same
+    numbers); :class:`SummedMomentum` is undamped = 1 - momentum. Per-member tensors must hold values computed in
+    float64 (e.g. 1 - momentum), as torch rounds its float arguments."""
     if isinstance(weight_decay, torch.Tensor) or weight_decay:
         grad = _add_scaled(grad, param, weight_decay, inplace=False)
-    _add_scaled(buffer.mul_(momentum), grad, 1 - dampening)
-    _add_scaled(param, buffer, -lr)
+    if buffer is not None:
+        grad = _add_scaled(buffer.mul_(momentum), grad, undamped)
+    _add_scaled(param, grad, -lr)
 
 
 class SummedMomentum(torch.optim.Optimizer):
@@ -51,7 +54,7 @@ class SummedMomentum(torch.optim.Optimizer):
                 if "buffer" not in state:
                     state["buffer"] = torch.zeros_like(param)
                 momentum_update(param, param.grad, state["buffer"], group["lr"], group["momentum"],
-                                group["momentum"], group["weight_decay"])
+                                1 - group["momentum"], group["weight_decay"])
 
 
 def build_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> tuple[torch.optim.Optimizer, str]:
@@ -62,10 +65,19 @@ def build_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> tu
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay), reduction
 
 
-def dampening(optimizer: torch.optim.Optimizer) -> float:
-    """The ``dampening`` of :func:`momentum_update` that reproduces ``optimizer`` (built by build_optimizer)."""
+def update_rule(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The arguments (lr, momentum, undamped, weight_decay) of :func:`momentum_update` that reproduce
+    ``optimizer`` (built by :func:`build_optimizer`; one parameter group)."""
     group = optimizer.param_groups[0]
-    return group["momentum"] if isinstance(optimizer, SummedMomentum) else group.get("dampening", 0.0)
+    if not isinstance(optimizer, SummedMomentum) and (group.get("nesterov") or group.get("maximize")):
+        raise ValueError("momentum_update has no Nesterov or maximising variant")
+    undamped = 1 - (group["momentum"] if isinstance(optimizer, SummedMomentum) else group.get("dampening", 0.0))
+    return dict(lr=group["lr"], momentum=group["momentum"], undamped=undamped, weight_decay=group["weight_decay"])
+
+
+def keeps_momentum(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimiser keeps a momentum buffer (torch.optim.SGD without momentum keeps none)."""
+    return _buffer_key(optimizer) is not None
 
 
 def _buffer_key(optimizer: torch.optim.Optimizer) -> str | None:
