@@ -193,9 +193,14 @@ class Ensemble:
         rules = [update_rule(m.optimizer) for m in members]
         self.rule = {key: per_member([rule[key] for rule in rules]) for key in rules[0]}
         self.shapes = [(-1,) + (1,) * (param.dim() - 1) for param in self.params]  # a per-member value's view
-        self.rules = [{key: value.view(shape) for key, value in self.rule.items()} for shape in self.shapes]
+        # a value all members share stays a float (fewer and cheaper kernels; the same rounding)
+        shared = {key: rules[0][key] for key in rules[0] if len({rule[key] for rule in rules}) == 1}
+        self.rules = [{key: shared.get(key, value.view(shape)) for key, value in self.rule.items()}
+                      for shape in self.shapes]
         n = len(members[0].data.train.y)
-        self.divisor = per_member([1.0 if m.reduction == "sum" else float(n) for m in members])
+        divisors = {1.0 if m.reduction == "sum" else float(n) for m in members}
+        self.divisor = divisors.pop() if len(divisors) == 1 else per_member(
+            [1.0 if m.reduction == "sum" else float(n) for m in members])
         penalties = [float(m.cfg.optim.get("first_layer_penalty", 0.0)) for m in members]
         self.penalized = torch.tensor([i for i, p in enumerate(penalties) if p], dtype=torch.long, device=self.device)
         self.penalty = per_member([p for p in penalties if p])
@@ -238,19 +243,21 @@ class Ensemble:
         outputs = self.forward(self.x)
         totals = torch.cat([per_sample_loss(outputs[part].flatten(0, 1), self.y[part].flatten(), loss)
                             .view(part.stop - part.start, -1).sum(1) for part, loss in self.losses])
-        objective = (totals / self.divisor).sum()
+        objective = totals.sum() if isinstance(self.divisor, float) and self.divisor == 1 else (
+            totals / self.divisor).sum()
         if len(self.penalized):
             objective = objective + (self.penalty * self.params[0][self.penalized].flatten(1).norm(dim=1)).sum()
         grads = torch.autograd.grad(objective, self.params)
-        if self.has_target:  # members at their target keep their weights and momentum
+        rules = self.rules
+        if self.has_target:  # members at their target keep their weights (and momentum)
             running = ~self.stopped
             self.summed += torch.where(running, totals.detach(), 0.0)
-            frozen = dict(lr=0.0, momentum=1.0, undamped=0.0, weight_decay=0.0)
-            rule = {key: torch.where(running, value, frozen[key]) for key, value in self.rule.items()}
-            rules = [{key: value.view(shape) for key, value in rule.items()} for shape in self.shapes]
+            frozen = dict(lr=0.0) if self.buffers[0] is None else dict(lr=0.0, momentum=1.0, undamped=0.0)
+            frozen = {key: torch.where(running, self.rule[key], value) for key, value in frozen.items()}
+            rules = [{**rule, **{key: value.view(shape) for key, value in frozen.items()}}
+                     for rule, shape in zip(self.rules, self.shapes)]
         else:
             self.summed += totals.detach()
-            rules = self.rules
         for param, grad, buffer, rule in zip(self.params, grads, self.buffers, rules):
             momentum_update(param, grad, buffer, **rule)
         self.epoch += 1
