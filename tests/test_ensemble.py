@@ -139,3 +139,15 @@ def test_what_is_batched():
     mlp = OmegaConf.create(dict(name="mlp", widths=[8], outputs=1))
     assert stackable(build_model(mlp, (2,)))
     assert not stackable(build_model(OmegaConf.merge(mlp, dict(batch_norm=True)), (2,)))
+
+
+def test_channels_last_switch_trains_the_same_run_to_float_tolerance(tmp_path):
+    """``+train.channels_last=true`` (the opt-in memory layout for Algorithm 1 on CPU) is its own run (hashed) and
+    ends at the same weights as the default layout, up to rounding."""
+    base = ["data=synthetic_cifar2", "scale=smoke", "data.n_train=100", "train.epochs=1", "train.progress=false",
+            "perturb.eps=0.02", f"paths.output_dir={tmp_path}"]
+    runs = [train(compose_experiment("richness_fig2_all", base + extra)) for extra in ([], ["+train.channels_last=true"])]
+    assert runs[0].path != runs[1].path
+    default, channels_last = (torch.load(run / "model.pt", weights_only=False)["state_dict"] for run in runs)
+    for name, value in default.items():
+        assert torch.allclose(channels_last[name], value, rtol=1e-3, atol=1e-5), name

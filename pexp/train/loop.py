@@ -225,6 +225,10 @@ def save_progress(run: RunDir, model: EntryNet, optimizer: torch.optim.Optimizer
 def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     device = resolve_device(cfg.device)
     data, model, optimizer, reduction, start_epoch, rows = start_run(cfg, run, device)
+    if cfg.train.get("channels_last", False):  # opt-in (+train.channels_last=true, hashed): faster convolutions
+        # and pooling on CPU, other rounding; the weights keep their values, only their memory layout changes
+        model.to(memory_format=torch.channels_last)
+        data = replace(data, train=replace(data.train, x=data.train.x.contiguous(memory_format=torch.channels_last)))
     keep_states = bool(cfg.train.get("keep_states", False))  # every epoch's weights, for per-epoch evaluators
     x_train, y_train = data.train.x, data.train.y
     threshold = decision_threshold(cfg.loss)
