@@ -12,15 +12,20 @@ import pytest
 from conftest import ROOT
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-def test_make_bench_quick_writes_well_formed_json(tmp_path):
-    venv = Path(sys.executable).parent.parent  # the environment running the tests: nothing to install
-    out = tmp_path / "bench.json"
-    args = f"--quick --out {out} --runs-from {tmp_path / 'outputs'}"
+def make_bench(args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``make bench ARGS=<args>`` in the environment running the tests (nothing to install), without real data."""
+    venv = Path(sys.executable).parent.parent
     result = subprocess.run(["make", "-s", "-o", str(venv / ".installed"), "bench", f"VENV={venv}", f"ARGS={args}"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=900,
+                            cwd=ROOT, capture_output=True, text=True, timeout=1500,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PEXP_DATA": str(tmp_path / "no-data")})
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_bench_quick_writes_well_formed_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = make_bench(f"--quick --out {out} --runs-from {tmp_path / 'outputs'}", tmp_path)
     assert "| ratio" in result.stdout and "load average" in result.stdout  # the printed table
 
     bench = json.loads(out.read_text())
@@ -48,13 +53,8 @@ def test_make_bench_quick_writes_well_formed_json(tmp_path):
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_bench_all_times_each_figure_from_scratch_on_smoke_configs(tmp_path):
     """Row 8 (``--all``) on the make-smoke configs of one figure: its stage times and the total."""
-    venv = Path(sys.executable).parent.parent
     out = tmp_path / "bench.json"
-    args = f"--quick --all --figures pe-fig2 --rows 8 --out {out}"
-    result = subprocess.run(["make", "-s", "-o", str(venv / ".installed"), "bench", f"VENV={venv}", f"ARGS={args}"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=1500,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PEXP_DATA": str(tmp_path / "no-data")})
-    assert result.returncode == 0, result.stderr[-3000:]
+    make_bench(f"--quick --all --figures pe-fig2 --rows 8 --out {out}", tmp_path)
     rows = json.loads(out.read_text())["rows"]
     assert [row["name"] for row in rows] == ["8. reproduce-all from scratch (smoke): pe-fig2",
                                              "8. reproduce-all from scratch (smoke): total (1 figures)"]
