@@ -13,6 +13,10 @@ Rows (each a ratio of ours to the reference, except the end-to-end stage times):
    measured slice extrapolated to the full figure (labelled so); ``--full-e2e`` times the real thing.
 6. Threads (CPU): batched Algorithm 1 throughput with torch's default threads, with OMP_WAIT_POLICY=PASSIVE, and
    with one thread, each in a fresh process.
+7. Toy ensemble: pe-fig1's twelve runs (shortened) trained together (``pexp.train.ensemble``) vs one at a time.
+8. ``--all`` (hours, not run by default): ``make reproduce-all`` from scratch into outputs/bench/all, each figure's
+   training, evaluation (or build) and drawing time and the total; ``--quick --all``: the ``make smoke`` configs;
+   ``--figures`` picks figures.
 
 Timings alternate between ours and the reference (so a change in the machine's load hits both) and keep the best
 of several rounds; the machine's load average is recorded with the results.
@@ -50,10 +54,10 @@ FIG2_MINUTES_TARGET = 45.0
 SIZES = {
     False: dict(model_size=2, reference_samples=50, ours_samples=1000, rounds=3, margin_points=24,
                 margin_grid=(0.001, 0.1), margin_steps=40, margin_train=2000, tangent_inputs=24, bracket_points=500,
-                slice_samples=2000, slice_margin_points=50),
+                slice_samples=2000, slice_margin_points=50, ensemble_epochs=2000, ensemble_rounds=2),
     True: dict(model_size=1, reference_samples=2, ours_samples=50, rounds=1, margin_points=3,
                margin_grid=(0.02, 0.1), margin_steps=3, margin_train=100, tangent_inputs=2, bracket_points=4,
-               slice_samples=50, slice_margin_points=1),
+               slice_samples=50, slice_margin_points=1, ensemble_epochs=100, ensemble_rounds=1),
 }
 
 
@@ -501,6 +505,98 @@ def threads_row(sizes: dict) -> dict:
                settings=results)
 
 
+# -------------------------------------------------------------------------------- row 7: the toy ensemble
+def ensemble_row(sizes: dict, device: torch.device) -> dict:
+    """pe-fig1's twelve runs (six seeds, two losses), shortened to ``ensemble_epochs``, trained one at a time by the
+    loop and together by the ensemble, each into a fresh temporary output folder; alternating, best of
+    ``ensemble_rounds``. Both ways go through the same run-directory writing (logs, checkpoints, final files)."""
+    from pexp.figures import FIGURES
+    from pexp.figures.compose import compose_experiment
+    from pexp.train.ensemble import train_many
+    from pexp.train.loop import train
+
+    figure, epochs = FIGURES["pe-fig1"], sizes["ensemble_epochs"]
+    times: dict[str, list[float]] = {"separate": [], "ensemble": []}
+    differences = []
+    for _ in range(sizes["ensemble_rounds"]):
+        weights = {}
+        for how in ("separate", "ensemble"):
+            with tempfile.TemporaryDirectory() as root:
+                cfgs = [compose_experiment(spec.experiment, [*spec.overrides, f"paths.output_dir={root}",
+                                                             f"train.epochs={epochs}", "train.progress=false",
+                                                             f"device={device.type}"])
+                        for spec in figure.runs.values()]
+                started = time.perf_counter()
+                runs = [train(cfg) for cfg in cfgs] if how == "separate" else train_many(cfgs)
+                _sync(device)
+                times[how].append(time.perf_counter() - started)
+                weights[how] = [torch.load(run / "model.pt", weights_only=False)["state_dict"] for run in runs]
+        differences.append(max(float((a[key] - b[key]).abs().max()) for a, b in zip(weights["separate"],
+                                                                                     weights["ensemble"])
+                               for key in a))
+        print(f"[bench] ensemble: separate {times['separate'][-1]:.1f}s, together {times['ensemble'][-1]:.1f}s "
+              f"(load {os.getloadavg()[0]:.2f})")
+    best = {how: min(values) for how, values in times.items()}
+    ratio = best["separate"] / best["ensemble"]
+    return row("7. Toy ensemble: pe-fig1's 12 runs trained together vs one at a time", best["ensemble"],
+               best["separate"], f"s for {epochs} epochs", ratio, ">= 10x", ratio >= 10,
+               f"{len(figure.runs)} runs (2-20-1 net, 16 points, momentum SGD), {epochs} of their 60,000 epochs, "
+               f"wall time including each run's files; best of {sizes['ensemble_rounds']} alternating rounds; "
+               f"largest weight difference {max(differences):.2g}; torch threads {torch.get_num_threads()}, "
+               f"load {os.getloadavg()[0]:.2f}", largest_weight_difference=max(differences))
+
+
+# --------------------------------------------------------------------- row 8: make reproduce-all from scratch
+ALL_HOURS_TARGET = 2.0
+
+
+def reproduce_all_rows(figures: Sequence[str] | None, smoke: bool, overrides: Sequence[str]) -> list[dict]:
+    """Every figure (or ``figures``) made from scratch, as ``make reproduce-all`` makes them (one process per
+    figure), into outputs/bench/all (removed first); each figure's training, evaluation (or build) and drawing
+    wall seconds from its meta.json, and the total. ``smoke``: the ``make smoke`` configs."""
+    import json
+    import subprocess
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from reproduce_all import figure_commands, run_all
+
+    from pexp.figures import FIGURES
+
+    root = Path("outputs/bench/all").resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    ids = list(figures or FIGURES)
+    commands = figure_commands(ids, smoke, [*overrides, f"paths.output_dir={root}", "train.progress=false"])
+    walls: dict[str, float] = {}
+
+    def timed_run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        began = time.perf_counter()
+        done = subprocess.run(argv, **kwargs)
+        walls[next((a[4:] for a in argv if a.startswith("fig=")), "report")] = time.perf_counter() - began
+        return done
+
+    started = time.perf_counter()
+    failed = set(run_all(commands, [sys.executable, "-c", "pass"], run=timed_run))  # the report is not timed
+    total = time.perf_counter() - started
+    rows = []
+    for figure_id in ids:
+        meta_path = root / "figures" / f"{figure_id}.meta.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() and figure_id not in failed else {}
+        stages = meta.get("stage_seconds", {})
+        rows.append(row(f"8. reproduce-all from scratch{' (smoke)' if smoke else ''}: {figure_id}",
+                        walls.get(figure_id, math.nan) / 60, None, "min", None, None, None,
+                        ("FAILED; " if not meta else "") + ", ".join(
+                            f"{stage} {seconds / 60:.2f}" for stage, seconds in stages.items())
+                        + f" min of {meta.get('seconds', math.nan) / 60:.2f} in the figure; the rest is the process "
+                          "(start-up, imports)", stage_seconds=stages, figure_seconds=meta.get("seconds")))
+    hours = total / 3600
+    rows.append(row(f"8. reproduce-all from scratch{' (smoke)' if smoke else ''}: total ({len(ids)} figures)",
+                    total / 60, ALL_HOURS_TARGET * 60, "min", hours / ALL_HOURS_TARGET,
+                    f"<= {ALL_HOURS_TARGET:g} h", hours <= ALL_HOURS_TARGET and not failed,
+                    f"wall time of the {len(ids)} figure processes under {root}; failed: "
+                    f"{', '.join(sorted(failed)) or 'none'}; load {os.getloadavg()[0]:.2f}"))
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------- output
 def _fmt(value: object) -> str:
     if value is None:
@@ -532,7 +628,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help="pexp output folder holding finished richness-fig2 runs for row 5 "
                              "(default: paths.output_dir, i.e. $PEXP_OUTPUT or ./outputs); only read")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
-    parser.add_argument("--rows", default="1,2,3,4,5,6", help="which rows to run, e.g. 1,2")
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7", help="which rows to run, e.g. 1,2")
+    parser.add_argument("--all", action="store_true",
+                        help="row 8: make reproduce-all from scratch into outputs/bench/all, timing each figure's "
+                             "training, evaluation and drawing (hours; with --quick: the make smoke configs)")
+    parser.add_argument("--figures", default=None, help="row 8: only these figure ids (comma-separated)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the data / runs, e.g. "
                                                       "data.verify_checksums=false")
@@ -557,6 +657,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         result["rows"] += end_to_end_rows(overrides, sizes, device, args.full_e2e)
     if 6 in wanted and device.type == "cpu":
         result["rows"].append(threads_row(sizes))
+    if 7 in wanted:
+        result["rows"].append(ensemble_row(sizes, device))
+    if args.all or 8 in wanted:
+        result["rows"] += reproduce_all_rows(args.figures.split(",") if args.figures else None, args.quick,
+                                             args.overrides)
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     result["seconds"] = time.perf_counter() - started
     result["data"] = source

@@ -18,7 +18,8 @@ from omegaconf import DictConfig  # noqa: E402
 from pexp.eval.evaluate import evaluate  # noqa: E402
 from pexp.figures.compose import compose_experiment  # noqa: E402
 from pexp.runs import atomic_write, write_csv, write_json, write_text  # noqa: E402
-from pexp.train.loop import recorded_train_seconds, train  # noqa: E402
+from pexp.train.ensemble import train_many  # noqa: E402
+from pexp.train.loop import recorded_train_seconds  # noqa: E402
 
 Claims = list[dict]
 
@@ -69,29 +70,38 @@ def claim(text: str, measured: object, expected: str, holds: bool, data: str) ->
 def make_figure(figure: Figure, overrides: Sequence[str], figures_dir: Path | str, device: str = "auto",
                 progress: bool = True) -> dict[str, Path]:
     """Train / evaluate what is missing, then write ``<id>.{csv,claims.json,png,pdf,meta.json}`` atomically."""
-    started = time.perf_counter()
+    started, stages = time.perf_counter(), {}
     if figure.build is not None:
         table, metrics = figure.build(overrides, device, progress)
+        stages["build"] = time.perf_counter() - started
     else:
-        table, metrics = collect_runs(figure.runs, figure.evaluator, overrides, device, progress)
+        table, metrics = collect_runs(figure.runs, figure.evaluator, overrides, device, progress, stages)
     runs = [entry[RUN_INFO] for entry in metrics.values() if isinstance(entry, dict) and RUN_INFO in entry]
     return write_figure(figure, table, metrics, figures_dir, meta=dict(overrides=list(overrides), runs=runs,
-                                                                       started=started))
+                                                                       started=started, stages=stages))
 
 
 RUN_INFO = "run_info"  # what collect_runs adds to each run's metrics: label, experiment, run dir, hash, times
 
 
 def collect_runs(runs: dict[str, str | Run], evaluator: str, overrides: Sequence[str], device: str = "auto",
-                 progress: bool = True) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """Train and evaluate what is missing; the evaluator's results of every run in one table (plus run, data
-    and tag columns) and each run's metrics.json by label (plus ``run_info`` for the figure's meta.json)."""
-    frames, metrics = [], {}
+                 progress: bool = True, stages: dict[str, float] | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """Train what is missing (a figure's full-batch toy runs together, :func:`pexp.train.ensemble.train_many`),
+    then evaluate; the evaluator's results of every run in one table (plus run, data and tag columns) and each
+    run's metrics.json by label (plus ``run_info`` for the figure's meta.json). ``stages`` gets the wall seconds
+    of training and of evaluation."""
+    stages = {} if stages is None else stages
     evaluator, overrides = chosen_evaluator(evaluator, overrides)
-    for label, spec in runs.items():
-        spec = spec if isinstance(spec, Run) else Run(spec)
-        cfg: DictConfig = compose_experiment(spec.experiment, [f"eval={evaluator}", *spec.overrides, *overrides])
-        run = train(cfg)
+    specs = {label: spec if isinstance(spec, Run) else Run(spec) for label, spec in runs.items()}
+    cfgs: dict[str, DictConfig] = {label: compose_experiment(spec.experiment, [f"eval={evaluator}", *spec.overrides,
+                                                                              *overrides])
+                                   for label, spec in specs.items()}
+    started = time.perf_counter()
+    trained = dict(zip(cfgs, train_many(list(cfgs.values()))))
+    stages["train"], started = time.perf_counter() - started, time.perf_counter()
+    frames, metrics = [], {}
+    for label, spec in specs.items():
+        cfg, run = cfgs[label], trained[label]
         results = evaluate(run, cfg.eval, device, progress=progress)
         metrics[label] = json.loads((run / "metrics.json").read_text())
         metrics[label][RUN_INFO] = dict(label=label, experiment=spec.experiment, run_dir=str(run.path),
@@ -100,6 +110,7 @@ def collect_runs(runs: dict[str, str | Run], evaluator: str, overrides: Sequence
         extra = {key: metrics[label][key] for key in ("reached_target",) if key in metrics[label]}
         frames.append(results.assign(run=label, experiment=spec.experiment, run_dir=str(run.path),
                                      data=metrics[label]["data"], **extra, **dict(spec.tags)))
+    stages["evaluate"] = time.perf_counter() - started
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), metrics
 
 
@@ -121,14 +132,16 @@ def chosen_evaluator(evaluator: str, overrides: Sequence[str]) -> tuple[str, lis
 
 
 def figure_meta(figure: Figure, table: pd.DataFrame, overrides: Sequence[str] = (), runs: Sequence[dict] = (),
-                started: float | None = None) -> dict:
+                started: float | None = None, stages: dict[str, float] | None = None) -> dict:
     """What ``<id>.meta.json`` holds: the figure, the command-line overrides, the runs behind it (label,
-    experiment, run dir, config hash), the data sources, the seconds it took and the runs' training seconds."""
+    experiment, run dir, config hash), the data sources, the seconds it took, the wall seconds of its stages
+    this time (train, evaluate or build, draw: reused runs and evaluations cost ~0) and the runs' recorded
+    training seconds."""
     train_times = [run["train_seconds"] for run in runs if run.get("train_seconds") is not None]
     sources = {run["data"] for run in runs} or (set(table["data"]) if "data" in table else set())
     return dict(id=figure.id, paper=figure.paper, what=figure.what, overrides=list(overrides), runs=list(runs),
                 data=sorted(map(str, sources)), seconds=None if started is None else time.perf_counter() - started,
-                train_seconds=sum(train_times) if train_times else None,
+                stage_seconds=dict(stages or {}), train_seconds=sum(train_times) if train_times else None,
                 created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
@@ -136,7 +149,7 @@ def write_figure(figure: Figure, table: pd.DataFrame, metrics: dict[str, dict], 
                  meta: dict | None = None) -> dict[str, Path]:
     """Write the table, claims, PNG and PDF, and last ``<id>.meta.json`` (``meta``: keyword arguments of
     :func:`figure_meta`), each atomically."""
-    out = Path(figures_dir)
+    drawing, out = time.perf_counter(), Path(figures_dir)
     paths = {ext: out / f"{figure.id}.{ext}" for ext in ("csv", "claims.json", "png", "pdf", "meta.json")}
     paths["meta.json"].unlink(missing_ok=True)  # written again last: present only beside a finished set
     write_csv(paths["csv"], table)
@@ -148,7 +161,9 @@ def write_figure(figure: Figure, table: pd.DataFrame, metrics: dict[str, dict], 
     for ext in ("png", "pdf"):
         atomic_write(paths[ext], lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight"))
     plt.close(fig)
-    write_json(paths["meta.json"], figure_meta(figure, table, **(meta or {})))
+    meta = dict(meta or {})
+    meta["stages"] = {**meta.get("stages", {}), "draw": time.perf_counter() - drawing}
+    write_json(paths["meta.json"], figure_meta(figure, table, **meta))
     for item in claims:
         print(f"[pexp] claim {'HOLDS' if item['holds'] else 'FAILS'}: {item['claim']} -> {item['measured']}")
     return paths

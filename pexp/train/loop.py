@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -23,14 +24,33 @@ from pexp.train.perturb import active_layers, eps_at_epoch, extreme_perturbation
 LOSSES = ("mse", "ce", "logistic")
 
 
-def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: DictConfig) -> torch.Tensor:
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss config read once (reading a DictConfig costs tens of microseconds: too much per step)."""
+
+    name: str
+    divisor: float = 1.0
+    low: float = 0.0   # the squared-error targets of classes 0 and 1
+    high: float = 1.0
+
+    @staticmethod
+    def of(loss: DictConfig | LossSpec) -> LossSpec:
+        if isinstance(loss, LossSpec):
+            return loss
+        low, high = (float(value) for value in loss.get("targets", (0.0, 1.0)))
+        return LossSpec(str(loss.name), float(loss.get("output_divisor", 1)), low, high)
+
+
+def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: DictConfig | LossSpec) -> torch.Tensor:
     """One value per sample, on the outputs divided by ``loss.output_divisor`` (default 1):
     mse: (f - t_y)^2 with t = ``loss.targets`` (default 0/1); ce: cross-entropy on logits;
     logistic: binary cross-entropy of sigmoid(f) against the 0/1 target."""
-    outputs = outputs / float(loss.get("output_divisor", 1))
-    if loss.name == "mse":
-        values = torch.as_tensor(list(loss.get("targets", (0.0, 1.0))), dtype=outputs.dtype, device=outputs.device)
-        return (outputs[:, 0] - values[targets]) ** 2
+    loss = LossSpec.of(loss)
+    if loss.divisor != 1:
+        outputs = outputs / loss.divisor
+    if loss.name == "mse":  # the targets are made on the device (a tensor from a list would copy from the host)
+        values = torch.where(targets.bool(), outputs.new_full((), loss.high), outputs.new_full((), loss.low))
+        return (outputs[:, 0] - values) ** 2
     if loss.name == "logistic":
         return F.binary_cross_entropy_with_logits(outputs[:, 0], targets.to(outputs.dtype), reduction="none")
     return F.cross_entropy(outputs, targets, reduction="none")
@@ -61,7 +81,7 @@ def first_layer_norm(model: EntryNet, form: str) -> torch.Tensor:
 
 
 def training_step(model: EntryNet, optimizer: torch.optim.Optimizer, reduction: str, x: torch.Tensor,
-                  y: torch.Tensor, loss: DictConfig, eps: float, pieces: int, active: list[bool],
+                  y: torch.Tensor, loss: DictConfig | LossSpec, eps: float, pieces: int, active: list[bool],
                   first_layer_penalty: float = 0.0, penalty_form: str = "norm") -> torch.Tensor:
     """One update; returns the summed loss of the batch (detached). With perturbations (Algorithm 1) each
     sample's loss is the sum of its losses at the argmax- and argmin-perturbed forward passes.
@@ -156,28 +176,94 @@ def _model_readable(run: RunDir) -> bool:
     return True
 
 
-def _train_locked(cfg: DictConfig, run: RunDir) -> None:
-    device = resolve_device(cfg.device)
-    data: Dataset = load_dataset(cfg.data)
+def start_run(cfg: DictConfig, run: RunDir,
+              device: torch.device) -> tuple[Dataset, EntryNet, torch.optim.Optimizer, str, int, list[dict]]:
+    """A run as it starts or resumes: its data (on the device), seeded model and optimiser (loaded from
+    ``checkpoint.pt`` when there is one), the batch-loss reduction, the epochs already done and their log rows;
+    writes config.yaml."""
+    data = on_device(load_dataset(cfg.data), device)
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg.model, data.input_shape, cfg.init).to(device)
     optimizer, reduction = build_optimizer(cfg.optim, model.parameters())
     write_text(run / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    keep_states = bool(cfg.train.get("keep_states", False))  # every epoch's weights, for per-epoch evaluators
-    if keep_states and not state_path(run, 0).exists():
+    if bool(cfg.train.get("keep_states", False)) and not state_path(run, 0).exists():
         torch_save(state_path(run, 0), model.state_dict())  # epoch 0: the init (the same on every attempt)
-
-    rows: list[dict] = []
-    start_epoch = 0
     state = _load_checkpoint(run / "checkpoint.pt")
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, rows = state["epoch"], state["log"]
-        print(f"[pexp] resuming {run.path} at epoch {start_epoch + 1}")
+    if state is None:
+        return data, model, optimizer, reduction, 0, []
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    print(f"[pexp] resuming {run.path} at epoch {state['epoch'] + 1}")
+    return data, model, optimizer, reduction, int(state["epoch"]), list(state["log"])
 
-    x_train, y_train = data.train.x.to(device), data.train.y.to(device)
-    x_test, y_test = data.test.x.to(device), data.test.y.to(device)
+
+def on_device(data: Dataset, device: torch.device) -> Dataset:
+    """The data set with its inputs and targets on ``device`` (moved once; per-point extras stay where they are)."""
+    return replace(data, train=replace(data.train, x=data.train.x.to(device), y=data.train.y.to(device)),
+                   test=replace(data.test, x=data.test.x.to(device), y=data.test.y.to(device)))
+
+
+def epochs_since_log(done: int, log_every: int) -> int:
+    """How many epochs the log row written after epoch ``done`` covers."""
+    return log_every if done % log_every == 0 else done % log_every
+
+
+def log_row(cfg: DictConfig, run: RunDir, model: EntryNet, data: Dataset, done: int, eps: float, summed_loss: float,
+            seen: int, seconds: float) -> dict:
+    """The train_log.csv row after epoch ``done``: the mean loss over the ``seen`` epochs since the last row, the
+    train and test errors now, and the seconds per epoch; stops the run when the loss is not finite."""
+    mean_loss = summed_loss / (len(data.train.y) * seen)
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"training loss became {mean_loss} by epoch {done} of run {run.path}; "
+                                 f"lower optim.lr or check the data")
+    threshold = decision_threshold(cfg.loss)
+    return dict(epoch=done, eps=eps, loss=mean_loss,
+                train_error=float(error_rate(model, data.train.x, data.train.y, threshold).float().mean()),
+                test_error=float(error_rate(model, data.test.x, data.test.y, threshold).float().mean()),
+                seconds=seconds)
+
+
+def print_row(cfg: DictConfig, row: dict) -> None:
+    print(f"[pexp] {cfg.run_name} epoch {row['epoch']}/{int(cfg.train.epochs)}: eps {row['eps']:.4f} loss "
+          f"{row['loss']:.4f} train err {row['train_error']:.4f} test err {row['test_error']:.4f} "
+          f"({row['seconds']:.3g} s/epoch)")
+
+
+def save_progress(run: RunDir, model: EntryNet, optimizer: torch.optim.Optimizer, done: int,
+                  rows: list[dict]) -> None:
+    """checkpoint.pt (weights, optimiser state, epochs done, log rows) and train_log.csv, each atomically."""
+    torch_save(run / "checkpoint.pt", dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                           epoch=done, log=rows))
+    write_csv(run / "train_log.csv", pd.DataFrame(rows))
+
+
+def stop_rule(cfg: DictConfig) -> tuple[float | None, float | None, str]:
+    """(train.target_margin, train.target_accuracy, train.target_split): stop once min_i y_i f(x_i) reaches the
+    margin, or once the accuracy on the split (train | test) reaches the accuracy (paper OM, fig4); train.epochs is
+    then a cap."""
+    return cfg.train.get("target_margin"), cfg.train.get("target_accuracy"), str(cfg.train.get("target_split", "train"))
+
+
+def target_reached(rule: tuple[float | None, float | None, str], model: EntryNet, data: Dataset,
+                   threshold: float) -> bool:
+    """Whether the run has met its :func:`stop_rule` (False when it has none)."""
+    target, target_accuracy, split = rule
+    if target_accuracy is not None:
+        part = data.test if split == "test" else data.train
+        if 1 - float(error_rate(model, part.x, part.y, threshold).float().mean()) >= target_accuracy:
+            return True
+    return target is not None and float(training_margin(model, data.train.x, data.train.y, threshold)) >= target
+
+
+def _train_locked(cfg: DictConfig, run: RunDir) -> None:
+    device = resolve_device(cfg.device)
+    data, model, optimizer, reduction, start_epoch, rows = start_run(cfg, run, device)
+    if cfg.train.get("channels_last", False):  # opt-in (+train.channels_last=true, hashed): faster convolutions
+        # and pooling on CPU, other rounding; the weights keep their values, only their memory layout changes
+        model.to(memory_format=torch.channels_last)
+        data = replace(data, train=replace(data.train, x=data.train.x.contiguous(memory_format=torch.channels_last)))
+    keep_states = bool(cfg.train.get("keep_states", False))  # every epoch's weights, for per-epoch evaluators
+    x_train, y_train = data.train.x, data.train.y
     threshold = decision_threshold(cfg.loss)
     active = active_layers(model, cfg.perturb.layers)
     epochs, n = int(cfg.train.epochs), len(y_train)
@@ -186,67 +272,57 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     batches = range(0, n, batch_size)
     penalty = float(cfg.optim.get("first_layer_penalty", 0.0))  # OM fig3 (c): + this x ||W_1|| in the loss
     penalty_form = str(cfg.optim.get("penalty_form", "norm"))
-    target = cfg.train.get("target_margin")  # stop once min_i y_i f(x_i) reaches it; train.epochs is then a cap
-    # or once the accuracy on train.target_split (train | test) reaches train.target_accuracy (paper OM, fig4)
-    target_accuracy, split = cfg.train.get("target_accuracy"), cfg.train.get("target_split", "train")
-    x_target, y_target = (x_test, y_test) if split == "test" else (x_train, y_train)
-
-    def reached_target() -> bool:
-        if target_accuracy is not None and \
-                1 - float(error_rate(model, x_target, y_target, threshold).float().mean()) >= target_accuracy:
-            return True
-        return target is not None and float(training_margin(model, x_train, y_train, threshold)) >= target
-
-    if state is not None and reached_target():
+    rule = stop_rule(cfg)
+    # read once: a DictConfig access costs tens of microseconds, too much per epoch of a toy run
+    loss, pieces, progress = LossSpec.of(cfg.loss), int(cfg.perturb.pieces), bool(cfg.train.progress)
+    eps_max, ramp_steps, seed = float(cfg.perturb.eps), int(cfg.perturb.ramp_steps), int(cfg.seed)
+    if start_epoch and target_reached(rule, model, data, threshold):
         start_epoch = epochs  # it had stopped at its target when interrupted: nothing left to train
     epoch_bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc=str(cfg.run_name),
-                     unit="epoch", disable=not cfg.train.progress)
+                     unit="epoch", disable=not progress)
     started, total = time.perf_counter(), torch.zeros((), device=device)
     for epoch in epoch_bar:
-        eps = eps_at_epoch(cfg.perturb.eps, epoch, epochs, int(cfg.perturb.ramp_steps))
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + epoch)) \
-            if batch_size < n else None
+        eps = eps_at_epoch(eps_max, epoch, epochs, ramp_steps)
+        # the order is drawn on the host (the same on every device) and moved to the device once per epoch
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).to(
+            device) if batch_size < n else None
         inner = tqdm(batches, desc=f"epoch {epoch + 1} eps={eps:.4f}", leave=False, unit="batch",
-                     disable=not cfg.train.progress or len(batches) < 20)
+                     disable=not progress or len(batches) < 20)
         for first in inner:
             if order is None:  # full batch
                 x_batch, y_batch = x_train, y_train
             else:
-                index = order[first:first + batch_size].to(device)
+                index = order[first:first + batch_size]
                 x_batch, y_batch = x_train[index], y_train[index]
-            total += training_step(model, optimizer, reduction, x_batch, y_batch, cfg.loss, eps,
-                                   int(cfg.perturb.pieces), active, penalty, penalty_form)
+            total += training_step(model, optimizer, reduction, x_batch, y_batch, loss, eps, pieces, active,
+                                   penalty, penalty_form)
         done = epoch + 1
         if keep_states:
             torch_save(state_path(run, done), model.state_dict())
-        reached = reached_target()
+        reached = target_reached(rule, model, data, threshold)
         final = reached or done == epochs
         if done % log_every and not final:
             continue
-        seen = log_every if done % log_every == 0 else done % log_every
-        mean_loss = float(total) / (n * seen)
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"training loss became {mean_loss} by epoch {done} of run {run.path}; "
-                                     f"lower optim.lr or check the data")
-        seconds = (time.perf_counter() - started) / seen
-        rows.append(dict(epoch=done, eps=eps, loss=mean_loss,
-                         train_error=float(error_rate(model, x_train, y_train, threshold).float().mean()),
-                         test_error=float(error_rate(model, x_test, y_test, threshold).float().mean()),
-                         seconds=seconds))
-        epoch_bar.set_postfix(loss=f"{mean_loss:.4f}", train_err=f"{rows[-1]['train_error']:.4f}")
-        if log_every == 1 or not cfg.train.progress:
-            print(f"[pexp] {cfg.run_name} epoch {done}/{epochs}: eps {eps:.4f} loss {mean_loss:.4f} "
-                  f"train err {rows[-1]['train_error']:.4f} test err {rows[-1]['test_error']:.4f} "
-                  f"({seconds:.3g} s/epoch)")
+        seen = epochs_since_log(done, log_every)
+        rows.append(log_row(cfg, run, model, data, done, eps, float(total), seen,
+                            (time.perf_counter() - started) / seen))
+        epoch_bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", train_err=f"{rows[-1]['train_error']:.4f}")
+        if log_every == 1 or not progress:
+            print_row(cfg, rows[-1])
         started, total = time.perf_counter(), torch.zeros((), device=device)
         if done % checkpoint_every == 0 or final:
-            torch_save(run / "checkpoint.pt", dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                                   epoch=done, log=rows))
-            write_csv(run / "train_log.csv", pd.DataFrame(rows))
+            save_progress(run, model, optimizer, done, rows)
         if reached:
             break
+    finish_run(cfg, run, model, data, rows)
 
-    test_wrong = error_rate(model, x_test, y_test, threshold).cpu()
+
+def finish_run(cfg: DictConfig, run: RunDir, model: EntryNet, data: Dataset, rows: list[dict],
+               extra: dict | None = None) -> dict:
+    """model.pt, metrics.json (plus ``extra``) and the COMPLETE marker of a run whose training is done."""
+    threshold, target = decision_threshold(cfg.loss), cfg.train.get("target_margin")
+    x_train, y_train = data.train.x, data.train.y
+    test_wrong = error_rate(model, data.test.x, data.test.y, threshold).cpu()
     lossless = data.test.extras.get("lossless", torch.ones_like(test_wrong))
     metrics = dict(
         data=data.source,
@@ -258,23 +334,28 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
         n_test_lossless=int(lossless.sum()),
         seconds_per_epoch=float(pd.DataFrame(rows)["seconds"].mean()),
         epochs_trained=int(rows[-1]["epoch"]),
+        **(extra or {}),
     )
+    _, target_accuracy, split = rule = stop_rule(cfg)
     if target_accuracy is not None:
-        metrics.update(target_accuracy=float(target_accuracy), target_split=split, reached_target=reached_target())
+        metrics.update(target_accuracy=float(target_accuracy), target_split=split,
+                       reached_target=target_reached(rule, model, data, threshold))
         if not metrics["reached_target"]:
-            print(f"[pexp] WARNING: {cfg.run_name} hit the epoch cap ({epochs}) before {split} accuracy "
-                  f"{target_accuracy} (recorded in metrics.json as reached_target=false)")
+            print(f"[pexp] WARNING: {cfg.run_name} hit the epoch cap ({int(cfg.train.epochs)}) before {split} "
+                  f"accuracy {target_accuracy} (recorded in metrics.json as reached_target=false)")
     elif target is not None:
         final_margin = float(training_margin(model, x_train, y_train, threshold))
         metrics.update(target_margin=float(target), final_margin=final_margin, reached_target=final_margin >= target)
         if final_margin < target:
-            print(f"[pexp] WARNING: {cfg.run_name} hit the epoch cap ({epochs}) before the target margin {target}: "
-                  f"min y f(x) = {final_margin:.4f} (recorded in metrics.json as reached_target=false)")
+            print(f"[pexp] WARNING: {cfg.run_name} hit the epoch cap ({int(cfg.train.epochs)}) before the target "
+                  f"margin {target}: min y f(x) = {final_margin:.4f} (recorded in metrics.json as "
+                  f"reached_target=false)")
     torch_save(run / "model.pt", dict(state_dict=model.state_dict(), input_shape=list(data.input_shape)))
     write_json(run / "metrics.json", metrics)
     run.mark_complete(metrics)
     print(f"[pexp] finished {run.path}: train acc {metrics['train_accuracy']:.4f}, "
           f"test acc {metrics['test_accuracy']:.4f}")
+    return metrics
 
 
 def load_trained(run: RunDir | Path | str, device: torch.device | str = "cpu") -> tuple[EntryNet, DictConfig]:

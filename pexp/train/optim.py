@@ -1,10 +1,37 @@
-"""Optimisers: the authors' summed-gradient momentum rule, and plain SGD."""
+"""Optimisers: the authors' summed-gradient momentum rule, and plain SGD; their update as one function that the
+single-run optimisers and the batched toy ensemble (``pexp.train.ensemble``) share."""
 from __future__ import annotations
 
 from typing import Iterable
 
 import torch
 from omegaconf import DictConfig
+
+Hyper = float | torch.Tensor  # a float, or one value per ensemble member (broadcastable to the parameter)
+
+
+def _add_scaled(target: torch.Tensor, other: torch.Tensor, factor: Hyper, inplace: bool = True) -> torch.Tensor:
+    """target + factor * other (in place unless ``inplace`` is false), rounded as torch's
+    ``add_(other, alpha=factor)`` (one fused multiply-add) whether ``factor`` is a float or a tensor of per-member
+    values."""
+    if isinstance(factor, torch.Tensor):
+        return target.addcmul_(other, factor) if inplace else torch.addcmul(target, other, factor)
+    return target.add_(other, alpha=factor) if inplace else target.add(other, alpha=factor)
+
+
+@torch.no_grad()
+def momentum_update(param: torch.Tensor, grad: torch.Tensor, buffer: torch.Tensor | None, lr: Hyper,
+                    momentum: Hyper, undamped: Hyper, weight_decay: Hyper) -> None:
+    """One step, in place: g = grad + weight_decay * param; buffer <- momentum * buffer + undamped * g;
+    param <- param - lr * buffer (without a buffer: param <- param - lr * g, torch.optim.SGD without momentum).
+    torch.optim.SGD is undamped = 1 with a zero-initialised buffer (its first step sets the buffer to g: the same
+    numbers); :class:`SummedMomentum` is undamped = 1 - momentum. Per-member tensors must hold values computed in
+    float64 (e.g. 1 - momentum), as torch rounds its float arguments."""
+    if isinstance(weight_decay, torch.Tensor) or weight_decay:
+        grad = _add_scaled(grad, param, weight_decay, inplace=False)
+    if buffer is not None:
+        grad = _add_scaled(buffer.mul_(momentum), grad, undamped)
+    _add_scaled(param, grad, -lr)
 
 
 class SummedMomentum(torch.optim.Optimizer):
@@ -23,15 +50,11 @@ class SummedMomentum(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                grad = param.grad
-                if group["weight_decay"]:
-                    grad = grad.add(param, alpha=group["weight_decay"])
                 state = self.state[param]
                 if "buffer" not in state:
                     state["buffer"] = torch.zeros_like(param)
-                buffer = state["buffer"]
-                buffer.mul_(group["momentum"]).add_(grad, alpha=1 - group["momentum"])
-                param.add_(buffer, alpha=-group["lr"])
+                momentum_update(param, param.grad, state["buffer"], group["lr"], group["momentum"],
+                                1 - group["momentum"], group["weight_decay"])
 
 
 def build_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> tuple[torch.optim.Optimizer, str]:
@@ -39,4 +62,50 @@ def build_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> tu
     if cfg.name == "summed_momentum":
         return SummedMomentum(params, cfg.lr, cfg.momentum, cfg.weight_decay), "sum"
     reduction = cfg.get("reduction", "mean")  # the batch loss plain SGD descends: its mean (default) or its sum
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay), reduction
+    # foreach: one call per step for all parameters instead of a Python loop over them (the same numbers, checked
+    # bit for bit); it matters for pe-fig4's one-sample steps
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           foreach=True), reduction
+
+
+def update_rule(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The arguments (lr, momentum, undamped, weight_decay) of :func:`momentum_update` that reproduce
+    ``optimizer`` (built by :func:`build_optimizer`; one parameter group)."""
+    group = optimizer.param_groups[0]
+    if not isinstance(optimizer, SummedMomentum) and (group.get("nesterov") or group.get("maximize")):
+        raise ValueError("momentum_update has no Nesterov or maximising variant")
+    undamped = 1 - (group["momentum"] if isinstance(optimizer, SummedMomentum) else group.get("dampening", 0.0))
+    return dict(lr=group["lr"], momentum=group["momentum"], undamped=undamped, weight_decay=group["weight_decay"])
+
+
+def keeps_momentum(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimiser keeps a momentum buffer (torch.optim.SGD without momentum keeps none)."""
+    return _buffer_key(optimizer) is not None
+
+
+def _buffer_key(optimizer: torch.optim.Optimizer) -> str | None:
+    if isinstance(optimizer, SummedMomentum):
+        return "buffer"
+    return "momentum_buffer" if optimizer.param_groups[0]["momentum"] else None  # SGD keeps none without momentum
+
+
+def momentum_buffers(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Each parameter's momentum buffer (zeros where the optimiser has none yet: the same next step)."""
+    key = _buffer_key(optimizer)
+    buffers = []
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            buffer = optimizer.state.get(param, {}).get(key) if key else None
+            buffers.append(torch.zeros_like(param) if buffer is None else buffer.detach().clone())
+    return buffers
+
+
+def set_momentum_buffers(optimizer: torch.optim.Optimizer, buffers: Iterable[torch.Tensor]) -> None:
+    """Give each parameter these momentum buffers (what ``optimizer.state_dict()`` then saves). Without momentum,
+    torch.optim.SGD keeps no state: nothing is set."""
+    key = _buffer_key(optimizer)
+    if key is None:
+        return
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    for param, buffer in zip(params, buffers):
+        optimizer.state[param][key] = buffer.detach().clone().to(param)
