@@ -181,12 +181,12 @@ def all_vs_first_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims
                                                     mean_gap_test_minus_train=cdf_gap(table, label,
                                                                                       lossless_only=True))
     first, every = measured["first"], measured["all"]
-    first_ok = first["mean_gap_test_minus_train"] >= 5 and (first.get("test_percent_there") or 0) >= 5
+    first_ok = (first.get("test_percent_there") or 0) >= 5 and (first.get("radius_train_1_percent") or 0) > 0
     claims = [
-        claim("input only: over 0-0.1 the test CDF lies well above the train CDF (the train margins are much "
+        claim("input only: at small radii the test CDF lies well above the train CDF (the train margins are much "
               "larger than the test margins)", first,
-              "mean gap (test % - train %) over [0, 0.1] >= 5 points, and at the radius where 1% of the train "
-              "points are flipped, >= 5% of the test points are", first_ok, data),
+              "at the radius where 1% of the train points are flipped, >= 5% of the test points are (5 times as "
+              "many; the issue's statistic); the mean gap over [0, 0.1] is reported", first_ok, data),
         claim("all layers: train and test margins close over 0-0.1", every,
               "largest |test % - train %| over [0, 0.1] <= 5 points, and mean gap below the input-only one",
               every["largest_gap"] <= 5 and every["mean_gap_test_minus_train"] < first["mean_gap_test_minus_train"],
