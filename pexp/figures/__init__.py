@@ -33,7 +33,7 @@ def om_runs(prefix: str, seeds: tuple[int, ...] = OM_SEEDS, settings: tuple[str,
 # richness-fig2 / pe-fig6: the two Algorithm 1 runs, and the unperturbed net (pe-fig4's squared-error run) that
 # PE section 6 compares them with (in the table and the claims, not drawn: the paper's figure has two panels)
 ALL_VS_FIRST = dict(runs={"first": "richness_fig2_first", "all": "richness_fig2_all", "unperturbed": "pe_fig4_se"},
-                    evaluator="margin", claims=all_vs_first_claims)
+                    evaluator="margin", claims=all_vs_first_claims, seeds=True)
 
 FIGURES: dict[str, Figure] = {
     "richness-fig2": Figure(
@@ -61,6 +61,7 @@ FIGURES: dict[str, Figure] = {
         runs={"cross-entropy": "pe_fig4_ce", "squared error": "pe_fig4_se"},
         evaluator="margin",
         claims=small_test_margin_claims,
+        seeds=True,
         plot=partial(plot_margin_cdfs, panels={"cross-entropy": "(a) cross-entropy",
                                                "squared error": "(b) squared error"},
                      title="pe-fig4: neither loss gives test margin"),
@@ -72,6 +73,7 @@ FIGURES: dict[str, Figure] = {
         runs={f"eps {eps:.3f}": Run("pe_alg1", (f"perturb.eps={eps}",), (("eps", eps),)) for eps in PE_FIG5_EPS},
         evaluator="margin",
         claims=eps_sweep_claims,
+        seeds=True,
         plot=partial(plot_margin_cdfs, panels={f"eps {eps:.3f}": f"eps = {eps:.3f}" for eps in PE_FIG5_EPS},
                      title="pe-fig5: Algorithm 1 at three radii"),
     ),
