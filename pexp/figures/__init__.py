@@ -10,7 +10,7 @@ from pexp.figures.offmanifold import (READINGS, SETTINGS, dataset_pca_claims, da
                                       offmanifold_claims,
                                       plot_dataset_pca, plot_offmanifold_2d, plot_offmanifold_3d, plot_projected,
                                       projected_claims, projected_table)
-from pexp.figures.pca import layer_pca_claims, plot_layer_pca
+from pexp.figures.pca import layer_pca_claims, plot_layer_pca, plot_trained_layer_pca, richer_layers_claims
 from pexp.figures.tangent import (build_fig2, build_fig3, build_table2, fig1_claims, fig2_claims, fig3_claims,
                                   fig4_claims, plot_active_layers, plot_active_totals, plot_fig2, plot_fig3,
                                   plot_table2, table2_claims, table2_markdown)
@@ -85,6 +85,22 @@ FIGURES: dict[str, Figure] = {
         evaluator="pca",
         claims=layer_pca_claims,
         plot=plot_layer_pca,
+    ),
+    "richness-fig3": Figure(
+        id="richness-fig3",
+        paper="R",
+        what="beyond the paper: cumulative explained variance of each hidden layer of the PE-net trained without "
+             "perturbation (Algorithm 1 at eps 0), input only and all layers (eps 0.020), the richness-fig2 runs",
+        runs={"no perturbation": "pe_fig4_se", "input only": "richness_fig2_first",
+              "all layers": "richness_fig2_all"},
+        evaluator="pca_subset",
+        claims=richer_layers_claims,
+        plot=partial(plot_trained_layer_pca, order={"no perturbation": "no perturbation",
+                                                    "input only": "input only (eps 0.020)",
+                                                    "all layers": "all layers (eps 0.020)"},
+                     title="richness-fig3: PCA of the PE-net's hidden layers (2,000 training points), three "
+                           "trainings"),
+        beyond=True,
     ),
     "offmanifold-fig2": Figure(
         id="offmanifold-fig2",
