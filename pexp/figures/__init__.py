@@ -102,6 +102,21 @@ FIGURES: dict[str, Figure] = {
                            "trainings"),
         beyond=True,
     ),
+    "pe-multiclass": Figure(
+        id="pe-multiclass",
+        paper="PE",
+        what="beyond the paper: Algorithm 1 for all ten CIFAR-10 classes (PE section 7.1, Corollary 3), margin CDFs "
+             "of the nearest-target classifier, input only vs all layers at eps 0.020",
+        runs={"first": "pe_multiclass_first", "all": "pe_multiclass_all"},
+        evaluator="margin",
+        claims=all_vs_first_claims,
+        plot=partial(plot_margin_cdfs, panels={"first": "(a) perturbation at the input only",
+                                               "all": "(b) perturbation at every layer"},
+                     title="pe-multiclass: Algorithm 1 on ten classes at eps 0.020 (margin: smallest change of the "
+                           "nearest target vector)"),
+        seeds=True,
+        beyond=True,
+    ),
     "offmanifold-fig2": Figure(
         id="offmanifold-fig2",
         paper="OM",

@@ -12,22 +12,25 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from pexp.config import resolve_device, validate_training
+from pexp.config import ConfigError, resolve_device, validate_training
 from pexp.data import Dataset, load_dataset
-from pexp.models import EntryNet, build_model, predict, score
+from pexp.models import AsLogits, EntryNet, NearestTarget, build_model, predict, score, simplex_targets
 from pexp.runs import RunDir, torch_save, training_run_dir, write_csv, write_json, write_text
 from pexp.train.optim import build_optimizer
-from pexp.train.perturb import active_layers, eps_at_epoch, extreme_perturbations
+from pexp.train.perturb import active_layers, eps_at_epoch, extreme_perturbations, output_directions
 
 
-LOSSES = ("mse", "ce", "logistic")
+LOSSES = ("mse", "ce", "logistic", "simplex")
 
 
 def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: DictConfig) -> torch.Tensor:
     """One value per sample, on the outputs divided by ``loss.output_divisor`` (default 1):
     mse: (f - t_y)^2 with t = ``loss.targets`` (default 0/1); ce: cross-entropy on logits;
-    logistic: binary cross-entropy of sigmoid(f) against the 0/1 target."""
+    logistic: binary cross-entropy of sigmoid(f) against the 0/1 target; simplex: ||f - z_y||^2 with z the
+    ``loss.classes`` equidistant unit-distance targets of PE section 7.1 (two classes: (f - y)^2, the mse)."""
     outputs = outputs / float(loss.get("output_divisor", 1))
+    if loss.name == "simplex":
+        return ((outputs - simplex_targets(int(loss.classes), outputs.dtype).to(outputs.device)[targets]) ** 2).sum(1)
     if loss.name == "mse":
         values = torch.as_tensor(list(loss.get("targets", (0.0, 1.0))), dtype=outputs.dtype, device=outputs.device)
         return (outputs[:, 0] - values[targets]) ** 2
@@ -38,11 +41,22 @@ def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: DictConf
 
 def decision_threshold(loss: DictConfig) -> float:
     """Where a one-output model's decision flips, on the raw output: the midpoint of the squared-error targets
-    (0.5 for 0/1) times the output divisor; 0 for the logistic loss."""
+    (0.5 for 0/1) times the output divisor; 0 for the logistic loss; 0.5 for the simplex loss (two classes: targets
+    0 and 1; with more, the nearest target decides: :func:`as_logits`)."""
+    if loss.name == "simplex":
+        return 0.5 * float(loss.get("output_divisor", 1))
     if loss.name == "mse":
         low, high = loss.get("targets", (0.0, 1.0))
         return float(loss.get("output_divisor", 1)) * (low + high) / 2
     return 0.0
+
+
+def as_logits(model: torch.nn.Module, loss: DictConfig) -> torch.nn.Module:
+    """The model as logits for the margin search and error counts: minus the squared distances to the target
+    vectors (simplex loss: argmax = nearest target), else :class:`AsLogits` at :func:`decision_threshold`."""
+    if loss.name == "simplex":
+        return NearestTarget(model, simplex_targets(int(loss.classes)) * float(loss.get("output_divisor", 1)))
+    return AsLogits(model, decision_threshold(loss))
 
 
 PENALTY_FORMS = ("norm", "norm_with_bias", "half_squared")
@@ -67,7 +81,9 @@ def training_step(model: EntryNet, optimizer: torch.optim.Optimizer, reduction: 
     sample's loss is the sum of its losses at the argmax- and argmin-perturbed forward passes.
     ``first_layer_penalty`` adds that times :func:`first_layer_norm` of the first affine layer (``penalty_form``)."""
     if any(active) and eps > 0:
-        perturbations = extreme_perturbations(model, x, eps, pieces, active)
+        directions = output_directions(model, x, active, int(loss.direction_rounds)) \
+            if loss.name == "simplex" else None  # PE section 7.1: one output direction v_i per sample
+        perturbations = extreme_perturbations(model, x, eps, pieces, active, directions)
         losses = per_sample_loss(model(torch.cat([x, x]), perturbations), torch.cat([y, y]), loss)
     elif any(active):  # Algorithm 1 at radius 0: both perturbed passes are the clean pass
         losses = 2 * per_sample_loss(model(x), y, loss)
@@ -179,6 +195,10 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     x_train, y_train = data.train.x.to(device), data.train.y.to(device)
     x_test, y_test = data.test.x.to(device), data.test.y.to(device)
     threshold = decision_threshold(cfg.loss)
+    judged = as_logits(model, cfg.loss) if cfg.loss.name == "simplex" else model  # nearest target decides
+    if cfg.loss.name == "simplex" and int(y_train.max()) >= int(cfg.loss.classes):
+        raise ConfigError(f"loss.classes={cfg.loss.classes} is not allowed for data {cfg.data.name} with "
+                          f"{int(y_train.max()) + 1} classes: must be at least that")
     active = active_layers(model, cfg.perturb.layers)
     epochs, n = int(cfg.train.epochs), len(y_train)
     batch_size = int(cfg.train.batch_size or n)  # null: full batch
@@ -193,7 +213,7 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
 
     def reached_target() -> bool:
         if target_accuracy is not None and \
-                1 - float(error_rate(model, x_target, y_target, threshold).float().mean()) >= target_accuracy:
+                1 - float(error_rate(judged, x_target, y_target, threshold).float().mean()) >= target_accuracy:
             return True
         return target is not None and float(training_margin(model, x_train, y_train, threshold)) >= target
 
@@ -230,8 +250,8 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
                                      f"lower optim.lr or check the data")
         seconds = (time.perf_counter() - started) / seen
         rows.append(dict(epoch=done, eps=eps, loss=mean_loss,
-                         train_error=float(error_rate(model, x_train, y_train, threshold).float().mean()),
-                         test_error=float(error_rate(model, x_test, y_test, threshold).float().mean()),
+                         train_error=float(error_rate(judged, x_train, y_train, threshold).float().mean()),
+                         test_error=float(error_rate(judged, x_test, y_test, threshold).float().mean()),
                          seconds=seconds))
         epoch_bar.set_postfix(loss=f"{mean_loss:.4f}", train_err=f"{rows[-1]['train_error']:.4f}")
         if log_every == 1 or not cfg.train.progress:
@@ -246,13 +266,13 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
         if reached:
             break
 
-    test_wrong = error_rate(model, x_test, y_test, threshold).cpu()
+    test_wrong = error_rate(judged, x_test, y_test, threshold).cpu()
     lossless = data.test.extras.get("lossless", torch.ones_like(test_wrong))
     metrics = dict(
         data=data.source,
         input_shape=list(data.input_shape),
         decision_threshold=threshold,
-        train_accuracy=1 - float(error_rate(model, x_train, y_train, threshold).float().mean()),
+        train_accuracy=1 - float(error_rate(judged, x_train, y_train, threshold).float().mean()),
         test_accuracy=1 - float(test_wrong.float().mean()),
         test_accuracy_lossless=(1 - float(test_wrong[lossless].float().mean())) if lossless.any() else None,
         n_test_lossless=int(lossless.sum()),

@@ -11,9 +11,9 @@ from omegaconf import DictConfig
 from pexp.data import load_dataset
 from pexp.eval.evaluators.common import _search_settings, _subset, _subset_index, run_of
 from pexp.eval.margin import minimal_norm_check, minimal_perturbation
-from pexp.models import AsLogits, EntryNet
+from pexp.models import EntryNet
 from pexp.runs import RunDir, write_csv
-from pexp.train.loop import decision_threshold
+from pexp.train.loop import as_logits
 
 
 def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
@@ -23,7 +23,7 @@ def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: 
     subset of ``eval.check_points`` points per split, the margin foolbox's minimal-norm attack (FMN) finds
     (NaN elsewhere), an independent upper bound to compare with."""
     data = load_dataset(cfg.data)
-    logits = AsLogits(model, decision_threshold(cfg.loss))
+    logits = as_logits(model, cfg.loss)  # one output: (threshold, f); simplex loss: minus distances to targets
     frames = []
     for name, split, n in (("train", data.train, eval_cfg.n_train), ("test", data.test, eval_cfg.n_test)):
         part = out / f"{name}.csv"  # each split is kept as soon as it is done, so an interruption loses less
