@@ -7,6 +7,7 @@ import pandas as pd
 from pexp.figures import FIGURES
 from pexp.figures.base import make_figure
 from pexp.figures.pca import components_table, richer_layers_claims
+from pexp.report import build_report
 
 TINY_PCA = ["data=synthetic_cifar2", "data.n_train=120", "data.n_test=60", "model.size=1", "train.epochs=2",
             "train.batch_size=20", "train.progress=false", "eval.n_train=60"]
@@ -30,6 +31,8 @@ def test_richness_fig3_end_to_end_on_synthetic_data(tmp_path, capsys):
     assert item["holds"] == (item["measured"]["not_more"] == [])
     assert json.loads(paths["meta.json"].read_text())["beyond_the_paper"] is True
     assert paths["png"].stat().st_size > 10_000
+    page = build_report(tmp_path / "f", tmp_path / "report").read_text()
+    assert "richness-fig3 (beyond the paper)</h3>" in page and "pe-fig4 (beyond" not in page
     capsys.readouterr()
     make_figure(FIGURES["richness-fig3"], overrides, tmp_path / "f2", progress=False)
     assert capsys.readouterr().out.count("reusing finished run") == 3  # the three runs found by hash
