@@ -85,7 +85,8 @@ def test_direction_beats_other_unit_vectors_on_the_linear_model():
         torch.testing.assert_close(chosen, v, atol=1e-9, rtol=0)
         sizes = [int(torch.Size(s).numel()) for s in model.entry_shapes]
         jacobian = torch.autograd.functional.jacobian(
-            lambda flat: model(x[i:i + 1], [p.reshape(1, *s) for p, s in zip(flat.split(sizes), model.entry_shapes)])[0],
+            lambda flat: model(x[i:i + 1], [p.reshape(1, *s) for p, s in zip(flat.split(sizes),
+                                                                              model.entry_shapes)])[0],
             x.new_zeros(sum(sizes)))
         value = lambda u: float((jacobian.T @ u).abs().sum())  # noqa: E731
         assert value(v) >= value(start) - 1e-9
