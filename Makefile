@@ -43,10 +43,14 @@ browser:
 
 reproduce: install
 	@test -n "$(FIG)" || (echo "usage: make reproduce FIG=<figure id>   (ids: python -m pexp.figures --list)"; exit 2)
-	$(PY) -m pexp.figures fig=$(FIG) $(ARGS)
+	$(if $(SEEDS),$(PY) -m pexp.figures --train-seeds --jobs=$(JOBS) fig=$(FIG) seeds=[$(SEEDS)] $(ARGS))
+	$(PY) -m pexp.figures fig=$(FIG) $(if $(SEEDS),seeds=[$(SEEDS)]) $(ARGS)
 
+# SEEDS=1,2,3 (any margin figure, also with reproduce): the runs of each seed as a Hydra multirun (reused by
+# hash), then the figure draws the mean CDF with a min-max band and judges its claims per seed and on the mean.
 reproduce-fig2: install
-	$(PY) -m pexp.figures fig=richness-fig2 $(ARGS)
+	$(if $(SEEDS),$(PY) -m pexp.figures --train-seeds --jobs=$(JOBS) fig=richness-fig2 seeds=[$(SEEDS)] $(ARGS))
+	$(PY) -m pexp.figures fig=richness-fig2 $(if $(SEEDS),seeds=[$(SEEDS)]) $(ARGS)
 
 # pe-fig5's runs as a Hydra multirun over eps, run in parallel by the joblib launcher (one thread per job);
 # then `make reproduce FIG=pe-fig5` finds them by config.

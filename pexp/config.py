@@ -69,10 +69,16 @@ def validate_training(cfg: DictConfig) -> None:
     check_number(cfg, "data.n_train", low=1, integer=True, optional=True)
     check_number(cfg, "data.n_test", low=1, integer=True, optional=True)
     check_choice(cfg, "model.name", sorted(MODELS))
-    check_choice(cfg, "loss.name", ["mse", "ce", "logistic"])
+    check_choice(cfg, "loss.name", ["mse", "ce", "logistic", "simplex"])
     check_number(cfg, "loss.output_divisor", low=0, low_open=True, optional=True)
     outputs = _get(cfg, "model.outputs")
-    if cfg.loss.name == "ce":  # cross-entropy: one logit per class, at least two
+    if cfg.loss.name == "simplex":  # PE section 7.1: m equidistant targets in R^(m-1), m - 1 outputs
+        check_number(cfg, "loss.classes", low=2, integer=True)
+        check_number(cfg, "loss.direction_rounds", low=0, integer=True)
+        if outputs != cfg.loss.classes - 1:
+            raise ConfigError(f"model.outputs={outputs!r} is not allowed with loss simplex and loss.classes="
+                              f"{cfg.loss.classes}: must be loss.classes - 1 = {cfg.loss.classes - 1}")
+    elif cfg.loss.name == "ce":  # cross-entropy: one logit per class, at least two
         if not (isinstance(outputs, int) and outputs >= 2):
             raise ConfigError(f"model.outputs={outputs!r} is not allowed with loss ce: must be an integer >= 2")
     elif outputs != 1:

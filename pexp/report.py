@@ -151,7 +151,8 @@ def render_figure(entry: FigureEntry, image_name: str | None, known: bool) -> st
         return (f'<section class="figure missing" id="{_e(entry.id)}"><h3>{_e(entry.id)}: missing</h3>'
                 f"<p>Not made yet{_e(note)}. Command: <code>{_e(how)}</code></p></section>")
     meta = entry.meta or {}
-    out = [f'<section class="figure" id="{_e(entry.id)}"><h3>{_e(entry.id)}</h3>']
+    beyond = " (beyond the paper)" if meta.get("beyond_the_paper") else ""
+    out = [f'<section class="figure" id="{_e(entry.id)}"><h3>{_e(entry.id)}{_e(beyond)}</h3>']
     if meta.get("what"):
         out.append(f"<p>{_e(meta['what'])}</p>")
     out.append(f'<img src="img/{_e(image_name)}" alt="{_e(entry.id)}">')

@@ -24,7 +24,8 @@ SHORT = ["train.epochs=3000", "train.log_every=1000", "train.checkpoint_every=10
 # Per-figure overrides of the smoke run (figures not listed get SMOKE alone), and the toys that run faster on
 # one thread.
 SMOKE_EXTRA: dict[str, list[str]] = {
-    "richness-fig1": SYNTHETIC, "richness-fig2": SYNTHETIC, "pe-fig4": SYNTHETIC, "pe-fig5": SYNTHETIC,
+    "richness-fig1": SYNTHETIC, "richness-fig2": SYNTHETIC, "richness-fig3": SYNTHETIC,
+    "pe-multiclass": ["synthetic=true", "data.n_train=500", "data.n_test=200", "train.epochs=4"], "pe-fig4": SYNTHETIC, "pe-fig5": SYNTHETIC,
     "pe-fig6": SYNTHETIC, "pe-fig1": SHORT, "pe-fig2": SHORT,
     "offmanifold-fig2": ["train.epochs=1000"], "offmanifold-fig6": ["train.epochs=1000"],
     "offmanifold-fig3": ["train.epochs=300", "++eval.surface_grid=11"],

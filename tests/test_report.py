@@ -32,7 +32,8 @@ def test_all_figure_ids_match_figures_md():
         if line.startswith("### "):
             for figure_id in re.findall(r"\b(?:richness|pe|offmanifold|tangent)-(?:fig|table)\d+\b", line):
                 ids[figure_id] = paper
-    assert ids == {figure_id: figure.paper for figure_id, figure in FIGURES.items()}
+    # figures beyond the papers (marked so in the registry and the report) are not among FIGURES.md's ids
+    assert ids == {figure_id: figure.paper for figure_id, figure in FIGURES.items() if not figure.beyond}
 
 
 def test_every_registered_figure_is_listed_with_its_paper():

@@ -10,7 +10,7 @@ from pexp.figures.offmanifold import (READINGS, SETTINGS, dataset_pca_claims, da
                                       offmanifold_claims,
                                       plot_dataset_pca, plot_offmanifold_2d, plot_offmanifold_3d, plot_projected,
                                       projected_claims, projected_table)
-from pexp.figures.pca import layer_pca_claims, plot_layer_pca
+from pexp.figures.pca import layer_pca_claims, plot_layer_pca, plot_trained_layer_pca, richer_layers_claims
 from pexp.figures.tangent import (TABLE2_RUNS, build_fig2, build_fig3, build_table2, fig1_claims, fig2_claims,
                                   fig3_claims, fig4_claims, plot_active_layers, plot_active_totals, plot_fig2,
                                   plot_fig3, plot_table2, table2_claims, table2_markdown)
@@ -33,7 +33,7 @@ def om_runs(prefix: str, seeds: tuple[int, ...] = OM_SEEDS, settings: tuple[str,
 # richness-fig2 / pe-fig6: the two Algorithm 1 runs, and the unperturbed net (pe-fig4's squared-error run) that
 # PE section 6 compares them with (in the table and the claims, not drawn: the paper's figure has two panels)
 ALL_VS_FIRST = dict(runs={"first": "richness_fig2_first", "all": "richness_fig2_all", "unperturbed": "pe_fig4_se"},
-                    evaluator="margin", claims=all_vs_first_claims)
+                    evaluator="margin", claims=all_vs_first_claims, seeds=True)
 
 FIGURES: dict[str, Figure] = {
     "richness-fig2": Figure(
@@ -61,6 +61,7 @@ FIGURES: dict[str, Figure] = {
         runs={"cross-entropy": "pe_fig4_ce", "squared error": "pe_fig4_se"},
         evaluator="margin",
         claims=small_test_margin_claims,
+        seeds=True,
         plot=partial(plot_margin_cdfs, panels={"cross-entropy": "(a) cross-entropy",
                                                "squared error": "(b) squared error"},
                      title="pe-fig4: neither loss gives test margin"),
@@ -72,6 +73,7 @@ FIGURES: dict[str, Figure] = {
         runs={f"eps {eps:.3f}": Run("pe_alg1", (f"perturb.eps={eps}",), (("eps", eps),)) for eps in PE_FIG5_EPS},
         evaluator="margin",
         claims=eps_sweep_claims,
+        seeds=True,
         plot=partial(plot_margin_cdfs, panels={f"eps {eps:.3f}": f"eps = {eps:.3f}" for eps in PE_FIG5_EPS},
                      title="pe-fig5: Algorithm 1 at three radii"),
     ),
@@ -83,6 +85,37 @@ FIGURES: dict[str, Figure] = {
         evaluator="pca",
         claims=layer_pca_claims,
         plot=plot_layer_pca,
+    ),
+    "richness-fig3": Figure(
+        id="richness-fig3",
+        paper="R",
+        what="beyond the paper: cumulative explained variance of each hidden layer of the PE-net trained without "
+             "perturbation (Algorithm 1 at eps 0), input only and all layers (eps 0.020), the richness-fig2 runs",
+        runs={"no perturbation": "pe_fig4_se", "input only": "richness_fig2_first",
+              "all layers": "richness_fig2_all"},
+        evaluator="pca_subset",
+        claims=richer_layers_claims,
+        plot=partial(plot_trained_layer_pca, order={"no perturbation": "no perturbation",
+                                                    "input only": "input only (eps 0.020)",
+                                                    "all layers": "all layers (eps 0.020)"},
+                     title="richness-fig3: PCA of the PE-net's hidden layers (2,000 training points), three "
+                           "trainings"),
+        beyond=True,
+    ),
+    "pe-multiclass": Figure(
+        id="pe-multiclass",
+        paper="PE",
+        what="beyond the paper: Algorithm 1 for all ten CIFAR-10 classes (PE section 7.1, Corollary 3), margin CDFs "
+             "of the nearest-target classifier, input only vs all layers at eps 0.020",
+        runs={"first": "pe_multiclass_first", "all": "pe_multiclass_all"},
+        evaluator="margin",
+        claims=all_vs_first_claims,
+        plot=partial(plot_margin_cdfs, panels={"first": "(a) perturbation at the input only",
+                                               "all": "(b) perturbation at every layer"},
+                     title="pe-multiclass: Algorithm 1 on ten classes at eps 0.020 (margin: smallest change of the "
+                           "nearest target vector)"),
+        seeds=True,
+        beyond=True,
     ),
     "offmanifold-fig2": Figure(
         id="offmanifold-fig2",

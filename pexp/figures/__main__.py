@@ -26,7 +26,38 @@ def main(cfg: DictConfig) -> None:
         print(path)
 
 
+def train_seeds(argv: list[str]) -> int:
+    """``--train-seeds`` (make reproduce FIG=... SEEDS=...): train a seeded figure's runs for every seed as Hydra
+    multiruns in parallel (one thread per job), before the figure draws them."""
+    import os
+    import subprocess
+
+    from pexp.figures import FIGURES
+    from pexp.figures.base import multirun_commands, requested_seeds
+
+    jobs = next((int(item.split("=", 1)[1]) for item in argv if item.startswith("--jobs=")), os.cpu_count() or 1)
+    overrides = [item for item in argv if not item.startswith("--")]
+    figure_id = next((item.split("=", 1)[1] for item in overrides if item.startswith("fig=")), None)
+    if figure_id not in FIGURES:
+        raise ConfigError(f"fig={figure_id!r} is not allowed: choose one of {', '.join(FIGURES)}")
+    seeds = requested_seeds(FIGURES[figure_id], overrides)
+    if seeds is None:
+        raise ConfigError("--train-seeds needs seeds=[...]")
+    for command in multirun_commands(FIGURES[figure_id], seeds, overrides, jobs):
+        print(f"[pexp] {' '.join(command[1:])}", flush=True)
+        status = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+        if status:
+            return status
+    return 0
+
+
 if __name__ == "__main__":
+    if "--train-seeds" in sys.argv[1:]:
+        try:
+            sys.exit(train_seeds(sys.argv[1:]))
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
     if "--list" in sys.argv[1:]:
         from pexp.figures import FIGURES
 

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
@@ -12,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
@@ -32,6 +35,7 @@ class Run:
     experiment: str
     overrides: tuple[str, ...] = ()
     tags: tuple[tuple[str, object], ...] = ()
+    label: str | None = None  # the ``run`` column of the table when not the key (several seeds of one panel)
 
 
 @dataclass
@@ -52,6 +56,10 @@ class Figure:
     build: Callable[[Sequence[str], str, bool], tuple[pd.DataFrame, dict[str, dict]]] | None = None
     # Tables (e.g. tangent-table2): also written as ``<id>.md`` from the tidy table.
     markdown: Callable[[pd.DataFrame], str] | None = None
+    # ``seeds=[1,2,3]`` on the command line: every run is made once per seed, the plot draws the mean with a
+    # min-max band and the claims are judged per seed and on the seeds pooled (:func:`seeded_claims`).
+    seeds: bool = False
+    beyond: bool = False  # no paper shows it (the report marks it "beyond the paper")
 
 
 def data_label(table: pd.DataFrame) -> str:
@@ -71,11 +79,15 @@ def make_figure(figure: Figure, overrides: Sequence[str], figures_dir: Path | st
                 progress: bool = True) -> dict[str, Path]:
     """Train / evaluate what is missing, then write ``<id>.{csv,claims.json,png,pdf,meta.json}`` atomically."""
     started, stages = time.perf_counter(), {}
+    seeds = requested_seeds(figure, overrides)
     if figure.build is not None:
         table, metrics = figure.build(overrides, device, progress)
         stages["build"] = time.perf_counter() - started
     else:
-        table, metrics = collect_runs(figure.runs, figure.evaluator, overrides, device, progress, stages)
+        runs = figure.runs if seeds is None else seeded_runs(figure.runs, seeds)
+        table, metrics = collect_runs(runs, figure.evaluator, overrides, device, progress, stages)
+    if seeds is not None:
+        figure = replace(figure, claims=partial(seeded_claims, figure.claims, seeds=seeds))
     runs = [entry[RUN_INFO] for entry in metrics.values() if isinstance(entry, dict) and RUN_INFO in entry]
     return write_figure(figure, table, metrics, figures_dir, meta=dict(overrides=list(overrides), runs=runs,
                                                                        started=started, stages=stages))
@@ -108,10 +120,113 @@ def collect_runs(runs: dict[str, str | Run], evaluator: str, overrides: Sequence
                                         hash=run.path.name, data=metrics[label]["data"],
                                         train_seconds=recorded_train_seconds(run.path))
         extra = {key: metrics[label][key] for key in ("reached_target",) if key in metrics[label]}
-        frames.append(results.assign(run=label, experiment=spec.experiment, run_dir=str(run.path),
+        frames.append(results.assign(run=spec.label or label, experiment=spec.experiment, run_dir=str(run.path),
                                      data=metrics[label]["data"], **extra, **dict(spec.tags)))
     stages["evaluate"] = time.perf_counter() - started
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), metrics
+
+
+def requested_seeds(figure: Figure, overrides: Sequence[str]) -> list[int] | None:
+    """The seeds of a ``seeds=[1,2,3]`` (or ``seeds=1,2,3``) override, None without one; a figure that does not
+    take seeds, or a list that is not distinct integers >= 0, is a one-line error."""
+    from pexp.config import ConfigError
+
+    given = [item.split("=", 1)[1] for item in overrides if item.split("=", 1)[0].lstrip("+") == "seeds"]
+    if not given or given[-1] in ("null", "None", ""):
+        return None
+    if not figure.seeds:
+        allowed = ", ".join(sorted(figure_id for figure_id, item in _registry().items() if item.seeds))
+        raise ConfigError(f"seeds={given[-1]} is not allowed for fig={figure.id}: only {allowed} take seeds")
+    text = given[-1].strip("[]() ")
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds={given[-1]} is not allowed: give distinct integers >= 0, e.g. seeds=[1,2,3]")
+    return seeds
+
+
+def _registry() -> dict[str, Figure]:
+    from pexp.figures import FIGURES
+
+    return FIGURES
+
+
+def seeded_runs(runs: dict[str, str | Run], seeds: Sequence[int]) -> dict[str, Run]:
+    """Each run once per seed: key ``<label>/seed<s>``, override ``seed=<s>``, a ``seed`` tag, and the table's
+    ``run`` column still ``<label>`` (so a panel holds every seed of its run)."""
+    out = {}
+    for label, spec in runs.items():
+        spec = spec if isinstance(spec, Run) else Run(spec)
+        for seed in seeds:
+            out[f"{label}/seed{seed}"] = Run(spec.experiment, (*spec.overrides, f"seed={seed}"),
+                                             (*spec.tags, ("seed", seed)), label)
+    return out
+
+
+def multirun_commands(figure: Figure, seeds: Sequence[int], overrides: Sequence[str], jobs: int) -> list[list[str]]:
+    """The ``python -m pexp.train -m ... seed=1,2,3`` Hydra multiruns (joblib launcher, ``jobs`` in parallel) that
+    train every run of ``figure`` for each seed, one per distinct experiment + overrides; the figure then finds
+    them by hash. ``synthetic=true`` becomes the stand-in data set, as :func:`compose_experiment` does it."""
+    import sys
+
+    from pexp.figures.compose import STAND_INS, run_overrides
+
+    kept = [item for item in run_overrides(overrides) if not item.startswith(("eval=", "eval.", "synthetic="))]
+    commands = []
+    for spec in dict.fromkeys(spec if isinstance(spec, Run) else Run(spec) for spec in figure.runs.values()):
+        cfg = compose_experiment(spec.experiment, [*spec.overrides, *overrides])
+        data = [f"data={cfg.data.name}"] if cfg.get("synthetic") and cfg.data.name in STAND_INS.values() else []
+        commands.append([sys.executable, "-m", "pexp.train", "-m", f"experiment={spec.experiment}",
+                         *spec.overrides, *kept, *data, f"seed={','.join(map(str, seeds))}",
+                         "hydra/launcher=joblib", f"hydra.launcher.n_jobs={int(jobs)}", "train.progress=false"])
+    return commands
+
+
+def _leaves(value: object, prefix: str = "") -> dict[str, float]:
+    """The finite numbers of a nested dict, by their dotted path."""
+    if isinstance(value, dict):
+        return {key: number for name, item in value.items()
+                for key, number in _leaves(item, f"{prefix}{name}.").items()}
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return {prefix.rstrip("."): float(value)}
+    return {}
+
+
+def seeded_claims(claims: Callable[[pd.DataFrame, dict[str, dict]], Claims], table: pd.DataFrame,
+                  metrics: dict[str, dict], seeds: Sequence[int]) -> Claims:
+    """A figure's claims over several seeds: judged on each seed alone (``seed <s>: ...``) and on the seeds
+    pooled (``mean of n seeds: ...``). With as many points per seed, the pooled CDF is exactly the mean of the
+    seeds' CDFs, so the pooled claim judges the drawn mean curve; its ``measured`` adds ``holds_per_seed`` and
+    ``spread``: each number the claim measured, as [min, max] over the seeds. Run metrics are averaged over the
+    seeds for the pooled claim (accuracies: the mean accuracy)."""
+    per_seed: dict[int, Claims] = {}
+    for seed in seeds:
+        seed_metrics = {key.rsplit("/seed", 1)[0]: value for key, value in metrics.items()
+                        if key.endswith(f"/seed{seed}")}
+        per_seed[seed] = claims(table[table["seed"] == seed], seed_metrics)
+    labels = {key.rsplit("/seed", 1)[0] for key in metrics}
+    mean_metrics = {}
+    for label in labels:
+        runs = [metrics[f"{label}/seed{seed}"] for seed in seeds]
+        mean_metrics[label] = {key: float(np.mean([run[key] for run in runs])) for key, value in runs[0].items()
+                               if isinstance(value, (int, float)) and not isinstance(value, bool)
+                               and all(isinstance(run.get(key), (int, float)) for run in runs)}
+    pooled = claims(table, mean_metrics)
+    out = []
+    for index, item in enumerate(pooled):
+        seed_items = [per_seed[seed][index] for seed in seeds]
+        values = [_leaves(seed_item["measured"]) for seed_item in seed_items]
+        spread = {key: [min(v[key] for v in values), max(v[key] for v in values)]
+                  for key in values[0] if all(key in v for v in values)}
+        measured = dict(mean=item["measured"], holds_per_seed={str(seed): bool(seed_item["holds"])
+                                                              for seed, seed_item in zip(seeds, seed_items)},
+                        spread=spread)
+        out.append(dict(item, claim=f"mean of {len(seeds)} seeds: {item['claim']}", measured=measured))
+    for seed in seeds:
+        out.extend(dict(item, claim=f"seed {seed}: {item['claim']}") for item in per_seed[seed])
+    return out
 
 
 def chosen_evaluator(evaluator: str, overrides: Sequence[str]) -> tuple[str, list[str]]:
@@ -139,7 +254,8 @@ def figure_meta(figure: Figure, table: pd.DataFrame, overrides: Sequence[str] = 
     training seconds."""
     train_times = [run["train_seconds"] for run in runs if run.get("train_seconds") is not None]
     sources = {run["data"] for run in runs} or (set(table["data"]) if "data" in table else set())
-    return dict(id=figure.id, paper=figure.paper, what=figure.what, overrides=list(overrides), runs=list(runs),
+    return dict(id=figure.id, paper=figure.paper, what=figure.what, beyond_the_paper=figure.beyond,
+                overrides=list(overrides), runs=list(runs),
                 data=sorted(map(str, sources)), seconds=None if started is None else time.perf_counter() - started,
                 stage_seconds=dict(stages or {}), train_seconds=sum(train_times) if train_times else None,
                 created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from pexp import CONF_DIR
 
 # Overrides that select what to make, not how: they are not passed on to the runs a figure needs.
-_STEP_KEYS = ("experiment", "run", "fig")
+_STEP_KEYS = ("experiment", "run", "fig", "seeds")
 
 
 def run_overrides(overrides: Sequence[str]) -> list[str]:

@@ -92,6 +92,32 @@ class AsLogits(nn.Module):
         return torch.cat([torch.full_like(out, self.threshold), out], dim=1)
 
 
+def simplex_targets(classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The ``classes`` target vectors of PE section 7.1 (Corollary 3): rows of a (classes, classes - 1) matrix,
+    pairwise at distance exactly 1 (a regular simplex). Target 0 is the origin and target i (i >= 1) row i - 1 of
+    the Cholesky factor of the Gram matrix [1 on the diagonal, 1/2 elsewhere], so two classes give 0 and 1: the
+    binary squared-error targets."""
+    if classes < 2:
+        raise ValueError(f"simplex_targets needs at least two classes, got {classes}")
+    gram = torch.full((classes - 1, classes - 1), 0.5, dtype=torch.float64).fill_diagonal_(1.0)
+    return torch.cat([torch.zeros(1, classes - 1, dtype=torch.float64), torch.linalg.cholesky(gram)]).to(dtype)
+
+
+class NearestTarget(nn.Module):
+    """Present an (m-1)-output squared-error model to attacks and error counts as m logits: minus the squared
+    distance of f(x) to each target vector, so the argmax is the nearest target (PE section 7.1's classifier) and
+    a logit difference is affine in f(x)."""
+
+    def __init__(self, model: nn.Module, targets: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("targets", targets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return -((out[:, None, :] - self.targets.to(out.dtype)) ** 2).sum(-1)
+
+
 def conv_net(widths: Sequence[int], negative_slope: float, outputs: int, input_shape: Sequence[int]) -> EntryNet:
     """conv(c1, 5x5) lrelu pool, conv(c2, 5x5) lrelu pool, fc(f1) lrelu, fc(f2) lrelu, fc(outputs)."""
     act = lambda: nn.LeakyReLU(float(negative_slope))  # noqa: E731

@@ -13,15 +13,15 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from pexp.config import resolve_device, validate_training
+from pexp.config import ConfigError, resolve_device, validate_training
 from pexp.data import Dataset, load_dataset
-from pexp.models import EntryNet, build_model, predict, score
+from pexp.models import AsLogits, EntryNet, NearestTarget, build_model, predict, score, simplex_targets
 from pexp.runs import RunDir, torch_save, training_run_dir, write_csv, write_json, write_text
 from pexp.train.optim import build_optimizer
-from pexp.train.perturb import active_layers, eps_at_epoch, extreme_perturbations
+from pexp.train.perturb import active_layers, eps_at_epoch, extreme_perturbations, output_directions
 
 
-LOSSES = ("mse", "ce", "logistic")
+LOSSES = ("mse", "ce", "logistic", "simplex")
 
 
 @dataclass(frozen=True)
@@ -32,22 +32,28 @@ class LossSpec:
     divisor: float = 1.0
     low: float = 0.0   # the squared-error targets of classes 0 and 1
     high: float = 1.0
+    classes: int = 2   # simplex: the number of classes (equidistant unit-distance targets in R^(classes-1))
+    direction_rounds: int = 0
 
     @staticmethod
     def of(loss: DictConfig | LossSpec) -> LossSpec:
         if isinstance(loss, LossSpec):
             return loss
         low, high = (float(value) for value in loss.get("targets", (0.0, 1.0)))
-        return LossSpec(str(loss.name), float(loss.get("output_divisor", 1)), low, high)
+        return LossSpec(str(loss.name), float(loss.get("output_divisor", 1)), low, high,
+                        int(loss.get("classes", 2)), int(loss.get("direction_rounds", 0)))
 
 
 def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: DictConfig | LossSpec) -> torch.Tensor:
     """One value per sample, on the outputs divided by ``loss.output_divisor`` (default 1):
     mse: (f - t_y)^2 with t = ``loss.targets`` (default 0/1); ce: cross-entropy on logits;
-    logistic: binary cross-entropy of sigmoid(f) against the 0/1 target."""
+    logistic: binary cross-entropy of sigmoid(f) against the 0/1 target; simplex: ||f - z_y||^2 with z the
+    ``loss.classes`` equidistant unit-distance targets of PE section 7.1 (two classes: (f - y)^2, the mse)."""
     loss = LossSpec.of(loss)
     if loss.divisor != 1:
         outputs = outputs / loss.divisor
+    if loss.name == "simplex":
+        return ((outputs - simplex_targets(loss.classes, outputs.dtype).to(outputs.device)[targets]) ** 2).sum(1)
     if loss.name == "mse":  # the targets are made on the device (a tensor from a list would copy from the host)
         values = torch.where(targets.bool(), outputs.new_full((), loss.high), outputs.new_full((), loss.low))
         return (outputs[:, 0] - values) ** 2
@@ -58,11 +64,27 @@ def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: DictConf
 
 def decision_threshold(loss: DictConfig) -> float:
     """Where a one-output model's decision flips, on the raw output: the midpoint of the squared-error targets
-    (0.5 for 0/1) times the output divisor; 0 for the logistic loss."""
+    (0.5 for 0/1) times the output divisor; 0 for the logistic loss; 0.5 for the simplex loss (two classes: targets
+    0 and 1; with more, the nearest target decides: :func:`as_logits`)."""
+    if loss.name == "simplex":
+        return 0.5 * float(loss.get("output_divisor", 1))
     if loss.name == "mse":
         low, high = loss.get("targets", (0.0, 1.0))
         return float(loss.get("output_divisor", 1)) * (low + high) / 2
     return 0.0
+
+
+def as_logits(model: torch.nn.Module, loss: DictConfig) -> torch.nn.Module:
+    """The model as logits for the margin search and error counts: minus the squared distances to the target
+    vectors (simplex loss: argmax = nearest target), else :class:`AsLogits` at :func:`decision_threshold`."""
+    if loss.name == "simplex":
+        return NearestTarget(model, simplex_targets(int(loss.classes)) * float(loss.get("output_divisor", 1)))
+    return AsLogits(model, decision_threshold(loss))
+
+
+def judged_model(model: torch.nn.Module, loss: DictConfig) -> torch.nn.Module:
+    """What error counts judge: the nearest-target logits for the simplex loss, else the model itself."""
+    return as_logits(model, loss) if loss.name == "simplex" else model
 
 
 PENALTY_FORMS = ("norm", "norm_with_bias", "half_squared")
@@ -87,7 +109,10 @@ def training_step(model: EntryNet, optimizer: torch.optim.Optimizer, reduction: 
     sample's loss is the sum of its losses at the argmax- and argmin-perturbed forward passes.
     ``first_layer_penalty`` adds that times :func:`first_layer_norm` of the first affine layer (``penalty_form``)."""
     if any(active) and eps > 0:
-        perturbations = extreme_perturbations(model, x, eps, pieces, active)
+        spec = LossSpec.of(loss)
+        directions = output_directions(model, x, active, spec.direction_rounds) \
+            if spec.name == "simplex" else None  # PE section 7.1: one output direction v_i per sample
+        perturbations = extreme_perturbations(model, x, eps, pieces, active, directions)
         losses = per_sample_loss(model(torch.cat([x, x]), perturbations), torch.cat([y, y]), loss)
     elif any(active):  # Algorithm 1 at radius 0: both perturbed passes are the clean pass
         losses = 2 * per_sample_loss(model(x), y, loss)
@@ -216,10 +241,10 @@ def log_row(cfg: DictConfig, run: RunDir, model: EntryNet, data: Dataset, done: 
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"training loss became {mean_loss} by epoch {done} of run {run.path}; "
                                  f"lower optim.lr or check the data")
-    threshold = decision_threshold(cfg.loss)
+    threshold, judged = decision_threshold(cfg.loss), judged_model(model, cfg.loss)
     return dict(epoch=done, eps=eps, loss=mean_loss,
-                train_error=float(error_rate(model, data.train.x, data.train.y, threshold).float().mean()),
-                test_error=float(error_rate(model, data.test.x, data.test.y, threshold).float().mean()),
+                train_error=float(error_rate(judged, data.train.x, data.train.y, threshold).float().mean()),
+                test_error=float(error_rate(judged, data.test.x, data.test.y, threshold).float().mean()),
                 seconds=seconds)
 
 
@@ -245,12 +270,13 @@ def stop_rule(cfg: DictConfig) -> tuple[float | None, float | None, str]:
 
 
 def target_reached(rule: tuple[float | None, float | None, str], model: EntryNet, data: Dataset,
-                   threshold: float) -> bool:
-    """Whether the run has met its :func:`stop_rule` (False when it has none)."""
+                   threshold: float, judged: torch.nn.Module | None = None) -> bool:
+    """Whether the run has met its :func:`stop_rule` (False when it has none); accuracies are those of ``judged``
+    (:func:`judged_model`, default the model)."""
     target, target_accuracy, split = rule
     if target_accuracy is not None:
         part = data.test if split == "test" else data.train
-        if 1 - float(error_rate(model, part.x, part.y, threshold).float().mean()) >= target_accuracy:
+        if 1 - float(error_rate(judged if judged is not None else model, part.x, part.y, threshold).float().mean()) >= target_accuracy:
             return True
     return target is not None and float(training_margin(model, data.train.x, data.train.y, threshold)) >= target
 
@@ -273,10 +299,14 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     penalty = float(cfg.optim.get("first_layer_penalty", 0.0))  # OM fig3 (c): + this x ||W_1|| in the loss
     penalty_form = str(cfg.optim.get("penalty_form", "norm"))
     rule = stop_rule(cfg)
+    judged = judged_model(model, cfg.loss)
+    if cfg.loss.name == "simplex" and int(y_train.max()) >= int(cfg.loss.classes):
+        raise ConfigError(f"loss.classes={cfg.loss.classes} is not allowed for data {cfg.data.name} with "
+                          f"{int(y_train.max()) + 1} classes: must be at least that")
     # read once: a DictConfig access costs tens of microseconds, too much per epoch of a toy run
     loss, pieces, progress = LossSpec.of(cfg.loss), int(cfg.perturb.pieces), bool(cfg.train.progress)
     eps_max, ramp_steps, seed = float(cfg.perturb.eps), int(cfg.perturb.ramp_steps), int(cfg.seed)
-    if start_epoch and target_reached(rule, model, data, threshold):
+    if start_epoch and target_reached(rule, model, data, threshold, judged):
         start_epoch = epochs  # it had stopped at its target when interrupted: nothing left to train
     epoch_bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc=str(cfg.run_name),
                      unit="epoch", disable=not progress)
@@ -299,7 +329,7 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
         done = epoch + 1
         if keep_states:
             torch_save(state_path(run, done), model.state_dict())
-        reached = target_reached(rule, model, data, threshold)
+        reached = target_reached(rule, model, data, threshold, judged)
         final = reached or done == epochs
         if done % log_every and not final:
             continue
@@ -322,13 +352,14 @@ def finish_run(cfg: DictConfig, run: RunDir, model: EntryNet, data: Dataset, row
     """model.pt, metrics.json (plus ``extra``) and the COMPLETE marker of a run whose training is done."""
     threshold, target = decision_threshold(cfg.loss), cfg.train.get("target_margin")
     x_train, y_train = data.train.x, data.train.y
-    test_wrong = error_rate(model, data.test.x, data.test.y, threshold).cpu()
+    judged = judged_model(model, cfg.loss)
+    test_wrong = error_rate(judged, data.test.x, data.test.y, threshold).cpu()
     lossless = data.test.extras.get("lossless", torch.ones_like(test_wrong))
     metrics = dict(
         data=data.source,
         input_shape=list(data.input_shape),
         decision_threshold=threshold,
-        train_accuracy=1 - float(error_rate(model, x_train, y_train, threshold).float().mean()),
+        train_accuracy=1 - float(error_rate(judged, x_train, y_train, threshold).float().mean()),
         test_accuracy=1 - float(test_wrong.float().mean()),
         test_accuracy_lossless=(1 - float(test_wrong[lossless].float().mean())) if lossless.any() else None,
         n_test_lossless=int(lossless.sum()),
@@ -339,7 +370,7 @@ def finish_run(cfg: DictConfig, run: RunDir, model: EntryNet, data: Dataset, row
     _, target_accuracy, split = rule = stop_rule(cfg)
     if target_accuracy is not None:
         metrics.update(target_accuracy=float(target_accuracy), target_split=split,
-                       reached_target=target_reached(rule, model, data, threshold))
+                       reached_target=target_reached(rule, model, data, threshold, judged))
         if not metrics["reached_target"]:
             print(f"[pexp] WARNING: {cfg.run_name} hit the epoch cap ({int(cfg.train.epochs)}) before {split} "
                   f"accuracy {target_accuracy} (recorded in metrics.json as reached_target=false)")

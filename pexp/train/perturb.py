@@ -20,9 +20,41 @@ def eps_at_epoch(eps: float, epoch: int, epochs: int, ramp_steps: int) -> float:
     return float(eps) * stage / (ramp_steps - 1)
 
 
+def _projected(outputs: torch.Tensor, directions: torch.Tensor | None) -> torch.Tensor:
+    """What Algorithm 1 pushes up and down: the score (binary), or v_i^T f(x_i; d) per sample (``directions``)."""
+    return score(outputs) if directions is None else (outputs * directions).sum(1)
+
+
+def output_directions(model: EntryNet, x: torch.Tensor, active: list[bool], rounds: int) -> torch.Tensor:
+    """PE section 7.1: per sample the unit v_i in R^k (k outputs) maximising max_d v^T (f(x_i; d) - f(x_i)) over
+    the l_inf balls of radius eps at the active entry points, solved on the first-order model f(x; d) ~ f(x) + J d
+    (J: the k x D Jacobian at d = 0, all active entry points stacked), where the inner maximum is eps ||J^T v||_1:
+    start at the top eigenvector of J J^T (the l2 relaxation), then ``rounds`` alternating steps
+    d = sign(J^T v), v = J d / ||J d||, each of which never lowers v^T J d. The sign of v is immaterial (-v swaps
+    the argmax and argmin perturbations); it is fixed so that v's first entry is >= 0, which makes v = 1 for k = 1
+    (two classes: the binary Algorithm 1). The radius only scales the linear objective: v does not depend on it."""
+    batch = x.shape[0]
+    perturbations = [x.new_zeros((batch, *shape)) if on else None for on, shape in zip(active, model.entry_shapes)]
+    leaves = [p.requires_grad_(True) for p in perturbations if p is not None]
+    outputs = model(x, perturbations)
+    rows = []
+    for j in range(outputs.shape[1]):
+        grads = torch.autograd.grad(outputs[:, j].sum(), leaves, retain_graph=j + 1 < outputs.shape[1])
+        rows.append(torch.cat([grad.flatten(1) for grad in grads], dim=1))
+    with torch.no_grad():
+        jacobian = torch.stack(rows, dim=1)  # (B, k, D)
+        v = torch.linalg.eigh(jacobian @ jacobian.transpose(1, 2)).eigenvectors[:, :, -1]
+        for _ in range(rounds):
+            moved = (jacobian @ torch.sign((jacobian.transpose(1, 2) @ v[:, :, None]))).squeeze(2)
+            length = moved.norm(dim=1, keepdim=True)
+            v = torch.where(length > 0, moved / length.clamp_min(1e-30), v)
+        return torch.where(v[:, :1] < 0, -v, v)
+
+
 def extreme_perturbations(model: EntryNet, x: torch.Tensor, eps: float, pieces: int,
-                          active: list[bool]) -> list[torch.Tensor | None]:
-    """For each sample, the perturbations that push the model's score up (argmax) and down (argmin).
+                          active: list[bool], directions: torch.Tensor | None = None) -> list[torch.Tensor | None]:
+    """For each sample, the perturbations that push the model's score up (argmax) and down (argmin); with
+    ``directions`` (B, k) (multi-class, :func:`output_directions`), the argmax and argmin of v_i^T f(x_i; d).
 
     Both searches share one batch of size 2B: rows [0, B) ascend, rows [B, 2B) descend. Each takes ``pieces``
     signed-gradient steps of size eps/pieces from zero, so every perturbation stays in its l_inf ball of radius
@@ -35,15 +67,16 @@ def extreme_perturbations(model: EntryNet, x: torch.Tensor, eps: float, pieces: 
     step = eps / pieces
     perturbations = [x.new_zeros((batch, *shape)) if on else None for on, shape in zip(active, model.entry_shapes)]
     leaves = [p.requires_grad_(True) for p in perturbations if p is not None]
-    grads = torch.autograd.grad(score(model(x, perturbations)).sum(), leaves)
+    grads = torch.autograd.grad(_projected(model(x, perturbations), directions).sum(), leaves)
     with torch.no_grad():
         leaves = [torch.cat([ascent, -ascent]) for ascent in (step * grad.sign() for grad in grads)]
     doubled = torch.cat([x, x])
     direction = torch.cat([x.new_ones(batch), -x.new_ones(batch)])
+    doubled_directions = None if directions is None else torch.cat([directions, directions])
     for _ in range(pieces - 1):
         iterator = iter(leaves)
         perturbations = [next(iterator).requires_grad_(True) if on else None for on in active]
-        objective = (score(model(doubled, perturbations)) * direction).sum()
+        objective = (_projected(model(doubled, perturbations), doubled_directions) * direction).sum()
         grads = torch.autograd.grad(objective, leaves)
         with torch.no_grad():
             leaves = [leaf + step * grad.sign() for leaf, grad in zip(leaves, grads)]

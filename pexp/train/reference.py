@@ -9,19 +9,41 @@ from pexp.models import EntryNet, score
 
 
 def one_at_a_time_perturbation(model: EntryNet, x: torch.Tensor, sign: int, eps: float, pieces: int,
-                               active: list[bool]) -> list[torch.Tensor | None]:
-    """One sample (a batch of one), one direction (+1: argmax of the score, -1: argmin): ``pieces``
-    signed-gradient steps of size eps/pieces from zero at every active entry point (None elsewhere)."""
+                               active: list[bool], direction: torch.Tensor | None = None) -> list[torch.Tensor | None]:
+    """One sample (a batch of one), one direction (+1: argmax of the score, or of v^T f with ``direction`` v,
+    -1: argmin): ``pieces`` signed-gradient steps of size eps/pieces from zero at every active entry point (None
+    elsewhere)."""
     deltas = [torch.zeros(1, *shape, dtype=x.dtype, device=x.device) if on else None
               for on, shape in zip(active, model.entry_shapes)]
     for _ in range(pieces):
         for delta in deltas:
             if delta is not None:
                 delta.requires_grad_(True)
-        value = score(model(x, deltas)).sum()
+        out = model(x, deltas)
+        value = score(out).sum() if direction is None else (out[0] * direction).sum()
         grads = iter(torch.autograd.grad(value, [d for d in deltas if d is not None]))
         deltas = [None if d is None else (d + sign * eps / pieces * next(grads).sign()).detach() for d in deltas]
     return deltas
+
+
+def one_at_a_time_direction(model: EntryNet, x: torch.Tensor, active: list[bool], rounds: int) -> torch.Tensor:
+    """PE section 7.1's v for one sample: the full Jacobian of f w.r.t. the stacked active perturbations
+    (torch.autograd.functional.jacobian), the top eigenvector of J J^T, ``rounds`` of v <- J sign(J^T v) / norm,
+    first entry made >= 0."""
+    sizes = [int(torch.Size(shape).numel()) for on, shape in zip(active, model.entry_shapes) if on]
+
+    def outputs(flat: torch.Tensor) -> torch.Tensor:
+        pieces = iter(flat.split(sizes))
+        deltas = [next(pieces).reshape(1, *shape) if on else None for on, shape in zip(active, model.entry_shapes)]
+        return model(x, deltas)[0]
+
+    jacobian = torch.autograd.functional.jacobian(outputs, x.new_zeros(sum(sizes)))
+    v = torch.linalg.eigh(jacobian @ jacobian.T).eigenvectors[:, -1]
+    for _ in range(rounds):
+        moved = jacobian @ torch.sign(jacobian.T @ v)
+        if moved.norm() > 0:
+            v = moved / moved.norm()
+    return -v if v[0] < 0 else v
 
 
 def one_at_a_time_update(model: EntryNet, buffers: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,

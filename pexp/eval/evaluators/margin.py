@@ -10,9 +10,9 @@ from omegaconf import DictConfig
 from pexp.data import load_dataset
 from pexp.eval.evaluators.common import _search_settings, _subset, run_of
 from pexp.eval.margin import minimal_perturbation
-from pexp.models import AsLogits, EntryNet
+from pexp.models import EntryNet
 from pexp.runs import RunDir, write_csv
-from pexp.train.loop import decision_threshold
+from pexp.train.loop import as_logits
 
 
 def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
@@ -22,7 +22,7 @@ def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: 
     value: ``pgd`` (the PGD bisection; inf where it found nothing at or below FMN's bound) and ``fmn`` (foolbox's
     minimal-norm attack, the first estimate; NaN where it did not run). The margin is the smaller of the two."""
     data = load_dataset(cfg.data)
-    logits = AsLogits(model, decision_threshold(cfg.loss))
+    logits = as_logits(model, cfg.loss)  # one output: (threshold, f); simplex loss: minus distances to targets
     frames = []
     for name, split, n in (("train", data.train, eval_cfg.n_train), ("test", data.test, eval_cfg.n_test)):
         part = out / f"{name}.csv"  # each split is kept as soon as it is done, so an interruption loses less

@@ -1,0 +1,70 @@
+"""Seeds and bands on the CIFAR margin figures: several seeds per run, mean curve with a min-max band, claims
+judged per seed and on the mean."""
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from pexp.config import ConfigError
+from pexp.figures import FIGURES
+from pexp.figures.base import make_figure, multirun_commands, requested_seeds
+
+from conftest import ROOT
+
+
+def test_two_seeds_draw_a_band_judge_each_seed_and_reuse_the_runs(tiny, tmp_path, capsys, monkeypatch):
+    import pexp.figures.margins as margins
+
+    bands = []
+    original = margins.plt.Axes.fill_between
+    monkeypatch.setattr(margins.plt.Axes, "fill_between",
+                        lambda self, *args, **kwargs: bands.append(args) or original(self, *args, **kwargs))
+    overrides = [*tiny, "seeds=[1,2]"]
+    paths = make_figure(FIGURES["pe-fig4"], overrides, tmp_path / "f", progress=False)
+    table = pd.read_csv(paths["csv"])
+    assert set(table["seed"]) == {1, 2} and set(table["run"]) == {"cross-entropy", "squared error"}
+    assert len({run for run in table["run_dir"]}) == 4  # two runs x two seeds, each its own training
+    assert len(bands) == 2 * 2 * 2  # two panels x two rows x (train, test)
+    low, high = bands[0][1], bands[0][2]
+    assert (low <= high).all() and (low < high).any()  # the seeds differ somewhere: a real band
+    claims = json.loads(paths["claims.json"].read_text())
+    texts = [item["claim"] for item in claims]
+    pooled = [item for item in claims if item["claim"].startswith("mean of 2 seeds: ")]
+    assert len(pooled) == len(claims) // 3 and sum(t.startswith("seed 1: ") for t in texts) == len(pooled)
+    first = pooled[0]["measured"]
+    assert set(first["holds_per_seed"]) == {"1", "2"}
+    lo, hi = first["spread"]["test.median"]
+    seed_medians = sorted(item["measured"]["test"]["median"] for item in claims
+                          if item["claim"].startswith("seed ") and "cross-entropy" in item["claim"])
+    assert [lo, hi] == seed_medians
+    meta = json.loads(paths["meta.json"].read_text())
+    assert len(meta["runs"]) == 4
+    capsys.readouterr()
+    make_figure(FIGURES["pe-fig4"], overrides, tmp_path / "f", progress=False)
+    assert capsys.readouterr().out.count("reusing finished run") == 4
+
+
+def test_seeds_are_checked_before_any_work():
+    with pytest.raises(ConfigError, match=r"seeds=\[1,1\] is not allowed"):
+        requested_seeds(FIGURES["pe-fig5"], ["seeds=[1,1]"])
+    with pytest.raises(ConfigError, match="only .*richness-fig2"):
+        requested_seeds(FIGURES["pe-fig1"], ["seeds=[1,2]"])
+    assert requested_seeds(FIGURES["pe-fig5"], ["seeds=1,2,3"]) == [1, 2, 3]
+    assert requested_seeds(FIGURES["pe-fig5"], []) is None
+
+
+def test_seed_multiruns_cover_every_run_once(tiny):
+    commands = multirun_commands(FIGURES["richness-fig2"], [1, 2, 3], [*tiny, "seeds=[1,2,3]"], jobs=2)
+    assert len(commands) == 3  # first, all, unperturbed
+    assert all("seed=1,2,3" in command and "-m" in command and "hydra/launcher=joblib" in command
+               for command in commands)
+    assert {next(a for a in c if a.startswith("experiment=")) for c in commands} == {
+        "experiment=richness_fig2_first", "experiment=richness_fig2_all", "experiment=pe_fig4_se"}
+
+
+def test_command_line_seeds_error_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pexp.figures", "fig=pe-fig1", "seeds=[1,2]",
+                             f"paths.output_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "seeds=" in result.stderr
