@@ -51,6 +51,24 @@ class Figure:
     build: Callable[[Sequence[str], str, bool], tuple[pd.DataFrame, dict[str, dict]]] | None = None
     # Tables (e.g. tangent-table2): also written as ``<id>.md`` from the tidy table.
     markdown: Callable[[pd.DataFrame], str] | None = None
+    # Figures with ``build``: ``configs(overrides)`` gives the composed configs it will use, by label, so that
+    # they are checked before any work (figures with ``runs``: see :func:`figure_configs`).
+    configs: Callable[[Sequence[str]], dict[str, DictConfig]] | None = None
+
+
+def run_config(spec: str | Run, evaluator: str, overrides: Sequence[str]) -> DictConfig:
+    """The composed config of one run a figure needs: its experiment, ``eval=<evaluator>``, its own overrides,
+    then the command line's."""
+    spec = spec if isinstance(spec, Run) else Run(spec)
+    return compose_experiment(spec.experiment, [f"eval={evaluator}", *spec.overrides, *overrides])
+
+
+def figure_configs(figure: Figure, overrides: Sequence[str]) -> dict[str, DictConfig]:
+    """Every config ``figure`` trains or evaluates with, by label (what ``python -m pexp.figures`` checks whole
+    before any work)."""
+    if figure.configs is not None:
+        return figure.configs(overrides)
+    return {label: run_config(spec, figure.evaluator, overrides) for label, spec in figure.runs.items()}
 
 
 def data_label(table: pd.DataFrame) -> str:
@@ -89,7 +107,7 @@ def collect_runs(runs: dict[str, str | Run], evaluator: str, overrides: Sequence
     frames, metrics = [], {}
     for label, spec in runs.items():
         spec = spec if isinstance(spec, Run) else Run(spec)
-        cfg: DictConfig = compose_experiment(spec.experiment, [f"eval={evaluator}", *spec.overrides, *overrides])
+        cfg = run_config(spec, evaluator, overrides)
         run = train(cfg)
         results = evaluate(run, cfg.eval, device, progress=progress)
         metrics[label] = json.loads((run / "metrics.json").read_text())

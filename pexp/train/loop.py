@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from pexp.config import resolve_device, validate_training
+from pexp.config import ConfigError, resolve_device, validate_training
 from pexp.data import Dataset, load_dataset
 from pexp.models import EntryNet, build_model, predict, score
 from pexp.runs import RunDir, torch_save, training_run_dir, write_csv, write_json, write_text
@@ -249,8 +249,6 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
 
 def load_trained(run: RunDir | Path | str, device: torch.device | str = "cpu") -> tuple[EntryNet, DictConfig]:
     """The final model of a finished run, and the run's config."""
-    from pexp.config import ConfigError
-
     run = run if isinstance(run, RunDir) else RunDir(run)
     if not run.complete:
         raise ConfigError(f"run={str(run.path)!r} is not a finished training run (no {run.path}/COMPLETE)")
