@@ -8,6 +8,7 @@ allow) into one line on stderr and exit status 2, before any training, evaluatio
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -103,6 +104,9 @@ def _check_launcher(cfg: DictConfig) -> None:
         choice = OmegaConf.select(cfg, "hydra.runtime.choices", default={}).get("hydra/launcher", "submitit_slurm")
         raise ConfigError(f"hydra/launcher={choice} needs hydra-submitit-launcher, not installed here: "
                           f"pip install -e '.[slurm]' (or make test SLURM=1)")
+    if target.endswith(".SlurmLauncher") and shutil.which("sbatch") is None:
+        raise ConfigError("hydra/launcher=submitit_slurm needs SLURM's sbatch, not found here: run the command on "
+                          "the cluster's login node (or hydra/launcher=submitit_local to run the jobs here)")
 
 
 def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:

@@ -94,6 +94,16 @@ def test_the_submitit_launchers_without_the_extra_say_how_to_install_it(monkeypa
         "'.[slurm]' (or make test SLURM=1) (sweep job: experiment=pe_fig1_ce seed=1 hydra/launcher=submitit_slurm)")
 
 
+def test_the_slurm_launcher_without_sbatch_says_where_to_run(monkeypatch, capsys):
+    monkeypatch.setattr(pexp.cli, "installed", lambda module: True)
+    monkeypatch.setattr(pexp.cli.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit):
+        preflight(["-m", "experiment=pe_fig1_ce", "hydra/launcher=submitit_slurm"], train_main.check_job)
+    assert capsys.readouterr().err.startswith(
+        "error: hydra/launcher=submitit_slurm needs SLURM's sbatch, not found here: run the command on the cluster's "
+        "login node (or hydra/launcher=submitit_local to run the jobs here) (sweep job: ")
+
+
 def test_an_unfinished_run_directory_is_named(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     with pytest.raises(SystemExit):

@@ -7,8 +7,8 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy import stats
 from omegaconf import DictConfig
+from scipy import stats
 
 from pexp.eval.tangent import ESTIMATORS, estimate_accuracy, estimate_test, mean_absolute_errors, sensitivity_bound
 from pexp.figures.base import Claims, claim, collect_runs, data_label
