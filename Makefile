@@ -1,7 +1,12 @@
 # Every target installs what it needs first (idempotent): a fresh clone needs nothing else.
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
-STAMP   := $(VENV)/.installed
+# SLURM=1 also installs the slurm extra (hydra-submitit-launcher: hydra/launcher=submitit_slurm | submitit_local,
+# and its tests, which are skipped without it).
+SLURM   ?=
+comma   := ,
+EXTRAS  := dev$(if $(SLURM),$(comma)slurm)
+STAMP   := $(VENV)/.installed$(if $(SLURM),-slurm)
 FIG     ?=
 ARGS    ?=
 
@@ -11,14 +16,14 @@ JOBS    ?= $(shell nproc)
 # share the cores; passive waiting costs little when they do not. Numbers are unchanged. Override from the shell.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test smoke reproduce reproduce-fig2 reproduce-all report browser sweep-eps sweep-init bench clean-smoke
+.PHONY: install test smoke reproduce reproduce-fig2 reproduce-all report browser sweep-eps sweep-init bench clean-smoke runs
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 test: install
@@ -36,6 +41,11 @@ reproduce-all: install
 
 report: install
 	$(PY) -m pexp.report $(ARGS)
+
+# The runs under the output folder: experiment, hash, status, overrides, size, evaluations (python -m pexp.runs);
+# ARGS="--prune" removes the partial runs nobody holds (ARGS="--prune --dry-run" only says which).
+runs: install
+	$(PY) -m pexp.runs $(ARGS)
 
 # Debian's chromium for the browser test of the report page (skipped when present; needs root for apt-get).
 browser:

@@ -1,4 +1,10 @@
 """pexp: reproduce the figures of four papers on why neural networks lack robustness."""
+import warnings
 from pathlib import Path
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+# conf/hydra/launcher/submitit_{local,slurm}.yaml set this project's defaults over the submitit plugin's schemas of
+# the same names; Hydra checks them against those schemas (as wanted) and would say so at every start of a job.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_\w+' is validated against ConfigStore schema",
+                        category=UserWarning)

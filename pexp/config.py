@@ -1,6 +1,7 @@
 """Start-up validation of a composed config, and the helpers every entry point shares.
 
-Every bad value stops the program before any work, with one line naming the value and what is allowed.
+Every bad value stops the program before any work, with one line naming the value and what is allowed (each entry
+point composes and checks its jobs before Hydra starts: :func:`pexp.cli.preflight`).
 """
 from __future__ import annotations
 
@@ -16,13 +17,9 @@ from typing import Any, Callable, Iterable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A config value that is not allowed."""
-
-
-class DataError(RuntimeError):
-    """Data that cannot be found, read or verified."""
+from pexp.data import DATASETS
+from pexp.errors import ConfigError, DataError  # noqa: F401 - defined at the bottom layer, named here for the rest
+from pexp.models import MODELS
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -62,9 +59,6 @@ def check_number(cfg: DictConfig, key: str, *, low: float | None = None, high: f
 
 def validate_training(cfg: DictConfig) -> None:
     """Check the data, model, loss, perturb, init, optim and train groups of a training config."""
-    from pexp.data import DATASETS
-    from pexp.models import MODELS
-
     check_choice(cfg, "data.name", sorted(DATASETS))
     check_number(cfg, "data.n_train", low=1, integer=True, optional=True)
     check_number(cfg, "data.n_test", low=1, integer=True, optional=True)
@@ -291,6 +285,12 @@ def validate_eval(cfg: DictConfig) -> None:
                               f"x_min < x_max and y_min < y_max")
 
 
+def validate_config(cfg: DictConfig) -> None:
+    """The whole config of a job: its training groups and its eval group."""
+    validate_training(cfg)
+    validate_eval(cfg)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -315,35 +315,6 @@ def check_output_dir(arguments: list[str]) -> None:
         print(f"error: paths.output_dir={folder} is not a writable folder: {error.strerror or error}",
               file=sys.stderr)
         sys.exit(2)
-
-
-def check_sweep(arguments: list[str], validate: Callable[[DictConfig], None]) -> None:
-    """Before a multirun (``-m``) starts any job: compose every job's config and ``validate`` it, so one bad value
-    in a sweep (e.g. ``perturb.eps=0.01,abc``) stops the whole sweep with one line naming it and its job, exit 2."""
-    if not {"-m", "--multirun"} & set(arguments):
-        return
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from pexp import CONF_DIR
-
-    overrides = [item for item in arguments if not item.startswith("-")]
-    try:
-        jobs = [job for batch in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides),
-                                                               None) for job in batch]
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            for job in jobs:
-                try:
-                    validate(compose(config_name="config",
-                                     overrides=[o for o in job if not o.startswith("hydra")]))
-                except (ConfigError, DataError) as error:
-                    raise ConfigError(f"{error} (sweep job: {' '.join(job)})") from error
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except Exception:  # noqa: BLE001 - anything else (a Hydra syntax error...) is left to Hydra to report
-        return
 
 
 def exit_on_user_error(main: Callable[..., Any]) -> Callable[..., Any]:

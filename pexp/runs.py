@@ -10,6 +10,8 @@ import hashlib
 import json
 import math
 import os
+import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -19,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 COMPLETE = "COMPLETE"
+LOCK = ".lock"
 TMP_SUFFIX = ".tmp"  # temporary files of atomic_write: .<stem>.<random>.tmp<suffix>
 
 # The keys of the training config that define a run, and the ones inside them that only say where or how
@@ -132,19 +135,52 @@ class RunDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """An exclusive lock on the directory, so two processes never work on the same run at once. Whoever holds
-        it first removes the temporary files a killed process left behind."""
+        it first removes the temporary files a killed process left behind. The holder writes ``<pid> <host>`` into
+        ``.lock`` and empties it on release: a name left there means its process died holding the lock."""
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with contextlib.suppress(OSError):  # who holds it is for `python -m pexp.runs`, never a reason to stop
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
             for stale in self.path.glob(f".*{TMP_SUFFIX}*"):
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
             try:
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def lock_holder(self) -> tuple[bool, str]:
+        """(whether a live process holds the lock now, the ``<pid> <host>`` the last holder wrote: empty when it
+        released the lock, or for a directory never locked)."""
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDONLY)
+        except FileNotFoundError:
+            return False, ""
+        try:
+            holder = os.read(fd, 256).decode(errors="replace").strip()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True, holder
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False, holder
+        finally:
+            os.close(fd)
 
 
 def training_run_dir(cfg: DictConfig) -> RunDir:
     """``<runs_dir>/<run_name>/<hash of the run identity>``."""
     return RunDir(Path(cfg.paths.runs_dir) / str(cfg.run_name) / config_hash(run_identity(cfg)))
+
+
+if __name__ == "__main__":  # python -m pexp.runs: the table of the runs (pexp.runs_table)
+    from pexp.runs_table import main
+
+    sys.exit(main())

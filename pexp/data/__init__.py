@@ -9,6 +9,8 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig
 
+from pexp.errors import ConfigError, DataError
+
 
 @dataclass
 class Split:
@@ -47,8 +49,6 @@ def locate_files(cfg: DictConfig, name: str, folder: Path, missing: list[str],
                  download: Callable[[Path], object], how: str) -> Path:
     """``folder`` when nothing is ``missing``; else try ``download(root)`` (unless ``data.download=false``), and
     when that fails stop with one line: where it looked, what is missing, why, and ``how`` to provide the files."""
-    from pexp.config import DataError
-
     if not missing:
         return folder
     reason = "download disabled (data.download=false)"
@@ -67,8 +67,6 @@ def _limit(split: Split, n: int | None) -> Split:
 
 def load_dataset(cfg: DictConfig) -> Dataset:
     """Build the data set named by ``cfg.name`` (a data config group)."""
-    from pexp.config import ConfigError
-
     if cfg.name not in DATASETS:
         raise ConfigError(f"data.name={cfg.name!r} is not allowed: choose one of {', '.join(sorted(DATASETS))}")
     data = DATASETS[cfg.name](cfg)

@@ -11,8 +11,8 @@ import torch
 import torchvision
 from omegaconf import DictConfig
 
-from pexp.config import DataError
 from pexp.data import Dataset, Split, data_root, locate_files
+from pexp.errors import DataError
 
 FOLDER = "cifar-10-batches-py"
 LOSSLESS_MASK = "cifar-10-batches-py.test_is_lossless.npy"  # optional: marks test images known to be exact

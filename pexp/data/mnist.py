@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pexp.config import DataError
 from pexp.data import Dataset, Split, data_root, locate_files
+from pexp.errors import DataError
 
 FOLDER = Path("MNIST") / "raw"
 FILES = {  # name -> MD5 of the official uncompressed IDX file

@@ -6,14 +6,13 @@ from functools import partial
 from pexp.figures.base import Figure, Run
 from pexp.figures.margins import (all_vs_first_claims, eps_sweep_claims, plot_margin_cdfs,
                                   small_test_margin_claims)
-from pexp.figures.offmanifold import (READINGS, SETTINGS, dataset_pca_claims, dataset_pca_table, grid_claims,
-                                      offmanifold_claims,
-                                      plot_dataset_pca, plot_offmanifold_2d, plot_offmanifold_3d, plot_projected,
-                                      projected_claims, projected_table)
+from pexp.figures.offmanifold import (READINGS, SETTINGS, dataset_pca_claims, dataset_pca_configs, dataset_pca_table,
+                                      grid_claims, offmanifold_claims, plot_dataset_pca, plot_offmanifold_2d,
+                                      plot_offmanifold_3d, plot_projected, projected_claims, projected_table)
 from pexp.figures.pca import layer_pca_claims, plot_layer_pca, plot_trained_layer_pca, richer_layers_claims
 from pexp.figures.tangent import (TABLE2_RUNS, build_fig2, build_fig3, build_table2, fig1_claims, fig2_claims,
-                                  fig3_claims, fig4_claims, plot_active_layers, plot_active_totals, plot_fig2,
-                                  plot_fig3, plot_table2, table2_claims, table2_markdown)
+                                  fig2_configs, fig3_claims, fig4_claims, plot_active_layers, plot_active_totals,
+                                  plot_fig2, plot_fig3, plot_table2, table2_claims, table2_markdown)
 from pexp.figures.toys import pe_fig1_claims, pe_fig2_claims, plot_pe_fig1, plot_pe_fig2
 
 PE_FIG1_SEEDS = (1, 21, 41, 61, 81, 101)
@@ -164,6 +163,7 @@ FIGURES: dict[str, Figure] = {
         claims=dataset_pca_claims,
         plot=plot_dataset_pca,
         build=dataset_pca_table,
+        configs=dataset_pca_configs,
     ),
     "offmanifold-fig3": Figure(
         id="offmanifold-fig3",
@@ -215,6 +215,7 @@ FIGURES: dict[str, Figure] = {
         claims=fig2_claims,
         plot=plot_fig2,
         build=build_fig2,
+        configs=fig2_configs,
     ),
     "tangent-fig3": Figure(
         id="tangent-fig3",

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import sys
+from typing import Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pexp import CONF_DIR
-from pexp.config import ConfigError, check_output_dir, exit_on_user_error
+from pexp.cli import preflight
+from pexp.config import ConfigError, check_output_dir, exit_on_user_error, validate_config
+
+
+def check_job(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Before any work: ``fig`` is a figure id, and the config of every run the figure needs (its experiment, its
+    evaluator, the command line's overrides) is allowed whole."""
+    from pexp.figures import FIGURES
+    from pexp.figures.base import figure_configs
+
+    if cfg.fig not in FIGURES:
+        raise ConfigError(f"fig={cfg.fig!r} is not allowed: choose one of {', '.join(FIGURES)}")
+    for label, run_cfg in figure_configs(FIGURES[cfg.fig], overrides).items():
+        try:
+            validate_config(run_cfg)
+        except ConfigError as error:
+            raise ConfigError(f"{error} (in {cfg.fig}'s run {label})") from error
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -64,5 +81,6 @@ if __name__ == "__main__":
         for figure in FIGURES.values():
             print(f"{figure.id:16s} paper {figure.paper}: {figure.what}")
         sys.exit(0)
+    preflight(sys.argv[1:], check_job)
     check_output_dir(sys.argv[1:])
     main()

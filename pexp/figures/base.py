@@ -60,6 +60,27 @@ class Figure:
     # min-max band and the claims are judged per seed and on the seeds pooled (:func:`seeded_claims`).
     seeds: bool = False
     beyond: bool = False  # no paper shows it (the report marks it "beyond the paper")
+    # Figures with ``build``: ``configs(overrides)`` gives the composed configs it will use, by label, so that
+    # they are checked before any work (figures with ``runs``: see :func:`figure_configs`).
+    configs: Callable[[Sequence[str]], dict[str, DictConfig]] | None = None
+
+
+def run_config(spec: str | Run, evaluator: str, overrides: Sequence[str]) -> DictConfig:
+    """The composed config of one run a figure needs: its experiment, ``eval=<evaluator>``, its own overrides,
+    then the command line's."""
+    spec = spec if isinstance(spec, Run) else Run(spec)
+    return compose_experiment(spec.experiment, [f"eval={evaluator}", *spec.overrides, *overrides])
+
+
+def figure_configs(figure: Figure, overrides: Sequence[str]) -> dict[str, DictConfig]:
+    """Every config ``figure`` trains or evaluates with, by label (what ``python -m pexp.figures`` checks whole
+    before any work)."""
+    if figure.configs is not None:
+        return figure.configs(overrides)
+    evaluator, rest = chosen_evaluator(figure.evaluator, overrides)
+    runs = figure.runs if requested_seeds(figure, overrides) is None else \
+        seeded_runs(figure.runs, requested_seeds(figure, overrides))
+    return {label: run_config(spec, evaluator, rest) for label, spec in runs.items()}
 
 
 def data_label(table: pd.DataFrame) -> str:
@@ -105,9 +126,7 @@ def collect_runs(runs: dict[str, str | Run], evaluator: str, overrides: Sequence
     stages = {} if stages is None else stages
     evaluator, overrides = chosen_evaluator(evaluator, overrides)
     specs = {label: spec if isinstance(spec, Run) else Run(spec) for label, spec in runs.items()}
-    cfgs: dict[str, DictConfig] = {label: compose_experiment(spec.experiment, [f"eval={evaluator}", *spec.overrides,
-                                                                              *overrides])
-                                   for label, spec in specs.items()}
+    cfgs: dict[str, DictConfig] = {label: run_config(spec, evaluator, overrides) for label, spec in specs.items()}
     started = time.perf_counter()
     trained = dict(zip(cfgs, train_many(list(cfgs.values()))))
     stages["train"], started = time.perf_counter() - started, time.perf_counter()

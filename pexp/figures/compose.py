@@ -1,6 +1,8 @@
 """Compose the config of an experiment (a training run a figure needs) with the user's command-line overrides."""
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Sequence
 
 from hydra import compose, initialize_config_dir
@@ -30,10 +32,17 @@ STAND_INS = {"cifar2": "synthetic_cifar2", "cifar10": "synthetic_cifar10", "mnis
 
 
 def _compose(arguments: list[str]) -> DictConfig:
+    """A fresh copy each time: a figure's configs are composed once to be checked before any work, and again to
+    be made."""
+    return copy.deepcopy(_composed(tuple(arguments)))
+
+
+@functools.lru_cache(maxsize=256)
+def _composed(arguments: tuple[str, ...]) -> DictConfig:
     if GlobalHydra.instance().is_initialized():
-        return compose(config_name="config", overrides=arguments)
+        return compose(config_name="config", overrides=list(arguments))
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=arguments)
+        return compose(config_name="config", overrides=list(arguments))
 
 
 def compose_experiment(experiment: str, overrides: Sequence[str] = ()) -> DictConfig:

@@ -384,12 +384,16 @@ PUBLISHED_COMPONENTS = {"cifar10": {0.9: 98, 0.95: 216}, "mnist": {0.9: 86, 0.95
 def dataset_pca_table(overrides: Sequence[str], device: str, progress: bool) -> tuple[pd.DataFrame, dict]:  # noqa: ARG001
     """offmanifold-fig1's table: the spectrum of each data set (cached beside its data config's hash)."""
     from pexp.eval.evaluate import evaluate_data
+
+    frames = [evaluate_data(cfg).assign(dataset=name) for name, cfg in dataset_pca_configs(overrides).items()]
+    return pd.concat(frames, ignore_index=True), {}
+
+
+def dataset_pca_configs(overrides: Sequence[str]) -> dict[str, DictConfig]:
+    """offmanifold-fig1's configs, one per data set (no training run)."""
     from pexp.figures.compose import compose_experiment
 
-    frames = []
-    for name in PUBLISHED_COMPONENTS:
-        frames.append(evaluate_data(compose_experiment(f"om_fig1_{name}", overrides)).assign(dataset=name))
-    return pd.concat(frames, ignore_index=True), {}
+    return {name: compose_experiment(f"om_fig1_{name}", overrides) for name in PUBLISHED_COMPONENTS}
 
 
 def plot_dataset_pca(table: pd.DataFrame) -> plt.Figure:

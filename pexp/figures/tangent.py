@@ -7,6 +7,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig
 from scipy import stats
 
 from pexp.eval.tangent import mean_absolute_errors, sensitivity_bound
@@ -135,18 +136,23 @@ def bound_table(bound_cfg) -> pd.DataFrame:  # noqa: ANN001 - the eval=bound con
     return pd.DataFrame(rows).assign(data="toy")
 
 
-def build_fig2(overrides: Sequence[str], device: str, progress: bool) -> tuple[pd.DataFrame, dict]:  # noqa: ARG001
-    from pexp.config import validate_eval
-
+def fig2_configs(overrides: Sequence[str]) -> dict[str, DictConfig]:
+    """tangent-fig2's one config: the bound's settings (``eval=bound``; other evaluators' settings do not apply)."""
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
     from pexp import CONF_DIR
 
-    keys = set(OmegaConf.load(Path(CONF_DIR) / "eval" / "bound.yaml"))  # other evaluators' settings do not apply
+    keys = set(OmegaConf.load(Path(CONF_DIR) / "eval" / "bound.yaml"))
     own = [o for o in overrides if not o.startswith("eval.") or o.split("=", 1)[0][5:] in keys]
-    cfg = compose_experiment("ts_cifar10", ["eval=bound", *own])
+    return {"bound": compose_experiment("ts_cifar10", ["eval=bound", *own])}
+
+
+def build_fig2(overrides: Sequence[str], device: str, progress: bool) -> tuple[pd.DataFrame, dict]:  # noqa: ARG001
+    from pexp.config import validate_eval
+
+    cfg = fig2_configs(overrides)["bound"]
     validate_eval(cfg)
     return bound_table(cfg.eval), {}
 

@@ -7,6 +7,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from pexp.errors import ConfigError
+
 Perturbations = Sequence[torch.Tensor | None]
 
 
@@ -213,8 +215,6 @@ MODELS: dict[str, Callable[[DictConfig, Sequence[int]], EntryNet]] = {"pe_net": 
 
 def build_model(cfg: DictConfig, input_shape: Sequence[int], init: DictConfig | None = None) -> EntryNet:
     """Instantiate ``cfg.name`` for inputs of ``input_shape`` (the caller seeds torch first)."""
-    from pexp.config import ConfigError
-
     if cfg.name not in MODELS:
         raise ConfigError(f"model.name={cfg.name!r} is not allowed: choose one of {', '.join(sorted(MODELS))}")
     if init is not None and init.get("rng_order") == "authors_pe_fig1":
@@ -253,8 +253,6 @@ def init_weights(model: EntryNet, init: DictConfig) -> None:
     ``first_std``: the first affine layer's weights N(0, first_std^2) instead; ``output_signs``: the last layer's
     weights uniform on {-1, +1}; then the weights of ``layers`` ('all', or names; 'first' = the first affine
     layer) are divided by ``factor``."""
-    from pexp.config import ConfigError
-
     factor = float(init.factor)
     names = model.layer_names if init.layers == "all" else [
         model.layer_names[0] if name == "first" else name for name in init.layers]

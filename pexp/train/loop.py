@@ -391,8 +391,6 @@ def finish_run(cfg: DictConfig, run: RunDir, model: EntryNet, data: Dataset, row
 
 def load_trained(run: RunDir | Path | str, device: torch.device | str = "cpu") -> tuple[EntryNet, DictConfig]:
     """The final model of a finished run, and the run's config."""
-    from pexp.config import ConfigError
-
     run = run if isinstance(run, RunDir) else RunDir(run)
     if not run.complete:
         raise ConfigError(f"run={str(run.path)!r} is not a finished training run (no {run.path}/COMPLETE)")

@@ -1,0 +1,157 @@
+"""What every entry point (``pexp.train``, ``pexp.evaluate``, ``pexp.figures``) does before Hydra starts.
+
+:func:`preflight` composes the config of each job the command line asks for (one, or every job of a ``-m``
+multirun), lets the entry point check it whole, and turns whatever is wrong (a Hydra composition error: an unknown
+group option, an unknown experiment, a key the config lacks, an unreadable override; or a value pexp does not
+allow) into one line on stderr and exit status 2, before any training, evaluation or output.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from pexp import CONF_DIR
+from pexp.errors import ConfigError, DataError
+
+# A job's check: its composed config (no hydra node) and its overrides (no hydra ones); raises ConfigError.
+Check = Callable[[DictConfig, Sequence[str]], None]
+
+MULTIRUN = ("-m", "--multirun")
+SUBMITIT = "hydra_plugins.hydra_submitit_launcher"
+
+
+def _is_hydra(override: str) -> bool:
+    return override.lstrip("+~").startswith("hydra")
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group under conf/ (e.g. ``model`` -> linear, mlp, ...)."""
+    return sorted(path.stem for path in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+def _missing_option(error: Exception, job: Sequence[str]) -> str:
+    """``model=resnet is not allowed: choose one of linear, mlp, ...`` from Hydra's MissingConfigException."""
+    path = str(error.missing_cfg_file)
+    group, _, value = path.partition("/")
+    for override in job:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if path.startswith(key + "/"):
+            group, value = key, path[len(key) + 1:]
+            break
+    options = list(getattr(error, "options", None) or group_options(group))
+    if not options:
+        return f"{group}={value} is not allowed: no such config ({path}.yaml)"
+    return f"{group}={value} is not allowed: choose one of {', '.join(options)}"
+
+
+def _missing_key(cause: OmegaConfBaseException, job: Sequence[str]) -> str:
+    """``eval.grid=3 is not allowed: eval (margin) has no key 'grid' (its keys: ...)`` from Hydra's
+    'Could not override' error."""
+    full_key = str(cause.full_key)
+    override = next((o for o in job if o.lstrip("+~").split("=", 1)[0] == full_key), None) or next(
+        (o for o in job if o.lstrip("+~").split("=", 1)[0].startswith(full_key + ".")), full_key)
+    parent = full_key.rpartition(".")[0]
+    node = getattr(cause, "parent_node", None)
+    keys = [str(key) for key in node.keys() if key != "hydra"] if isinstance(node, DictConfig) else []
+    where = "the config"
+    if parent:
+        name = node.get("name") if isinstance(node, DictConfig) and "name" in node else None
+        where = f"{parent} ({name})" if isinstance(name, str) and "." not in parent else parent
+    known = f"its keys: {', '.join(keys)}; " if keys else ""
+    return f"{override} is not allowed: {where} has no key {cause.key!r} ({known}++{override.lstrip('+~')} adds it)"
+
+
+def _flatten(text: str) -> str:
+    """Hydra's multi-line message on one line (without its search path and its link to the grammar docs)."""
+    text = text.split("Config search path:")[0]
+    lines = [line.strip() for line in text.splitlines()]
+    return " ".join(line for line in lines if line and not line.startswith(("See https://", "full_key:",
+                                                                          "object_type=")))
+
+
+def hydra_error_line(error: Exception, job: Sequence[str]) -> str:
+    """One line naming the value and what is allowed, for an error Hydra raises while composing ``job``."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    cause = error.__cause__
+    if isinstance(error, MissingConfigException) and getattr(error, "missing_cfg_file", None):
+        return _missing_option(error, job)
+    if isinstance(error, OverrideParseException):
+        return f"the override {error.override!r} cannot be read: {_flatten(error.message)}"
+    if isinstance(error, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException) \
+            and "not in struct" in str(cause) and getattr(cause, "full_key", None):
+        return _missing_key(cause, job)
+    line = _flatten(str(error))
+    if isinstance(cause, Exception) and _flatten(str(cause)) not in line:
+        line += f" ({_flatten(str(cause))})"
+    return line
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _check_launcher(cfg: DictConfig) -> None:
+    """The submitit launchers need the optional extra (``pip install -e '.[slurm]'``)."""
+    target = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
+    if target.startswith(SUBMITIT) and not installed(SUBMITIT):
+        choice = OmegaConf.select(cfg, "hydra.runtime.choices", default={}).get("hydra/launcher", "submitit_slurm")
+        raise ConfigError(f"hydra/launcher={choice} needs hydra-submitit-launcher, not installed here: "
+                          f"pip install -e '.[slurm]' (or make test SLURM=1)")
+    if target.endswith(".SlurmLauncher") and shutil.which("sbatch") is None:
+        raise ConfigError("hydra/launcher=submitit_slurm needs SLURM's sbatch, not found here: run the command on "
+                          "the cluster's login node (or hydra/launcher=submitit_local to run the jobs here)")
+
+
+def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    if not multirun:
+        return [overrides]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def preflight(arguments: Sequence[str], check: Check) -> None:
+    """Before Hydra starts: compose every job of the command line (``-m``: each job of the sweep) and ``check``
+    it; any error becomes one line on stderr (naming the job of a sweep) and exit status 2. Command lines with
+    Hydra's own flags (``--help``, ``--cfg``, ``--config-name`` ...) are left to Hydra."""
+    arguments = list(arguments)
+    flags = [item for item in arguments if item.startswith("-")]
+    if any(flag not in (*MULTIRUN, "-r", "--run") for flag in flags):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    multirun = any(flag in MULTIRUN for flag in flags)
+    overrides = [item for item in arguments if not item.startswith("-")]
+    job: list[str] | None = None  # the sweep job being checked, named in the line of a multirun
+    try:
+        jobs = _jobs(overrides, multirun)
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            for job in jobs:
+                cfg = compose(config_name="config", overrides=job, return_hydra_config=True)
+                _check_launcher(cfg)
+                with open_dict(cfg):
+                    cfg.pop("hydra")
+                check(cfg, [item for item in job if not _is_hydra(item)])
+    except (ConfigError, DataError) as error:
+        _fail(str(error), job if multirun else None)
+    except HydraException as error:
+        _fail(hydra_error_line(error, job or overrides), job if multirun else None)
+    except OmegaConfBaseException as error:
+        _fail(_flatten(str(error)), job if multirun else None)
+    except Exception:  # noqa: BLE001 - anything else is left to Hydra to report
+        return
+
+
+def _fail(line: str, job: Sequence[str] | None = None) -> None:
+    print(f"error: {line}" + (f" (sweep job: {' '.join(job)})" if job else ""), file=sys.stderr)
+    sys.exit(2)
