@@ -24,3 +24,14 @@ def no_real_data(monkeypatch):
 def tiny(tmp_path):
     """Overrides for a tiny synthetic run whose outputs go under tmp_path."""
     return [*TINY, f"paths.output_dir={tmp_path / 'outputs'}"]
+
+
+@pytest.fixture
+def one_thread():
+    """Same thread count in this process as in the subprocesses (OMP_NUM_THREADS=1): same numbers."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -30,13 +30,7 @@ from conftest import ROOT
 TOY = ["train.epochs=2000", "train.log_every=100", "train.checkpoint_every=100", "train.progress=false"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Same thread count in this process as in the subprocesses (OMP_NUM_THREADS=1): same numbers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy(folder: Path) -> list[str]:

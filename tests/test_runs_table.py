@@ -20,12 +20,7 @@ from conftest import ROOT
 TOY = ["train.log_every=100", "train.checkpoint_every=100", "train.progress=false"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rows_by_run(out):
