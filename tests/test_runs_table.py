@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from pexp.eval.evaluate import eval_dir
 from pexp.figures.compose import compose_experiment
