@@ -8,7 +8,8 @@ from pexp.figures.margins import (all_vs_first_claims, eps_sweep_claims, plot_ma
                                   small_test_margin_claims)
 from pexp.figures.offmanifold import (READINGS, SETTINGS, dataset_pca_claims, dataset_pca_configs, dataset_pca_table,
                                       grid_claims, offmanifold_claims, plot_dataset_pca, plot_offmanifold_2d,
-                                      plot_offmanifold_3d, plot_projected, projected_claims, projected_table)
+                                      plot_offmanifold_3d, plot_projected, projected_claims, projected_configs,
+                                      projected_table)
 from pexp.figures.pca import layer_pca_claims, plot_layer_pca, plot_trained_layer_pca, richer_layers_claims
 from pexp.figures.tangent import (TABLE2_RUNS, build_fig2, build_fig3, build_table2, fig1_claims, fig2_claims,
                                   fig2_configs, fig3_claims, fig4_claims, plot_active_layers, plot_active_totals,
@@ -185,6 +186,7 @@ FIGURES: dict[str, Figure] = {
         claims=projected_claims,
         plot=partial(plot_projected, datasets=OM_FIG4_DATA),
         build=projected_table,
+        configs=projected_configs,
     ),
     "offmanifold-fig5": Figure(
         id="offmanifold-fig5",

@@ -290,6 +290,13 @@ def sweep_configs(experiment: str, overrides: Sequence[str]) -> list[DictConfig]
             for factor in base.sweep.factors for seed in base.sweep.seeds]
 
 
+def projected_configs(overrides: Sequence[str]) -> dict[str, DictConfig]:
+    """offmanifold-fig4's configs by label (what ``python -m pexp.figures`` checks before any work): each data
+    set's sweep (:func:`sweep_configs`) with ``eval=projected``."""
+    return {f"{dataset}/factor{cfg.init.factor}/seed{cfg.seed}": cfg for dataset, experiment in FIG4_EXPERIMENTS.items()
+            for cfg in sweep_configs(experiment, ["eval=projected", *overrides])}
+
+
 def projected_table(overrides: Sequence[str], device: str, progress: bool) -> tuple[pd.DataFrame, dict]:
     """offmanifold-fig4's table: every run of each data set's sweep (:func:`sweep_configs`), trained if missing,
     attacked by ``eval=projected``; tagged with dataset, factor and seed."""
