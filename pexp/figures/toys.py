@@ -28,11 +28,16 @@ def _draw_points(ax: plt.Axes, rows: pd.DataFrame) -> None:
         ax.scatter(chosen["x0"], chosen["x1"], s=18, color=color, zorder=3, label=f"class {'AB'[target]}")
 
 
-def smallest_margin(table: pd.DataFrame, **match: object) -> float:
+def _points(table: pd.DataFrame, **match: object) -> pd.DataFrame:
+    """The training-point rows whose columns equal ``match``."""
     rows = table[table["kind"] == "point"]
     for key, value in match.items():
         rows = rows[rows[key] == value]
-    return float(rows["margin"].min())
+    return rows
+
+
+def smallest_margin(table: pd.DataFrame, **match: object) -> float:
+    return float(_points(table, **match)["margin"].min())
 
 
 def plot_pe_fig1(table: pd.DataFrame) -> plt.Figure:
@@ -66,17 +71,12 @@ def plot_pe_fig1(table: pd.DataFrame) -> plt.Figure:
 
 
 def _censored(table: pd.DataFrame, **match: object) -> int:
-    rows = table[table["kind"] == "point"]
-    for key, value in match.items():
-        rows = rows[rows[key] == value]
-    return int(np.isinf(rows["margin"].astype(float)).sum())
+    return int(np.isinf(_points(table, **match)["margin"].astype(float)).sum())
 
 
 def _search_gap(table: pd.DataFrame, **match: object) -> float | None:
     """Largest |exact margin - the l2 search's| over the points both measured (None: no exact margins)."""
-    rows = table[(table["kind"] == "point")]
-    for key, value in match.items():
-        rows = rows[rows[key] == value]
+    rows = _points(table, **match)
     if "search_margin" not in rows or (rows.get("method") != "exact").any():
         return None
     both = rows[np.isfinite(rows["search_margin"].astype(float))]
