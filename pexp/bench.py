@@ -253,7 +253,8 @@ def margin_rows(data: object, source: str, sizes: dict, device: torch.device) ->
                  "b": ("the accurate default (zero start, margin objective, eps/25)",
                        dict(random_start=False, objective="margin", rel_stepsize=1 / 25))}
     for letter, (label, protocol) in protocols.items():
-        settings = dict(steps=sizes["margin_steps"], **protocol)
+        # the bisection alone (no FMN first estimate): the row compares it with the same PGD swept
+        settings = dict(steps=sizes["margin_steps"], first_estimate=None, **protocol)
         torch.manual_seed(0)
         counted.reset()
         started = time.perf_counter()

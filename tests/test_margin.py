@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pexp.eval.margin import AUTHORS_PROTOCOL, minimal_norm_check, minimal_perturbation
@@ -269,3 +270,44 @@ def test_first_estimate_is_an_upper_bound_and_the_margin_the_smaller_of_the_two(
     assert torch.allclose(margin[right], torch.minimum(pgd[right], fmn[right]))
     plain = minimal_perturbation(model, x, y, eps_max=0.3, resolution=0.001, first_estimate=None).double()
     assert torch.all((plain[right] - margin[right]).abs() <= 0.001 + 1e-6)  # the same margins, fewer PGD rounds
+
+
+def test_below_a_tight_first_estimate_pgd_runs_once():
+    """Where FMN's bound is within a grid step of the margin, the probe one grid step below it fails and ends the
+    search: one PGD attack per point, not a bisection (the same margins as plain bisection)."""
+    model, x, y = linear_problem(seed=9, n=40, d=20)
+    calls = []
+    original = model.forward
+    model.forward = lambda inputs: (calls.append(inputs.requires_grad), original(inputs))[1]
+    found = minimal_perturbation(model, x, y, eps_max=0.3, resolution=0.001, steps=20, details=True)
+    probe_passes = sum(calls)  # passes with a gradient to the input: FMN's and PGD's steps
+    calls.clear()
+    plain = minimal_perturbation(model, x, y, eps_max=0.3, resolution=0.001, steps=20, bracket=False, details=True)
+    assert torch.allclose(found["margin"], plain["margin"], atol=0.001 + 1e-6)
+    assert probe_passes < sum(calls)
+    pgd_rounds = (probe_passes - 200) / 20  # FMN: 200 steps, one batch
+    assert pgd_rounds <= 1.5
+
+
+class TinyConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 4 * 4, 2)
+
+    def forward(self, x):
+        return self.head(F.max_pool2d(F.relu(self.conv(x)), 2).flatten(1))
+
+
+def test_images_are_searched_in_channels_last_and_the_model_is_put_back():
+    model = TinyConvNet()
+    torch.manual_seed(1)
+    x = torch.rand(30, 3, 8, 8) * 2 - 1
+    y = model(x).argmax(1)
+    found = minimal_perturbation(model, x, y, eps_max=0.5, resolution=0.001)
+    assert model.conv.weight.is_contiguous()  # the caller's model is as it was
+    reference = minimal_perturbation.__wrapped__(model, x, y, eps_max=0.5, resolution=0.001)  # default layout
+    gap = torch.where(torch.isinf(found) & torch.isinf(reference), 0.0, (found - reference).abs())
+    assert (gap <= 0.001 + 1e-6).float().mean() >= 0.95
+    assert torch.isfinite(found).any()

@@ -22,6 +22,7 @@ point's margin; a success at radius r therefore also closes the grid above the n
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -129,6 +130,28 @@ def _attack(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, radius: torch.T
     return torch.isfinite(size), size
 
 
+def _channels_last_on_cpu(search):  # noqa: ANN001, ANN202 - a decorator
+    """Convolutions and max-pooling run about 1.3x faster in channels-last memory format on the CPU (measured on
+    the PE-net; the same values up to float rounding): batches of images on the CPU are searched in that format,
+    and the model's parameters are put back in their own format afterwards."""
+
+    @functools.wraps(search)
+    def wrapped(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **settings):  # noqa: ANN202
+        images = [p for p in model.parameters() if p.dim() == 4]
+        if x.dim() != 4 or not images or images[0].device.type != "cpu":
+            return search(model, x, y, **settings)
+        already = all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in images)
+        model.to(memory_format=torch.channels_last)
+        try:
+            return search(model, x.contiguous(memory_format=torch.channels_last), y, **settings)
+        finally:
+            if not already:
+                model.to(memory_format=torch.contiguous_format)
+
+    return wrapped
+
+
+@_channels_last_on_cpu
 def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",
                          bounds: Sequence[float] = (-1.0, 1.0), eps_max: float = 0.1, resolution: float = 0.001,
                          steps: int = 100, rel_stepsize: float = 1 / 25, random_start: bool = False,
@@ -144,8 +167,9 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
 
     ``bisect``: the result is the norm of the smallest successful iterate, within one ``resolution`` of the
     smallest grid radius at which the attack succeeds. ``directions`` (l2 only): (k, d) orthonormal rows;
-    perturbations are restricted to their span. ``bracket``: after the first attack, probe each flipped point once
-    one step below the norm it was flipped at, then bisect (fewer rounds; ``False``: plain bisection).
+    perturbations are restricted to their span. ``bracket``: probe each point once just below its first upper
+    bound (one PGD stride below the norm the first attack flipped it at; one grid step below FMN's bound), then
+    bisect (fewer rounds; ``False``: plain bisection).
 
     ``first_estimate="fmn"`` (bisect, unrestricted perturbations): first run foolbox's fast minimum-norm attack
     (``fmn_steps`` steps) on every point; its adversarial is an upper bound that closes the grid above it, so the
@@ -224,6 +248,12 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     low = torch.zeros(len(y), dtype=torch.long, device=device)                  # largest grid index known to fail
     high = torch.full((len(y),), grid_top + 1, dtype=torch.long, device=device)  # smallest known to succeed
     searching = ~wrong
+    # the probe before bisecting: the first attack at eps_max walks out in steps of rel_stepsize * eps_max, so a
+    # point it flips has its margin most likely within one such step below the norm found; FMN's bound is tight
+    # where PGD is weaker, so below it the probe is one grid step (a failure there ends the search, as a failure
+    # of that radius would in the bisection)
+    stride = torch.full((len(y),), max(1, math.ceil(rel_stepsize * grid_top)) if bracket else 0,
+                        dtype=torch.long, device=device)
     if first_estimate == "fmn" and projector is None and len(open_points):
         found = minimal_norm_check(model, x[open_points], y[open_points], norm=norm, bounds=bounds, steps=fmn_steps,
                                    batch_size=batch_size).to(device=device, dtype=x.dtype)
@@ -232,10 +262,8 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
         best[open_points] = torch.where(within, found, best[open_points])
         grid = torch.ceil(found / resolution - 1e-6).clamp(min=1, max=grid_top + 1).to(torch.long)
         high[open_points] = torch.where(within, grid, high[open_points])
-    # the first attack at eps_max walks out in steps of rel_stepsize * eps_max, so a point it flips has its margin
-    # most likely within one such step below the norm found (and FMN's bound is tight where PGD is weaker):
-    # probe there once before bisecting
-    stride = max(1, math.ceil(rel_stepsize * grid_top)) if bracket else 0
+        if bracket:
+            stride[open_points] = torch.where(within, 1, stride[open_points])
     guessed = torch.zeros(len(y), dtype=torch.bool, device=device)
     rounds = 1 + math.ceil(math.log2(grid_top))
     bar = tqdm(total=rounds, desc="margin search", unit="round", disable=not progress, leave=False)
@@ -244,8 +272,8 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
         if len(todo) == 0:
             break
         middle = torch.where(high[todo] > grid_top, grid_top, (low[todo] + high[todo]) // 2)
-        guess = (high[todo] - stride).clamp(min=0)
-        use_guess = ~guessed[todo] & (high[todo] <= grid_top) & (guess > low[todo]) & (stride > 0)
+        guess = (high[todo] - stride[todo]).clamp(min=0)
+        use_guess = ~guessed[todo] & (high[todo] <= grid_top) & (guess > low[todo]) & (stride[todo] > 0)
         middle = torch.where(use_guess, guess, middle)
         guessed[todo] |= high[todo] <= grid_top
         radius = middle.to(x.dtype) * resolution
