@@ -151,3 +151,46 @@ def test_channels_last_switch_trains_the_same_run_to_float_tolerance(tmp_path):
     default, channels_last = (torch.load(run / "model.pt", weights_only=False)["state_dict"] for run in runs)
     for name, value in default.items():
         assert torch.allclose(channels_last[name], value, rtol=1e-3, atol=1e-5), name
+
+
+@pytest.mark.parametrize("name,outputs,extra", [("mse", 1, {"targets": [-1.0, 1.0]}), ("logistic", 1, {}),
+                                                ("ce", 3, {}), ("simplex", 3, {"classes": 4})])
+@pytest.mark.parametrize("divisor", [1, 5])
+def test_closed_form_loss_gradient_equals_autograd(name, outputs, extra, divisor):
+    from pexp.train.loop import per_sample_loss, per_sample_loss_and_gradient
+
+    loss = OmegaConf.create({"name": name, "output_divisor": divisor, **extra})
+    torch.manual_seed(0)
+    out = (torch.randn(7, outputs, dtype=torch.float64) * 3).requires_grad_(True)
+    targets = torch.randint(0, int(extra.get("classes", max(outputs, 2))), (7,))
+    reference = per_sample_loss(out, targets, loss)
+    expected, = torch.autograd.grad(reference.sum(), out)
+    values, gradient = per_sample_loss_and_gradient(out.detach(), targets, loss)
+    assert torch.allclose(values, reference.detach(), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(gradient, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", [torch.nn.ReLU(), torch.nn.LeakyReLU(0.01), torch.nn.Identity(),
+                                        torch.nn.Tanh(), torch.nn.Sigmoid()])
+def test_hand_written_backward_equals_autograd(activation):
+    """The ensemble's backward pass (two members, a 3-5-2 net with this activation, and a first-layer penalty on
+    one member) gives autograd's parameter gradients."""
+    model = build_model(OmegaConf.create({"name": "mlp", "widths": [5], "outputs": 2, "bias": True}), (3,))
+    torch.manual_seed(1)
+    for block in model.blocks[:-1]:
+        block.activation = activation
+    ensemble_ = Ensemble.__new__(Ensemble)
+    ensemble_.template = model
+    params = [torch.randn(2, *p.shape, dtype=torch.float64) for p in model.parameters()]
+    ensemble_.params = params
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    weights = torch.randn(2, 6, 2, dtype=torch.float64)
+    kept: list = []
+    outputs = ensemble_.forward(x, kept)
+    mine = ensemble_.gradients(kept, weights)
+    leaves = [p.clone().requires_grad_(True) for p in params]
+    ensemble_.params = leaves
+    theirs = torch.autograd.grad((ensemble_.forward(x) * weights).sum(), leaves)
+    assert torch.allclose(outputs, ensemble_.forward(x))
+    for a, b in zip(mine, theirs):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -4,7 +4,8 @@ Every member is an ordinary run: it is built, seeded, resumed and finished by th
 (``start_run``, ``log_row``, ``save_progress``, ``finish_run`` of :mod:`pexp.train.loop`) and writes its own run
 directory, so caches, resumes and figures see nothing new. Only the epochs are batched: the members' weights are
 stacked along a new first dimension, each affine layer runs as one batched matmul over all members, each member's
-loss is the loop's ``per_sample_loss`` on its own data, and the update is the optimisers' own
+loss is the loop's ``per_sample_loss_and_gradient`` on its own data (the backward pass is written out: autograd's
+per-node overhead dominates nets this small), and the update is the optimisers' own
 :func:`pexp.train.optim.momentum_update` with one learning rate, momentum and weight decay per member. A member
 that reaches its target margin (or its epoch cap) stops changing and is written out as the single run would be.
 
@@ -31,11 +32,12 @@ from pexp.data import Dataset
 from pexp.models import EntryNet, score
 from pexp.runs import RunDir, training_run_dir
 from pexp.train.loop import (LossSpec, _model_readable, decision_threshold, epochs_since_log, finish_run, log_row,
-                             per_sample_loss, save_progress, start_run, train, training_margin)
+                             per_sample_loss_and_gradient, save_progress, start_run, train, training_margin)
 from pexp.train.optim import keeps_momentum, momentum_buffers, momentum_update, set_momentum_buffers, update_rule
 from pexp.train.perturb import eps_at_epoch
 
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Tanh, nn.Sigmoid)  # act on each unit alone
+SMALL = 1 << 17  # members x points x widest layer: up to this, the ensemble runs on one thread (pe-fig1: 12 x 16 x 20)
 CHECK_EVERY = 50  # epochs between looks at which members reached their target (the only host sync besides logs)
 
 
@@ -151,6 +153,21 @@ def _done_already(member: Member) -> bool:
         member.cfg.loss))) >= member.target
 
 
+def _activation_backward(activation: nn.Module, gradient: torch.Tensor, z: torch.Tensor,
+                         out: torch.Tensor) -> torch.Tensor:
+    """d/dz of an elementwise activation (``ELEMENTWISE``) applied to ``gradient``, as torch's own backward
+    computes it (``out`` = activation(z))."""
+    if isinstance(activation, nn.Identity):
+        return gradient
+    if isinstance(activation, nn.ReLU):
+        return gradient.masked_fill(out <= 0, 0.0)
+    if isinstance(activation, nn.LeakyReLU):
+        return torch.where(z > 0, gradient, gradient * activation.negative_slope)
+    if isinstance(activation, nn.Tanh):
+        return gradient * (1 - out * out)
+    return gradient * (1 - out) * out  # nn.Sigmoid
+
+
 class Ensemble:
     """Members of one architecture, data size and optimiser, all at the same epoch, trained one batched
     full-batch epoch at a time."""
@@ -185,7 +202,7 @@ class Ensemble:
             self.x, self.y = self.x[index], self.y[index]
             self.stopped, self.stop_epoch, self.summed = self.stopped[index], self.stop_epoch[index], self.summed[index]
             self.members = [self.members[i] for i in keep]
-        self.params = [p.detach().clone().requires_grad_(True) for p in params]
+        self.params = [p.detach().clone() for p in params]
         self.buffers = [None if b is None else b.clone() for b in buffers]
         dtype, members = self.params[0].dtype, self.members
 
@@ -218,17 +235,38 @@ class Ensemble:
         self.threshold = per_member([decision_threshold(m.cfg.loss) for m in members])
         self.sign = (2 * self.y - 1).to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: list | None = None) -> torch.Tensor:
         """Every member's outputs (members, points, outputs): each block of the template with its affine layer
-        as one batched matmul over the members' stacked weights."""
+        as one batched matmul over the members' stacked weights. ``keep``: gets each block's (input, affine
+        output, activation output), for :meth:`gradients`."""
         h, params = x, iter(self.params)
         for block in self.template.blocks:
             if isinstance(block.before, nn.Flatten):
                 h = h.flatten(2)
             weight = next(params).transpose(1, 2)
-            h = torch.baddbmm(next(params).unsqueeze(1), h, weight) if block.affine.bias is not None else h @ weight
-            h = block.activation(h)
+            z = torch.baddbmm(next(params).unsqueeze(1), h, weight) if block.affine.bias is not None else h @ weight
+            out = block.activation(z)
+            if keep is not None:
+                keep.append((h, z, out))
+            h = out
         return h
+
+    def gradients(self, kept: list, gradient: torch.Tensor) -> list[torch.Tensor]:
+        """The backward pass by hand (what autograd would do, without its per-node overhead, which dominates
+        these tiny nets): from d objective / d outputs through every block, the gradient of each stacked
+        parameter, in the order of ``self.params``."""
+        grads, params = [], self.params
+        index = len(params)
+        for number, (block, (h, z, out)) in enumerate(zip(reversed(self.template.blocks), reversed(kept))):
+            gradient = _activation_backward(block.activation, gradient, z, out)
+            bias = block.affine.bias is not None
+            index -= 2 if bias else 1
+            if bias:
+                grads.append(gradient.sum(1))
+            grads.append(torch.bmm(gradient.transpose(1, 2), h))
+            if number < len(kept) - 1:
+                gradient = torch.bmm(gradient, params[index])
+        return grads[::-1]
 
     def margins(self) -> torch.Tensor:
         """The loop's ``training_margin`` of every member: min_i s_i (score(x_i) - threshold)."""
@@ -242,14 +280,26 @@ class Ensemble:
     def step(self) -> None:
         """One full-batch epoch of every member: the loop's ``training_step`` batched; members that reached their
         target keep their weights and momentum (learning rate and gradient factor 0, momentum 1)."""
-        outputs = self.forward(self.x)
-        totals = torch.cat([per_sample_loss(outputs[part].flatten(0, 1), self.y[part].flatten(), loss)
-                            .view(part.stop - part.start, -1).sum(1) for part, loss in self.losses])
-        objective = totals.sum() if isinstance(self.divisor, float) and self.divisor == 1 else (
-            totals / self.divisor).sum()
-        if len(self.penalized):
-            objective = objective + (self.penalty * self.params[0][self.penalized].flatten(1).norm(dim=1)).sum()
-        grads = torch.autograd.grad(objective, self.params)
+        kept: list = []
+        with torch.no_grad():
+            outputs = self.forward(self.x, kept)
+            totals, gradients = [], []
+            for part, loss in self.losses:
+                values, gradient = per_sample_loss_and_gradient(outputs[part].flatten(0, 1),
+                                                                self.y[part].flatten(), loss)
+                totals.append(values.view(part.stop - part.start, -1).sum(1))
+                gradients.append(gradient.view(outputs[part].shape))
+            totals = torch.cat(totals)
+            gradient = torch.cat(gradients)  # of the objective sum_m totals_m / divisor_m
+            if not (isinstance(self.divisor, float) and self.divisor == 1):
+                gradient = gradient / (self.divisor.view(-1, 1, 1) if isinstance(self.divisor, torch.Tensor)
+                                       else self.divisor)
+            grads = self.gradients(kept, gradient)
+            if len(self.penalized):  # + penalty_m ||W1_m||: its gradient penalty_m W1_m / ||W1_m|| (0 at 0)
+                first = self.params[0][self.penalized]
+                norms = first.flatten(1).norm(dim=1).view(-1, *([1] * (first.dim() - 1)))
+                extra = torch.where(norms == 0, 0.0, first / norms) * self.penalty.view_as(norms)
+                grads[0] = grads[0].index_add(0, self.penalized, extra)
         rules = self.rules
         if self.has_target:  # members at their target keep their weights (and momentum)
             running = ~self.stopped
@@ -315,7 +365,18 @@ class Ensemble:
         return rows
 
     def fit(self) -> None:
-        """Train every member to its epoch cap or target margin, writing each run as the loop does."""
+        """Train every member to its epoch cap or target margin, writing each run as the loop does. Small
+        ensembles run on one thread (a second one only adds synchronisation to kernels this small)."""
+        threads = torch.get_num_threads()
+        widest = max(max(p.shape[1:]) for p in self.params if p.dim() == 3)
+        if self.device.type == "cpu" and len(self.members) * len(self.members[0].data.train.y) * widest <= SMALL:
+            torch.set_num_threads(1)
+        try:
+            self._fit()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self) -> None:
         names = sorted({str(m.cfg.run_name) for m in self.members})
         label = f"ensemble of {len(self.members)} ({', '.join(names)})"
         cap = max(m.epochs for m in self.members)
