@@ -68,3 +68,11 @@ def test_command_line_seeds_error_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pexp.figures", "fig=pe-fig1", "seeds=[1,2]",
                              f"paths.output_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "seeds=" in result.stderr
+
+
+def test_runs_of_one_experiment_that_differ_in_one_value_are_one_multirun(tiny):
+    commands = multirun_commands(FIGURES["pe-fig5"], [1, 2], [*tiny, "seeds=[1,2]"], jobs=2)
+    assert len(commands) == 1
+    command = commands[0]
+    assert "seed=1,2" in command and "perturb.eps=0.005,0.01,0.02" in command
+    assert command.index("seed=1,2") < command.index("perturb.eps=0.005,0.01,0.02")  # seed 1's runs first

@@ -193,12 +193,30 @@ def multirun_commands(figure: Figure, seeds: Sequence[int], overrides: Sequence[
     from pexp.figures.compose import STAND_INS, run_overrides
 
     kept = [item for item in run_overrides(overrides) if not item.startswith(("eval=", "eval.", "synthetic="))]
-    commands = []
+    # runs of one experiment whose overrides differ in one key's value (pe-fig5's three radii) are one multirun
+    # over those values, so that the pool of jobs stays full; the seed varies slowest
+    groups: dict[tuple, list[Run]] = {}
     for spec in dict.fromkeys(spec if isinstance(spec, Run) else Run(spec) for spec in figure.runs.values()):
+        pairs = [item.split("=", 1) for item in spec.overrides]
+        simple = all(len(pair) == 2 and not any(c in pair[1] for c in ",[]()") for pair in pairs)
+        key = (spec.experiment, tuple(k for k, _ in pairs)) if simple else (spec.experiment, spec.overrides)
+        groups.setdefault(key, []).append(spec)
+    sweeps = []
+    for specs in groups.values():
+        values = {}
+        for spec in specs:
+            for k, v in (item.split("=", 1) for item in spec.overrides):
+                values.setdefault(k, []).extend([] if v in values.get(k, []) else [v])
+        if math.prod(len(v) for v in values.values()) == len(specs):  # the sweep is exactly these runs
+            sweeps.append((specs[0], [f"{k}={','.join(v)}" for k, v in values.items()]))
+        else:
+            sweeps += [(spec, list(spec.overrides)) for spec in specs]
+    commands = []
+    for spec, swept in sweeps:
         cfg = compose_experiment(spec.experiment, [*spec.overrides, *overrides])
         data = [f"data={cfg.data.name}"] if cfg.get("synthetic") and cfg.data.name in STAND_INS.values() else []
         commands.append([sys.executable, "-m", "pexp.train", "-m", f"experiment={spec.experiment}",
-                         *spec.overrides, *kept, *data, f"seed={','.join(map(str, seeds))}",
+                         f"seed={','.join(map(str, seeds))}", *swept, *kept, *data,
                          "hydra/launcher=joblib", f"hydra.launcher.n_jobs={int(jobs)}", "train.progress=false"])
     return commands
 
