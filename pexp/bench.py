@@ -253,12 +253,12 @@ def margin_rows(data: object, source: str, sizes: dict, device: torch.device) ->
                  "b": ("the accurate default (zero start, margin objective, eps/25)",
                        dict(random_start=False, objective="margin", rel_stepsize=1 / 25))}
     for letter, (label, protocol) in protocols.items():
-        # the bisection alone (no FMN first estimate): the row compares it with the same PGD swept
-        settings = dict(steps=sizes["margin_steps"], first_estimate=None, **protocol)
+        settings = dict(steps=sizes["margin_steps"], **protocol)
         torch.manual_seed(0)
         counted.reset()
         started = time.perf_counter()
-        ours = minimal_perturbation(counted, x, y, eps_max=top, resolution=step, **settings)
+        # the bisection alone (no FMN first estimate): the row compares it with the same PGD swept
+        ours = minimal_perturbation(counted, x, y, eps_max=top, resolution=step, first_estimate=None, **settings)
         ours_seconds, ours_passes = time.perf_counter() - started, (counted.with_gradient, counted.without_gradient)
         torch.manual_seed(0)
         counted.reset()
