@@ -1,6 +1,7 @@
 """Seeds and bands on the CIFAR margin figures: several seeds per run, mean curve with a min-max band, claims
 judged per seed and on the mean."""
 import json
+import os
 import subprocess
 import sys
 
@@ -55,13 +56,20 @@ def test_seeds_are_checked_before_any_work():
     assert requested_seeds(FIGURES["pe-fig5"], []) is None
 
 
-def test_seed_multiruns_cover_every_run_once(tiny):
-    commands = multirun_commands(FIGURES["richness-fig2"], [1, 2, 3], [*tiny, "seeds=[1,2,3]"], jobs=2)
-    assert len(commands) == 3  # first, all, unperturbed
-    assert all("seed=1,2,3" in command and "-m" in command and "hydra/launcher=joblib" in command
-               for command in commands)
-    assert {next(a for a in c if a.startswith("experiment=")) for c in commands} == {
-        "experiment=richness_fig2_first", "experiment=richness_fig2_all", "experiment=pe_fig4_se"}
+def test_seed_multiruns_train_every_run_the_figure_then_reuses(tiny, one_thread, capsys, tmp_path):
+    """One multirun over the three experiments and the seeds; it trains exactly the runs the figure looks for."""
+    overrides = [*tiny, "seeds=[1,2]"]
+    commands = multirun_commands(FIGURES["richness-fig2"], [1, 2], overrides, jobs=1)
+    assert len(commands) == 1
+    command = commands[0]
+    assert "experiment=richness_fig2_first,richness_fig2_all,pe_fig4_se" in command and "seed=1,2" in command
+    assert "-m" in command and "hydra/launcher=joblib" in command
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    capsys.readouterr()
+    make_figure(FIGURES["richness-fig2"], overrides, tmp_path / "f", progress=False)
+    assert capsys.readouterr().out.count("reusing finished run") == 6  # three runs x two seeds, none trained again
 
 
 def test_command_line_seeds_error_is_one_line(tmp_path):

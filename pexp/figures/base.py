@@ -186,7 +186,7 @@ def seeded_runs(runs: dict[str, str | Run], seeds: Sequence[int]) -> dict[str, R
 
 def multirun_commands(figure: Figure, seeds: Sequence[int], overrides: Sequence[str], jobs: int) -> list[list[str]]:
     """The ``python -m pexp.train -m ... seed=1,2,3`` Hydra multiruns (joblib launcher, ``jobs`` in parallel) that
-    train every run of ``figure`` for each seed, one per distinct experiment + overrides; the figure then finds
+    train every run of ``figure`` for each seed, as few as the runs allow; the figure then finds
     them by hash. ``synthetic=true`` becomes the stand-in data set, as :func:`compose_experiment` does it."""
     import sys
 
@@ -198,24 +198,27 @@ def multirun_commands(figure: Figure, seeds: Sequence[int], overrides: Sequence[
     groups: dict[tuple, list[Run]] = {}
     for spec in dict.fromkeys(spec if isinstance(spec, Run) else Run(spec) for spec in figure.runs.values()):
         pairs = [item.split("=", 1) for item in spec.overrides]
-        simple = all(len(pair) == 2 and not any(c in pair[1] for c in ",[]()") for pair in pairs)
-        key = (spec.experiment, tuple(k for k, _ in pairs)) if simple else (spec.experiment, spec.overrides)
-        groups.setdefault(key, []).append(spec)
+        plain = all(len(pair) == 2 and not any(c in pair[1] for c in ",[]()") for pair in pairs)
+        groups.setdefault((spec.experiment, tuple(k for k, _ in pairs)) if plain else (spec,), []).append(spec)
     sweeps = []
-    for specs in groups.values():
-        values = {}
-        for spec in specs:
-            for k, v in (item.split("=", 1) for item in spec.overrides):
-                values.setdefault(k, []).extend([] if v in values.get(k, []) else [v])
-        if math.prod(len(v) for v in values.values()) == len(specs):  # the sweep is exactly these runs
+    for key, specs in groups.items():
+        values: dict[str, list[str]] = {}
+        for k, v in (item.split("=", 1) for spec in specs for item in spec.overrides) if len(key) == 2 else ():
+            if v not in values.setdefault(k, []):
+                values[k].append(v)
+        if len(specs) > 1 and math.prod(map(len, values.values())) == len(specs):  # exactly these runs
             sweeps.append((specs[0], [f"{k}={','.join(v)}" for k, v in values.items()]))
         else:
             sweeps += [(spec, list(spec.overrides)) for spec in specs]
-    commands = []
+    # and experiments swept with the same overrides on the same data are one multirun over the experiments
+    merged: dict[tuple, list[str]] = {}
     for spec, swept in sweeps:
         cfg = compose_experiment(spec.experiment, [*spec.overrides, *overrides])
         data = [f"data={cfg.data.name}"] if cfg.get("synthetic") and cfg.data.name in STAND_INS.values() else []
-        commands.append([sys.executable, "-m", "pexp.train", "-m", f"experiment={spec.experiment}",
+        merged.setdefault((tuple(swept), tuple(data), str(cfg.data.name)), []).append(spec.experiment)
+    commands = []
+    for (swept, data, _), experiments in merged.items():
+        commands.append([sys.executable, "-m", "pexp.train", "-m", f"experiment={','.join(experiments)}",
                          f"seed={','.join(map(str, seeds))}", *swept, *kept, *data,
                          "hydra/launcher=joblib", f"hydra.launcher.n_jobs={int(jobs)}", "train.progress=false"])
     return commands
