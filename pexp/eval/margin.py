@@ -265,7 +265,7 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
         if bracket:
             stride[open_points] = torch.where(within, 1, stride[open_points])
     guessed = torch.zeros(len(y), dtype=torch.bool, device=device)
-    rounds = 1 + math.ceil(math.log2(grid_top))
+    rounds = 1 + math.ceil(math.log2(grid_top)) + int(bracket)  # the first attack, the probe, the bisection
     bar = tqdm(total=rounds, desc="margin search", unit="round", disable=not progress, leave=False)
     while True:  # round 1 attacks every open point at eps_max; a point not flipped there is censored (inf)
         todo = torch.nonzero(searching & (high - low > 1)).flatten()
