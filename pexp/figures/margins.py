@@ -234,6 +234,8 @@ def eps_sweep_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:
     summary = {label: curve_summary(table, label) for label in labels}
     train = [summary[label]["train"]["mean_percent_0_to_0_1"] for label in labels]
     test = [summary[label]["test"]["mean_percent_0_to_0_1"] for label in labels]
+    lossless = {label: curve_summary(table, label, lossless_only=True)["test"]["mean_percent_0_to_0_1"]
+                for label in labels} if _lossless(table) else None
     errors = {label: 1 - metrics[label]["train_accuracy"] for label in labels}
     medians = {label: dict(train=summary[label]["train"]["median"], test=summary[label]["test"]["median"],
                            censored_train=summary[label]["train"]["censored"],
@@ -246,7 +248,8 @@ def eps_sweep_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:
         claim(f"at {labels[-1]} the training error no longer reaches zero", errors,
               f"final training error at {labels[-1]} > 0", errors[labels[-1]] > 0, data),
         claim(f"test margins are largest at {labels[-1]}", dict(mean_test_percent_flipped_0_to_0_1=dict(zip(labels, test)),
-                                                                medians=medians),
+                                                                medians=medians,
+                                                                lossless_test_mean_percent_0_to_0_1=lossless),
               "mean % of test points flipped over [0, 0.1] smallest at the largest eps", test[-1] == min(test), data),
         search_check_claim(table),
     ]
