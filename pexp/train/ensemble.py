@@ -42,12 +42,12 @@ CHECK_EVERY = 50  # epochs between looks at which members reached their target (
 
 
 def batchable(cfg: DictConfig) -> bool:
-    """Whether a run can be a member of an ensemble (full batch, no Algorithm 1, no per-epoch states, the
-    penalty on ||W1|| only, a margin target at most)."""
+    """Whether a run can be a member of an ensemble (full batch, no Algorithm 1, no per-epoch states, a margin
+    target at most)."""
     return (cfg.train.batch_size is None and cfg.perturb.layers == "none"
             and not cfg.train.get("keep_states", False) and cfg.model.name in ("mlp", "linear")
             and not cfg.model.get("batch_norm", False) and not cfg.model.get("dropout", 0.0)
-            and cfg.optim.get("penalty_form", "norm") == "norm" and cfg.train.get("target_accuracy") is None)
+            and cfg.train.get("target_accuracy") is None)
 
 
 def stackable(model: EntryNet) -> bool:
@@ -220,9 +220,13 @@ class Ensemble:
         divisors = {1.0 if m.reduction == "sum" else float(n) for m in members}
         self.divisor = divisors.pop() if len(divisors) == 1 else per_member(
             [1.0 if m.reduction == "sum" else float(n) for m in members])
-        penalties = [float(m.cfg.optim.get("first_layer_penalty", 0.0)) for m in members]
-        self.penalized = torch.tensor([i for i, p in enumerate(penalties) if p], dtype=torch.long, device=self.device)
-        self.penalty = per_member([p for p in penalties if p])
+        self.penalties: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # form: (members, strengths)
+        for form in ("norm", "norm_with_bias", "half_squared"):
+            chosen = [(i, float(m.cfg.optim.first_layer_penalty)) for i, m in enumerate(members)
+                      if m.cfg.optim.get("first_layer_penalty", 0.0) and m.cfg.optim.get("penalty_form", "norm") == form]
+            if chosen:
+                self.penalties[form] = (torch.tensor([i for i, _ in chosen], dtype=torch.long, device=self.device),
+                                        per_member([p for _, p in chosen]))
         self.losses: list[tuple[slice, LossSpec]] = []
         for i, member in enumerate(members):
             if self.losses and members[self.losses[-1][0].start].loss_key == member.loss_key:
@@ -295,11 +299,8 @@ class Ensemble:
                 gradient = gradient / (self.divisor.view(-1, 1, 1) if isinstance(self.divisor, torch.Tensor)
                                        else self.divisor)
             grads = self.gradients(kept, gradient)
-            if len(self.penalized):  # + penalty_m ||W1_m||: its gradient penalty_m W1_m / ||W1_m|| (0 at 0)
-                first = self.params[0][self.penalized]
-                norms = first.flatten(1).norm(dim=1).view(-1, *([1] * (first.dim() - 1)))
-                extra = torch.where(norms == 0, 0.0, first / norms) * self.penalty.view_as(norms)
-                grads[0] = grads[0].index_add(0, self.penalized, extra)
+            for form, (index, strength) in self.penalties.items():
+                self._penalty_gradient(grads, form, index, strength)
         rules = self.rules
         if self.has_target:  # members at their target keep their weights (and momentum)
             running = ~self.stopped
@@ -317,6 +318,24 @@ class Ensemble:
             reached = ~self.stopped & (self.margins() >= self.target)
             self.stop_epoch = torch.where(reached, self.epoch, self.stop_epoch)
             self.stopped = self.stopped | reached
+
+    def _penalty_gradient(self, grads: list[torch.Tensor], form: str, index: torch.Tensor,
+                          strength: torch.Tensor) -> None:
+        """Adds the gradient of strength_m * ``first_layer_norm`` (the loop's, of that ``form``) of members
+        ``index``: lambda W1 / ||W1|| (norm), lambda [W1, b1] / ||[W1, b1]|| (norm_with_bias; 0 at 0, as autograd),
+        lambda W1 (half_squared)."""
+        weight = self.params[0][index]
+        factor = strength.view(-1, *([1] * (weight.dim() - 1)))
+        if form == "half_squared":
+            grads[0] = grads[0].index_add(0, index, weight * factor)
+            return
+        bias = self.params[1][index] if form == "norm_with_bias" and self.template.blocks[0].affine.bias is not None \
+            else None
+        norms = (weight.flatten(1) if bias is None else torch.cat([weight.flatten(1), bias], 1)).norm(dim=1)
+        scale = torch.where(norms.view_as(factor) == 0, 0.0, factor / norms.view_as(factor))
+        grads[0] = grads[0].index_add(0, index, weight * scale)
+        if bias is not None:
+            grads[1] = grads[1].index_add(0, index, bias * scale.view(-1, 1))
 
     # ------------------------------------------------------------------------------------------ members
     def _load_member(self, i: int) -> Member:
