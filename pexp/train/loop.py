@@ -67,20 +67,16 @@ def per_sample_loss_and_gradient(outputs: torch.Tensor, targets: torch.Tensor,
     """:func:`per_sample_loss` and, in closed form, its gradient with respect to ``outputs`` (one row per sample;
     the toy ensemble's hand-written backward pass starts from it; equal to autograd, tested)."""
     loss = LossSpec.of(loss)
+    values = per_sample_loss(outputs, targets, loss)
     scaled = outputs / loss.divisor if loss.divisor != 1 else outputs
     if loss.name == "simplex":
-        residual = scaled - simplex_targets(loss.classes, scaled.dtype).to(scaled.device)[targets]
-        values, gradient = (residual ** 2).sum(1), 2 * residual
-    elif loss.name == "mse":
-        residual = scaled[:, 0] - torch.where(targets.bool(), scaled.new_full((), loss.high),
-                                              scaled.new_full((), loss.low))
-        values, gradient = residual ** 2, F.pad((2 * residual)[:, None], (0, scaled.shape[1] - 1))
-    elif loss.name == "logistic":
-        labels = targets.to(scaled.dtype)
-        values = F.binary_cross_entropy_with_logits(scaled[:, 0], labels, reduction="none")
-        gradient = F.pad((torch.sigmoid(scaled[:, 0]) - labels)[:, None], (0, scaled.shape[1] - 1))
+        gradient = 2 * (scaled - simplex_targets(loss.classes, scaled.dtype).to(scaled.device)[targets])
+    elif loss.name in ("mse", "logistic"):  # one output: d/df of (f - t_y)^2, of BCE(sigmoid(f), y)
+        column = 2 * (scaled[:, 0] - torch.where(targets.bool(), scaled.new_full((), loss.high),
+                                                 scaled.new_full((), loss.low))) if loss.name == "mse" \
+            else torch.sigmoid(scaled[:, 0]) - targets.to(scaled.dtype)
+        gradient = F.pad(column[:, None], (0, scaled.shape[1] - 1))
     else:
-        values = F.cross_entropy(scaled, targets, reduction="none")
         gradient = torch.softmax(scaled, 1) - F.one_hot(targets, scaled.shape[1]).to(scaled.dtype)
     return values, gradient / loss.divisor if loss.divisor != 1 else gradient
 
