@@ -64,7 +64,8 @@ def test_eps_multirun_composes_and_the_figure_finds_its_runs(tmp_path, tiny, cap
     assert capsys.readouterr().out.count("reusing finished run") == 3  # found by config, not trained again
     claims = json.loads(paths["claims.json"].read_text())
     assert [c["claim"] for c in claims][0] == "train margins grow with eps"
-    assert set(pd.read_csv(paths["csv"])["eps"]) == {0.005, 0.01, 0.02}
+    assert any(c["claim"].startswith("a small persistently-exciting perturbation") for c in claims)
+    assert set(pd.read_csv(paths["csv"])["eps"]) == {0.0, 0.005, 0.01, 0.02}  # with pe-fig4 (b)'s network
 
 
 def test_launcher_configs_compose():

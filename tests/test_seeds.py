@@ -80,7 +80,8 @@ def test_command_line_seeds_error_is_one_line(tmp_path):
 
 def test_runs_of_one_experiment_that_differ_in_one_value_are_one_multirun(tiny):
     commands = multirun_commands(FIGURES["pe-fig5"], [1, 2], [*tiny, "seeds=[1,2]"], jobs=2)
-    assert len(commands) == 1
-    command = commands[0]
+    assert len(commands) == 2  # Algorithm 1's three radii, and the unperturbed pe-fig4 (b) network
+    command, unperturbed = sorted(commands, key=lambda c: "experiment=pe_fig4_se" in c)
+    assert "experiment=pe_alg1" in command and "experiment=pe_fig4_se" in unperturbed and "seed=1,2" in unperturbed
     assert "seed=1,2" in command and "perturb.eps=0.005,0.01,0.02" in command
     assert command.index("seed=1,2") < command.index("perturb.eps=0.005,0.01,0.02")  # seed 1's runs first

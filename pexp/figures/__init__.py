@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import partial
 
 from pexp.figures.base import Figure, Run
-from pexp.figures.margins import (all_vs_first_claims, eps_sweep_claims, plot_margin_cdfs,
+from pexp.figures.margins import (UNPERTURBED, all_vs_first_claims, eps_sweep_claims, plot_margin_cdfs,
                                   small_test_margin_claims)
 from pexp.figures.offmanifold import (READINGS, SETTINGS, dataset_pca_claims, dataset_pca_configs, dataset_pca_table,
                                       grid_claims, offmanifold_claims, plot_dataset_pca, plot_offmanifold_2d,
@@ -69,13 +69,16 @@ FIGURES: dict[str, Figure] = {
     "pe-fig5": Figure(
         id="pe-fig5",
         paper="PE",
-        what="margin CDFs of Algorithm 1 (all layers) at eps 0.005, 0.010, 0.020 (the sweep-eps multirun)",
-        runs={f"eps {eps:.3f}": Run("pe_alg1", (f"perturb.eps={eps}",), (("eps", eps),)) for eps in PE_FIG5_EPS},
+        what="margin CDFs of Algorithm 1 (all layers) at eps 0.005, 0.010, 0.020 (the sweep-eps multirun), beside "
+             "the unperturbed network of pe-fig4 (b), which the paper compares them with",
+        runs={UNPERTURBED: Run("pe_fig4_se", (), (("eps", 0.0),)),
+              **{f"eps {eps:.3f}": Run("pe_alg1", (f"perturb.eps={eps}",), (("eps", eps),)) for eps in PE_FIG5_EPS}},
         evaluator="margin",
         claims=eps_sweep_claims,
         seeds=True,
-        plot=partial(plot_margin_cdfs, panels={f"eps {eps:.3f}": f"eps = {eps:.3f}" for eps in PE_FIG5_EPS},
-                     title="pe-fig5: Algorithm 1 at three radii"),
+        plot=partial(plot_margin_cdfs, panels={UNPERTURBED: "no perturbation (pe-fig4 (b), squared error)",
+                                               **{f"eps {eps:.3f}": f"eps = {eps:.3f}" for eps in PE_FIG5_EPS}},
+                     title="pe-fig5: Algorithm 1 at three radii, beside the unperturbed network"),
     ),
     "richness-fig1": Figure(
         id="richness-fig1",

@@ -19,6 +19,9 @@ PAPER_RANGE = 0.1          # the papers plot margins from 0 to about 0.1
 RADII = (0.01, 0.02, 0.03, 0.05, 0.1)  # where the claims read the curves off
 
 
+UNPERTURBED = "eps 0 (no perturbation)"  # pe-fig5's run label of the pe-fig4 (b) network
+
+
 def margin_cdf(margins: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Percentage of points whose margin is at most each size (margin 0: already misclassified; inf: censored,
     never reached)."""
@@ -228,9 +231,12 @@ def small_test_margin_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> C
 def eps_sweep_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:
     """pe-fig5 over the paper's range 0..0.1: train margins grow with eps (the mean % of train points flipped over
     [0, 0.1] falls with eps); at the largest eps the training error no longer reaches zero; the test margins are
-    largest at the largest eps (its mean test % flipped over [0, 0.1] is the smallest). Medians are reported."""
+    largest at the largest eps (its mean test % flipped over [0, 0.1] is the smallest). When the table has the
+    unperturbed network (run :data:`UNPERTURBED`, pe-fig4 (b)), also the paper's comparison of Fig. 4 (left) with
+    Fig. 5 (left): already the smallest eps flips fewer train points than no perturbation. Medians are reported."""
     data = data_label(table)
-    labels = sorted(table["run"].unique(), key=lambda label: float(table.loc[table["run"] == label, "eps"].iloc[0]))
+    labels = sorted(set(table["run"].unique()) - {UNPERTURBED},
+                    key=lambda label: float(table.loc[table["run"] == label, "eps"].iloc[0]))
     summary = {label: curve_summary(table, label) for label in labels}
     train = [summary[label]["train"]["mean_percent_0_to_0_1"] for label in labels]
     test = [summary[label]["test"]["mean_percent_0_to_0_1"] for label in labels]
@@ -240,6 +246,18 @@ def eps_sweep_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:
     medians = {label: dict(train=summary[label]["train"]["median"], test=summary[label]["test"]["median"],
                            censored_train=summary[label]["train"]["censored"],
                            censored_test=summary[label]["test"]["censored"]) for label in labels}
+    compared = []
+    if UNPERTURBED in set(table["run"]):
+        unperturbed = curve_summary(table, UNPERTURBED)["train"]
+        compared.append(claim(
+            f"a small persistently-exciting perturbation ({labels[0]}) increases the train margins conspicuously "
+            "over no perturbation (Fig. 4 left vs Fig. 5 left)",
+            dict(mean_train_percent_flipped_0_to_0_1={UNPERTURBED: unperturbed["mean_percent_0_to_0_1"],
+                                                      **dict(zip(labels, train))},
+                 train_medians={UNPERTURBED: unperturbed["median"],
+                                **{label: medians[label]["train"] for label in labels}}),
+            f"mean % of train points flipped over [0, 0.1] lower at {labels[0]} than without perturbation",
+            train[0] < unperturbed["mean_percent_0_to_0_1"], data))
     return [
         claim("train margins grow with eps", dict(mean_train_percent_flipped_0_to_0_1=dict(zip(labels, train)),
                                                   medians=medians),
@@ -251,5 +269,6 @@ def eps_sweep_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:
                                                                 medians=medians,
                                                                 lossless_test_mean_percent_0_to_0_1=lossless),
               "mean % of test points flipped over [0, 0.1] smallest at the largest eps", test[-1] == min(test), data),
+        *compared,
         search_check_claim(table),
     ]
