@@ -311,3 +311,17 @@ def test_images_are_searched_in_channels_last_and_the_model_is_put_back():
     gap = torch.where(torch.isinf(found) & torch.isinf(reference), 0.0, (found - reference).abs())
     assert (gap <= 0.001 + 1e-6).float().mean() >= 0.95
     assert torch.isfinite(found).any()
+
+
+def test_correct_only_summary_leaves_out_the_points_misclassified_without_perturbation():
+    """pe-multiclass's test error is ~40%: the papers' curves start there; the reported correct-only summary
+    must be the curve of the other points alone."""
+    import pandas as pd
+
+    from pexp.figures.margins import correct_only_summary
+    rows = [dict(run="all", split="train", margin=m) for m in (0.02, 0.04, 0.06, 0.08)]
+    rows += [dict(run="all", split="test", margin=m) for m in (0.0, 0.0, 0.02, 0.04, 0.06, 0.08)]
+    summary = correct_only_summary(pd.DataFrame(rows), "all")
+    assert summary["train"]["points"] == 4 and summary["test"]["points"] == 4
+    assert summary["test"]["median"] == summary["train"]["median"] == 0.05
+    assert summary["mean_gap_test_minus_train"] == 0 and summary["largest_gap"] == 0
