@@ -249,7 +249,8 @@ def plot_projected(table: pd.DataFrame, datasets: dict[str, str]) -> plt.Figure:
         marked = " [SYNTHETIC stand-in]" if "synthetic" in set(source) else ""
         if len(rows):
             per_factor = rows.drop_duplicates("factor")
-            ax.set_title(f"{name}{marked}\n{int(per_factor['trainings'].min())}-{int(per_factor['trainings'].max())} "
+            fewest, most = int(per_factor["trainings"].min()), int(per_factor["trainings"].max())
+            ax.set_title(f"{name}{marked}\n{fewest if fewest == most else f'{fewest}-{most}'} "
                          f"trainings per factor; {int(per_factor['reached_target'].sum())}/"
                          f"{int(per_factor['trainings'].sum())} reached the training target; "
                          f"{int(rows['censored'].sum())} points censored", fontsize=8)
