@@ -169,9 +169,9 @@ def correct_only_summary(table: pd.DataFrame, label: str) -> dict:
     size 0: the same summary over the points classified correctly (margin > 0) only, so that a large test error
     (pe-multiclass) does not pass for a gap between train and test margins."""
     correct = table[table["margin"] > 0]
-    return dict({split: {key: value for key, value in summary.items() if key in ("points", "mean_percent_0_to_0_1",
-                                                                                  "median", "percent_at")}
-                 for split, summary in curve_summary(correct, label).items() if split in ("train", "test")},
+    summary = curve_summary(correct, label)
+    kept = ("points", "percent_at", "mean_percent_0_to_0_1", "median")
+    return dict(train={key: summary["train"][key] for key in kept}, test={key: summary["test"][key] for key in kept},
                 mean_gap_test_minus_train=cdf_gap(correct, label), largest_gap=largest_gap(correct, label))
 
 
