@@ -1,0 +1,57 @@
+"""Every experiment's run hash, pinned: a change to a config, a schema or how configs compose that moves a hash
+would silently retrain that experiment's finished runs (hours for the real-data ones). A deliberate change of an
+experiment's defaults updates its line here, and says so."""
+from pathlib import Path
+
+import pytest
+
+from pexp.figures.compose import compose_experiment
+from pexp.runs import training_run_dir
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "conf" / "experiment"
+HASHES = {
+    "om_fig1_cifar10": "0520176989c8",
+    "om_fig1_mnist": "edc02b754a05",
+    "om_fig2_a": "3eb490077342",
+    "om_fig2_b": "84b6ff762654",
+    "om_fig2_c": "0bdcd657b88a",
+    "om_fig3_a": "d9d18feb799c",
+    "om_fig3_b": "08cada64c4c7",
+    "om_fig3_c": "4a745875bd41",
+    "om_fig3_c_bias": "38db6f8d3329",
+    "om_fig3_c_squared": "30e3c432815d",
+    "om_fig4_mnist": "ff26e73deb5e",
+    "om_fig4_sphere": "8afd59fbc6c2",
+    "om_fig5_a": "0e22ea73a320",
+    "om_fig5_b": "424a2e6dfdf7",
+    "om_fig5_c": "ed22801c58f7",
+    "om_fig6_a": "3caa60216943",
+    "om_fig6_b": "ab50d94d70e9",
+    "om_fig6_c": "a78b1b153701",
+    "pe_alg1": "5f70326762f6",
+    "pe_fig1_ce": "21c8b9503e55",
+    "pe_fig1_se": "97b5a930fa26",
+    "pe_fig2_ellipses": "8a910c671368",
+    "pe_fig2_line": "2dd262c556c7",
+    "pe_fig4_ce": "add93e54f203",
+    "pe_fig4_se": "87f7b7ab8637",
+    "pe_multiclass_all": "833adfdb509a",
+    "pe_multiclass_first": "d1e867ef7c70",
+    "richness_fig1": "a863c7ce726d",
+    "richness_fig2_all": "5f70326762f6",
+    "richness_fig2_first": "e373ed25d4ea",
+    "ts_cifar10": "280d2feaeaeb",
+    "ts_cifar10_bn": "baefbf6f5bb7",
+    "ts_cifar10_dropout": "3118f7a68431",
+    "ts_mnist": "fac2579bfbf4",
+}
+
+
+def test_every_experiment_is_pinned():
+    assert sorted(path.stem for path in EXPERIMENTS.glob("*.yaml")) == sorted(HASHES)
+
+
+@pytest.mark.parametrize("experiment", sorted(HASHES))
+def test_run_hash_unchanged(experiment, tmp_path):
+    cfg = compose_experiment(experiment, [f"paths.output_dir={tmp_path}"])
+    assert training_run_dir(cfg).path.name == HASHES[experiment]
