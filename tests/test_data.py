@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from pexp.config import DataError
 from pexp.data import data_root, load_dataset
+from pexp.figures.compose import compose_experiment
 
 CIFAR = dict(name="cifar2", root=None, classes=[0, 7], verify_checksums=True, download=False,
              n_train=None, n_test=None)
@@ -50,12 +51,25 @@ def test_failed_download_is_reported(tmp_path, monkeypatch):
         load_dataset(cfg)
 
 
-def test_pexp_data_wins_over_data_root(tmp_path, monkeypatch):
+def test_data_root_wins_over_pexp_data(tmp_path, monkeypatch):
+    """What a user types (data.root) wins over the environment (PEXP_DATA), which wins over ./data."""
     monkeypatch.setenv("PEXP_DATA", str(tmp_path / "env"))
-    assert data_root(OmegaConf.create({"root": str(tmp_path / "cfg")})) == tmp_path / "env"
+    assert data_root(OmegaConf.create({"root": str(tmp_path / "cfg")})) == tmp_path / "cfg"
+    assert data_root(OmegaConf.create({"root": None})) == tmp_path / "env"
     monkeypatch.delenv("PEXP_DATA")
     assert data_root(OmegaConf.create({"root": str(tmp_path / "cfg")})) == tmp_path / "cfg"
     assert str(data_root(OmegaConf.create({"root": None}))) == "data"
+
+
+def test_training_reads_the_data_root_typed_on_the_command_line(tmp_path, monkeypatch):
+    """``data.root=<folder>`` on the command line with PEXP_DATA set: the run looks in <folder>, not in PEXP_DATA's
+    copy (the error for a folder without the files names <folder>)."""
+    monkeypatch.setenv("PEXP_DATA", str(tmp_path / "env"))
+    typed = tmp_path / "typed"
+    cfg = compose_experiment("richness_fig2_all", [f"data.root={typed}", "data.download=false"])
+    with pytest.raises(DataError, match=str(typed)) as error:
+        load_dataset(cfg.data)
+    assert str(tmp_path / "env") not in str(error.value)
 
 
 def test_checksums_are_verified_by_default_and_the_switch_warns(tmp_path):

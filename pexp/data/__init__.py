@@ -40,8 +40,9 @@ class Dataset:
 
 
 def data_root(cfg: DictConfig) -> Path:
-    """The PEXP_DATA environment variable, else data.root, else ./data."""
-    root = os.environ.get("PEXP_DATA") or cfg.get("root") or "./data"
+    """data.root when given (on the command line or in a config), else the PEXP_DATA environment variable, else
+    ./data: what a user types wins over the environment."""
+    root = cfg.get("root") or os.environ.get("PEXP_DATA") or "./data"
     return Path(root).expanduser()
 
 
