@@ -70,7 +70,8 @@ def test_third_accuracy_reading_on_the_hand_computed_trace():
     mae = mean_absolute_errors(out).set_index("estimator")  # test accuracy 0.5, 0.6 at epochs 1, 2
     assert mae.loc["eq5", "mae_accuracy_times_q"] == pytest.approx((0.25 + 0.68) / 2)
     assert mae.loc["eq7", "mae_accuracy_times_q"] == pytest.approx((0.4 + 1.0) / 2)
-    assert mae.loc["baseline", "mae_accuracy_times_q"] == pytest.approx(0.15) == mae.loc["baseline", "mean_gap_accuracy"]
+    assert mae.loc["baseline", "mae_accuracy_times_q"] == pytest.approx(0.15) == \
+        mae.loc["baseline", "mean_gap_accuracy"]
     # a table cached before the reading existed (no accuracy_times_q_* columns) gives the same MAEs
     cached = out.drop(columns=[c for c in out.columns if c.startswith("accuracy_times_q_")])
     pd.testing.assert_frame_equal(mean_absolute_errors(cached), mean_absolute_errors(out))

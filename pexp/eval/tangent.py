@@ -379,10 +379,11 @@ def q_eq7(log_sens_train: np.ndarray, log_sens_test: np.ndarray) -> np.ndarray:
 def estimates_from_q(q, train_loss, train_accuracy) -> dict:
     """One estimator's estimates from its factor q(t) and the same state's training loss and accuracy (arrays or
     Series), by column prefix: ``loss`` = q train_loss; ``accuracy`` = 1 - q (1 - train_accuracy) (the error rate
-    estimated like the loss); ``accuracy_direct`` = train_accuracy / q (the accuracy moving against the
+    estimated like the loss; written so that q = 1 gives train_accuracy exactly); ``accuracy_direct`` = train_accuracy / q (the accuracy moving against the
     sensitivity); ``accuracy_times_q`` = q train_accuracy (the accuracy scaled like the loss). None is clipped
     to [0, 1]."""
-    return dict(loss=q * train_loss, accuracy=1 - q * (1 - train_accuracy), accuracy_direct=train_accuracy / q,
+    return dict(loss=q * train_loss, accuracy=train_accuracy - (q - 1) * (1 - train_accuracy),
+                accuracy_direct=train_accuracy / q,
                 accuracy_times_q=q * train_accuracy)
 
 
@@ -419,7 +420,8 @@ def mean_absolute_errors(estimates: pd.DataFrame, first_epoch: int = 1, last_epo
     of the published numbers, a hypothesis) and accuracy (mae_<reading> for each of :data:`ACCURACY_READINGS`),
     with the scale a reader needs: mean |test - train| of both (mean_gap_*), the range of the test loss over those
     epochs and the number of states averaged (epochs). mean_shift_loss / mean_shift_accuracy = mean |est - train|
-    (error-rate reading): by the triangle inequality each MAE lies within it of the mean |test - train|.
+    = mean |q - 1| train_loss and mean |q - 1| (1 - train_accuracy) (error-rate reading): by the triangle
+    inequality each MAE lies within it of the mean |test - train|.
     The estimates are recomputed from q_<name> and the training loss and accuracy (:func:`estimates_from_q`), so a
     table cached before a reading existed gives every reading."""
     if last_epoch is not None and last_epoch < first_epoch:
@@ -435,12 +437,13 @@ def mean_absolute_errors(estimates: pd.DataFrame, first_epoch: int = 1, last_epo
                  epochs=len(rows))
     out = []
     for name in ESTIMATORS:
-        estimate = estimates_from_q(rows[f"q_{name}"], rows["train_loss"], rows["train_accuracy"])
+        q = rows[f"q_{name}"]
+        estimate = estimates_from_q(q, rows["train_loss"], rows["train_accuracy"])
         mae_loss = float((estimate["loss"] - rows["test_loss"]).abs().mean())
         readings = {f"mae_{reading}": float((estimate[reading] - rows["test_accuracy"]).abs().mean())
                     for reading in ACCURACY_READINGS}
         out.append(dict(estimator=name, mae_loss=mae_loss, mae_loss_over_64=mae_loss / 64, **readings,
-                        mean_shift_loss=float((estimate["loss"] - rows["train_loss"]).abs().mean()),
-                        mean_shift_accuracy=float((estimate["accuracy"] - rows["train_accuracy"]).abs().mean()),
+                        mean_shift_loss=float(((q - 1).abs() * rows["train_loss"]).mean()),
+                        mean_shift_accuracy=float(((q - 1).abs() * (1 - rows["train_accuracy"])).mean()),
                         **scale))
     return pd.DataFrame(out)
