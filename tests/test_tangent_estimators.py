@@ -56,13 +56,37 @@ def test_estimators_reproduce_a_hand_computed_trace():
     assert mae.loc["baseline", "mae_loss"] == pytest.approx(0.6) == mae.loc["eq5", "mean_gap_loss"]
     assert mae.loc["baseline", "mae_accuracy"] == pytest.approx(0.15) == mae.loc["eq7", "mean_gap_accuracy"]
     assert (mae["test_loss_min"] == 1.2).all() and (mae["test_loss_max"] == 1.5).all() and (mae["epochs"] == 2).all()
+    # mean |estimate - train|: eq. (7) loss 1.5 vs 1.0, 1.0 vs 0.5; accuracy 0.4 vs 0.6, 0.6 vs 0.8
+    assert mae.loc["eq7", "mean_shift_loss"] == pytest.approx(0.5) and mae.loc["eq7", "mean_shift_accuracy"] == \
+        pytest.approx(0.2) and mae.loc["baseline", "mean_shift_loss"] == 0
+
+
+def test_third_accuracy_reading_on_the_hand_computed_trace():
+    out = add_estimates(TRACE, depth=3)
+    # estimated test accuracy = q * train accuracy: q_eq5 = nan, 1.25, 1.6; q_eq7 = 1, 1.5, 2; train acc 0.1, 0.6, 0.8
+    np.testing.assert_allclose(out["accuracy_times_q_eq5"], [np.nan, 0.75, 1.28])
+    np.testing.assert_allclose(out["accuracy_times_q_eq7"], [0.1, 0.9, 1.6])
+    np.testing.assert_allclose(out["accuracy_times_q_baseline"], [0.1, 0.6, 0.8])
+    mae = mean_absolute_errors(out).set_index("estimator")  # test accuracy 0.5, 0.6 at epochs 1, 2
+    assert mae.loc["eq5", "mae_accuracy_times_q"] == pytest.approx((0.25 + 0.68) / 2)
+    assert mae.loc["eq7", "mae_accuracy_times_q"] == pytest.approx((0.4 + 1.0) / 2)
+    assert mae.loc["baseline", "mae_accuracy_times_q"] == pytest.approx(0.15) == \
+        mae.loc["baseline", "mean_gap_accuracy"]
+    # a table cached before the reading existed (no accuracy_times_q_* columns) gives the same MAEs
+    cached = out.drop(columns=[c for c in out.columns if c.startswith("accuracy_times_q_")])
+    pd.testing.assert_frame_equal(mean_absolute_errors(cached), mean_absolute_errors(out))
+    # the window 1..1 of the same trace
+    first = mean_absolute_errors(out, last_epoch=1).set_index("estimator")
+    assert first.loc["eq7", "mae_accuracy_times_q"] == pytest.approx(0.4) and (first["epochs"] == 1).all()
+    with pytest.raises(ValueError, match="last_epoch=0 is not allowed"):
+        mean_absolute_errors(out, last_epoch=0)
 
 
 def test_no_estimate_depends_on_test_labels_or_test_losses():
     changed = TRACE.assign(test_loss=[9.0, 0.1, 7.0], test_accuracy=[0.9, 0.05, 0.3], extra=[1, 2, 3])
     before, after = add_estimates(TRACE, depth=3), add_estimates(changed, depth=3)
     estimates = [c for c in before.columns if c.startswith(("q_", "loss_", "accuracy_"))]
-    assert len(estimates) == 20
+    assert len(estimates) == 25
     pd.testing.assert_frame_equal(before[estimates], after[estimates])
     assert not {"test_loss", "test_accuracy"} & set(ESTIMATOR_INPUTS)
     # and each label-free input does matter
@@ -143,7 +167,8 @@ def test_figures_and_evaluators_on_a_tiny_run(tmp_path):
     table = pd.read_csv(written["tangent-table2"]["csv"])
     estimators = ["eq5", "eq5_constants", "eq6", "eq7", "baseline"]
     assert list(table["variant"].unique()) == ["plain", "batch_norm", "dropout", "mean of the 3 variants"]
-    assert list(table["estimator"]) == estimators * 4 and (table["epochs"] == 2).all()
+    assert list(table["estimator"]) == estimators * 6 * 4 and list(table["window"].unique()) == [1, 3, 5, 10, 20, 50]
+    assert (table["epochs"] == table["window"].clip(upper=2)).all() and (table["capped"] == (table["window"] > 2)).all()
     np.testing.assert_allclose(table["mae_loss_over_64"], table["mae_loss"] / 64)
     markdown = written["tangent-table2"]["md"].read_text()
     assert "| eq. (7) eq.-(4)-weighted squared Sens norm |" in markdown and "4.2e-04" in markdown and "hypothesis" in markdown

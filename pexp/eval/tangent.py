@@ -376,11 +376,25 @@ def q_eq7(log_sens_train: np.ndarray, log_sens_test: np.ndarray) -> np.ndarray:
     return np.exp(np.asarray(log_sens_test, dtype=float) - np.asarray(log_sens_train, dtype=float))
 
 
+def estimates_from_q(q, train_loss, train_accuracy) -> dict:
+    """One estimator's estimates from its factor q(t) and the same state's training loss and accuracy (arrays or
+    Series), by column prefix: ``loss`` = q train_loss; ``accuracy`` = 1 - q (1 - train_accuracy) (the error rate
+    estimated like the loss; written so that q = 1 gives train_accuracy exactly); ``accuracy_direct`` = train_accuracy / q (the accuracy moving against the
+    sensitivity); ``accuracy_times_q`` = q train_accuracy (the accuracy scaled like the loss). None is clipped
+    to [0, 1]."""
+    return dict(loss=q * train_loss, accuracy=train_accuracy - (q - 1) * (1 - train_accuracy),
+                accuracy_direct=train_accuracy / q,
+                accuracy_times_q=q * train_accuracy)
+
+
+ACCURACY_READINGS = ("accuracy", "accuracy_direct", "accuracy_times_q")  # the prefixes of estimates_from_q
+
+
 def add_estimates(stats: pd.DataFrame, depth: int) -> pd.DataFrame:
-    """``stats`` plus, per estimator of :data:`ESTIMATORS`, columns q_<name>, loss_<name> = q train_loss and
-    accuracy_<name> = 1 - q (1 - train_accuracy) (the error rate estimated like the loss), and
-    accuracy_direct_<name> = train_accuracy / q (the other reading: the accuracy moving against the sensitivity).
-    Reads only :data:`ESTIMATOR_INPUTS`; rows sorted by epoch, one per state 0, 1, 2, ... without gaps."""
+    """``stats`` plus, per estimator of :data:`ESTIMATORS`, its factor q_<name> and the columns
+    <prefix>_<name> of :func:`estimates_from_q` (loss_<name>, accuracy_<name>, accuracy_direct_<name>,
+    accuracy_times_q_<name>). Reads only :data:`ESTIMATOR_INPUTS`; rows sorted by epoch, one per state 0, 1, 2,
+    ... without gaps."""
     stats = stats.sort_values("epoch").reset_index(drop=True)
     if not np.array_equal(stats["epoch"].to_numpy(), np.arange(len(stats))):
         raise ValueError("the estimators need one row per epoch 0, 1, 2, ... without gaps")
@@ -394,27 +408,42 @@ def add_estimates(stats: pd.DataFrame, depth: int) -> pd.DataFrame:
     out = stats.copy()
     for name, q in changes.items():
         out[f"q_{name}"] = q
-        out[f"loss_{name}"] = q * inputs["train_loss"]
-        out[f"accuracy_{name}"] = 1 - q * (1 - inputs["train_accuracy"])
-        out[f"accuracy_direct_{name}"] = inputs["train_accuracy"] / q
+        for prefix, values in estimates_from_q(q, inputs["train_loss"], inputs["train_accuracy"]).items():
+            out[f"{prefix}_{name}"] = values
     return out
 
 
-def mean_absolute_errors(estimates: pd.DataFrame, first_epoch: int = 1) -> pd.DataFrame:
-    """Table 2: per estimator, the MAE over epochs >= ``first_epoch`` of the estimated test cross-entropy
-    (mae_loss, per sample; mae_loss_over_64 = mae_loss / 64, the batch-size reading of the published numbers, a
-    hypothesis) and accuracy (mae_accuracy: error-rate reading; mae_accuracy_direct: accuracy / q), with the scale
-    a reader needs: mean |test - train| of both, and the range of the test loss over those epochs."""
-    rows = estimates[estimates["epoch"] >= first_epoch]
+def mean_absolute_errors(estimates: pd.DataFrame, first_epoch: int = 1, last_epoch: int | None = None
+                         ) -> pd.DataFrame:
+    """Table 2: per estimator, the MAE over epochs ``first_epoch``..``last_epoch`` (None: the last state) of the
+    estimated test cross-entropy (mae_loss, per sample; mae_loss_over_64 = mae_loss / 64, the batch-size reading
+    of the published numbers, a hypothesis) and accuracy (mae_<reading> for each of :data:`ACCURACY_READINGS`),
+    with the scale a reader needs: mean |test - train| of both (mean_gap_*), the range of the test loss over those
+    epochs and the number of states averaged (epochs). mean_shift_loss / mean_shift_accuracy = mean |est - train|
+    = mean |q - 1| train_loss and mean |q - 1| (1 - train_accuracy) (error-rate reading): by the triangle
+    inequality each MAE lies within it of the mean |test - train|.
+    The estimates are recomputed from q_<name> and the training loss and accuracy (:func:`estimates_from_q`), so a
+    table cached before a reading existed gives every reading."""
+    if last_epoch is not None and last_epoch < first_epoch:
+        raise ValueError(f"last_epoch={last_epoch} is not allowed: it must be >= first_epoch={first_epoch}")
+    epochs = estimates["epoch"]
+    rows = estimates[(epochs >= first_epoch) & (epochs <= (epochs.max() if last_epoch is None else last_epoch))]
+    if rows.empty:
+        raise ValueError(f"first_epoch={first_epoch} is not allowed: the table has epochs {int(epochs.min())}-"
+                         f"{int(epochs.max())}")
     scale = dict(mean_gap_loss=float((rows["test_loss"] - rows["train_loss"]).abs().mean()),
                  mean_gap_accuracy=float((rows["test_accuracy"] - rows["train_accuracy"]).abs().mean()),
                  test_loss_min=float(rows["test_loss"].min()), test_loss_max=float(rows["test_loss"].max()),
                  epochs=len(rows))
     out = []
     for name in ESTIMATORS:
-        mae_loss = float((rows[f"loss_{name}"] - rows["test_loss"]).abs().mean())
-        out.append(dict(estimator=name, mae_loss=mae_loss, mae_loss_over_64=mae_loss / 64,
-                        mae_accuracy=float((rows[f"accuracy_{name}"] - rows["test_accuracy"]).abs().mean()),
-                        mae_accuracy_direct=float((rows[f"accuracy_direct_{name}"]
-                                                   - rows["test_accuracy"]).abs().mean()), **scale))
+        q = rows[f"q_{name}"]
+        estimate = estimates_from_q(q, rows["train_loss"], rows["train_accuracy"])
+        mae_loss = float((estimate["loss"] - rows["test_loss"]).abs().mean())
+        readings = {f"mae_{reading}": float((estimate[reading] - rows["test_accuracy"]).abs().mean())
+                    for reading in ACCURACY_READINGS}
+        out.append(dict(estimator=name, mae_loss=mae_loss, mae_loss_over_64=mae_loss / 64, **readings,
+                        mean_shift_loss=float(((q - 1).abs() * rows["train_loss"]).mean()),
+                        mean_shift_accuracy=float(((q - 1).abs() * (1 - rows["train_accuracy"])).mean()),
+                        **scale))
     return pd.DataFrame(out)

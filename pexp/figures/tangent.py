@@ -10,7 +10,7 @@ import pandas as pd
 from omegaconf import DictConfig
 from scipy import stats
 
-from pexp.eval.tangent import mean_absolute_errors, sensitivity_bound
+from pexp.eval.tangent import ESTIMATORS, mean_absolute_errors, sensitivity_bound
 from pexp.figures.base import Claims, Run, claim, collect_runs, data_label
 from pexp.figures.compose import compose_experiment
 
@@ -18,6 +18,7 @@ SPLIT_STYLE = {"train": dict(color="tab:blue"), "test": dict(color="tab:orange")
 # Thresholds fixed before measuring.
 MAX_SKEW, MAX_EXCESS_KURTOSIS = 0.5, 1.0  # "roughly normal"
 WITHIN_FACTOR = 3.0                       # "matches the published MAE": within this factor of it
+NEAR_GAP = 0.25                           # "MAE close to mean |test - train|": within this fraction of it
 
 
 def _suffix(table: pd.DataFrame) -> str:
@@ -219,6 +220,8 @@ EQUATIONS = {"eq5": "eq. (5) layer-wise l_inf (log form)", "eq5_constants": "eq.
 PUBLISHED_MAE = {"eq5": dict(loss=5.3e-4, accuracy=9.2e-3), "eq6": dict(loss=7.7e-4, accuracy=9.8e-3),
                  "eq7": dict(loss=4.2e-4, accuracy=1.1e-2)}
 PUBLISHED = tuple(PUBLISHED_MAE)
+# Table 2's MAE over epochs 1..k for each k: the paper does not say which states it averages.
+WINDOWS = (1, 3, 5, 10, 20, 50)
 BATCH = 64  # the /64 reading of the published CE MAEs (a hypothesis: FIGURES.md, TS)
 # Table 1's variants, each trained like the plain network; the paper's Table 2 may average over them. Eq. (7)
 # runs on seeded subsets of 5,000 train and 5,000 test inputs for the variants (half the plain run's cost).
@@ -280,24 +283,41 @@ def build_fig3(overrides: Sequence[str], device: str, progress: bool) -> tuple[p
     return collect_runs({"cifar10": TABLE2_RUNS["plain"]}, "tangent", overrides, device, progress)
 
 
+def windows_of(last_epoch: int) -> list[int]:
+    """The windows k of :data:`WINDOWS` (MAE over epochs 1..k), plus the last epoch when the run is longer."""
+    return [*WINDOWS, *([last_epoch] if last_epoch > max(WINDOWS) else [])]
+
+
 def table2(estimates: pd.DataFrame) -> pd.DataFrame:
-    """Per variant (and their mean), per estimator: the MAEs of :func:`mean_absolute_errors` beside the
-    published ones, with the smallest effective sample size of eq. (7)'s weights and the subset sizes."""
+    """Per variant (and their mean), per window k of :func:`windows_of` and per estimator: the MAEs of
+    :func:`mean_absolute_errors` over epochs 1..k (``epochs`` = the states averaged, ``capped`` when k exceeds
+    the epochs available: then it is the whole run), beside the published ones, with the smallest effective sample
+    size of eq. (7)'s weights and the subset sizes. The largest window of a variant is its whole run."""
     frames = []
     for label, rows in estimates.groupby("run", sort=False):
-        errors = mean_absolute_errors(rows)
-        frames.append(errors.assign(variant=label, data=data_label(rows), ess_min_train=float(rows["ess_train"].min()),
-                                    ess_min_test=float(rows["ess_test"].min()),
-                                    n_sens_train=int(rows["n_sens_train"].iloc[0]),
-                                    n_sens_test=int(rows["n_sens_test"].iloc[0])))
+        last = int(rows["epoch"].max())
+        variant = dict(variant=label, data=data_label(rows), ess_min_train=float(rows["ess_train"].min()),
+                       ess_min_test=float(rows["ess_test"].min()), n_sens_train=int(rows["n_sens_train"].iloc[0]),
+                       n_sens_test=int(rows["n_sens_test"].iloc[0]))
+        frames += [mean_absolute_errors(rows, last_epoch=window).assign(window=window, capped=window > last,
+                                                                         **variant)
+                   for window in windows_of(last)]
     table = pd.concat(frames, ignore_index=True)
     if table["variant"].nunique() > 1:
-        mean = table.groupby("estimator", sort=False).mean(numeric_only=True).reset_index()
-        mean = mean.assign(variant=MEAN_OF_VARIANTS, data=data_label(table), n_sens_train=np.nan, n_sens_test=np.nan)
+        mean = table.groupby(["window", "estimator"], sort=False).mean(numeric_only=True).reset_index()
+        mean = mean.assign(variant=MEAN_OF_VARIANTS, data=data_label(table), n_sens_train=np.nan, n_sens_test=np.nan,
+                           capped=mean["capped"] > 0, epochs=mean["epochs"].round().astype(int))
         table = pd.concat([table, mean], ignore_index=True)
     published = {metric: [PUBLISHED_MAE.get(name, {}).get(metric, np.nan) for name in table["estimator"]]
                  for metric in ("loss", "accuracy")}
-    return table.assign(published_mae_loss=published["loss"], published_mae_accuracy=published["accuracy"])
+    table = table.assign(published_mae_loss=published["loss"], published_mae_accuracy=published["accuracy"])
+    keys = ["variant", "window", "epochs", "capped", "estimator"]
+    return table[[*keys, *(c for c in table.columns if c not in keys)]]
+
+
+def whole_run(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each variant's largest window: the MAE over all its epochs (what Table 2's columns compare)."""
+    return table[table["window"] == table.groupby("variant", sort=False)["window"].transform("max")]
 
 
 def build_table2(overrides: Sequence[str], device: str, progress: bool) -> tuple[pd.DataFrame, dict]:
@@ -309,23 +329,62 @@ def _number(value: float, digits: int = 2) -> str:
     return "-" if not np.isfinite(value) else f"{value:.{digits}e}"
 
 
+def _window_label(window: int, epochs: float, capped: bool) -> str:
+    return f"1-{window}" + (f" (capped: 1-{int(round(epochs))})" if capped else "")
+
+
+def _capped_note(rows: pd.DataFrame) -> str:
+    capped = rows.loc[rows["capped"], "window"].unique()
+    if not len(capped):
+        return "none capped"
+    return (f"k = {', '.join(str(int(k)) for k in capped)} capped at the {int(round(rows['epochs'].max()))} epochs "
+            "available")
+
+
+def _window_markdown(rows: pd.DataFrame) -> list[str]:
+    """One variant's MAE over epochs 1..k: CE per sample and accuracy (error rate scaled by q) per estimator, and
+    the mean abs(test - train) over the same epochs."""
+    windows = rows.drop_duplicates("window")
+    header = [_window_label(int(w), e, c) for w, e, c in zip(windows["window"], windows["epochs"], windows["capped"])]
+    lines = ["| estimator | reading | " + " | ".join(header) + " | published |",
+             "|---|---|" + "---|" * (len(header) + 1)]
+    for name in ESTIMATORS:
+        part = rows[rows["estimator"] == name]
+        for metric, reading in (("loss", "CE"), ("accuracy", "acc.")):
+            cells = " | ".join(_number(v) for v in part[f"mae_{metric}"])
+            lines.append(f"| {EQUATIONS[name]} | {reading} | {cells} | "
+                         f"{_number(part[f'published_mae_{metric}'].iloc[0], 1)} |")
+    for metric, reading in (("loss", "CE"), ("accuracy", "acc.")):
+        cells = " | ".join(_number(v) for v in windows[f"mean_gap_{metric}"])
+        lines.append(f"| mean abs(test - train) | {reading} | {cells} | - |")
+    return lines
+
+
 def table2_markdown(table: pd.DataFrame) -> str:
     data = table["data"].iloc[0]
+    full = whole_run(table)
     lines = [f"# tangent-table2: mean absolute error of the label-free estimates ({data}"
              f"{', SYNTHETIC stand-in data' if 'synthetic' in data else ''})", "",
-             f"Every estimate is {LABEL_FREE}. MAE over epochs 1-{int(table['epochs'].iloc[0])}. CE per sample; "
-             f"'/ {BATCH}' divides it once more by the batch size, the reading under which the published CE numbers "
-             f"would fit (a hypothesis, not the paper's statement). Accuracy: the error rate is scaled by q "
-             f"(1 - q (1 - train acc)); 'acc / q' is the other reading.", ""]
+             f"Every estimate is {LABEL_FREE}. MAE over epochs 1-{int(full['epochs'].iloc[0])} in the first table of "
+             f"each variant, over epochs 1..k (k = {', '.join(map(str, WINDOWS))}) in the second: the paper does not "
+             f"say which epochs it averages. CE per sample; '/ {BATCH}' divides it once more by the batch size, the "
+             f"reading under which the published CE numbers would fit (a hypothesis, not the paper's statement). "
+             f"Accuracy: the error rate is scaled by q (1 - q (1 - train acc)); 'acc / q' and 'q acc' are the other "
+             f"readings. 'mean abs(est - train)' bounds how far each MAE can lie from the mean abs(test - train): "
+             f"with q near 1 every MAE is close to that train/test gap.", ""]
     for variant, rows in table.groupby("variant", sort=False):
-        first = rows.iloc[0]
+        rows_full = whole_run(rows)
+        first = rows_full.iloc[0]
         lines += [f"## {variant}", "",
                   "| estimator | CE MAE | CE MAE / 64 (hypothesis) | CE published | acc. MAE | acc. MAE (acc / q) "
-                  "| acc. published |", "|---|---|---|---|---|---|---|"]
-        for _, r in rows.iterrows():
+                  "| acc. MAE (q acc) | acc. published | mean abs(est - train) CE | mean abs(est - train) acc. |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for _, r in rows_full.iterrows():
             lines.append(f"| {EQUATIONS[r['estimator']]} | {_number(r['mae_loss'])} | {_number(r['mae_loss_over_64'])}"
                          f" | {_number(r['published_mae_loss'], 1)} | {_number(r['mae_accuracy'])} | "
-                         f"{_number(r['mae_accuracy_direct'])} | {_number(r['published_mae_accuracy'], 1)} |")
+                         f"{_number(r['mae_accuracy_direct'])} | {_number(r['mae_accuracy_times_q'])} | "
+                         f"{_number(r['published_mae_accuracy'], 1)} | {_number(r['mean_shift_loss'])} | "
+                         f"{_number(r['mean_shift_accuracy'])} |")
         means = " (means over the variants)" if variant == MEAN_OF_VARIANTS else ""
         lines += ["", f"Scale{means}: mean abs(test - train) CE {first['mean_gap_loss']:.3f}, accuracy "
                       f"{first['mean_gap_accuracy']:.3f} (equal to the baseline's MAE by construction); test CE "
@@ -333,20 +392,23 @@ def table2_markdown(table: pd.DataFrame) -> str:
                       + ("" if means else f" on {int(first['n_sens_train'])} train / {int(first['n_sens_test'])} "
                                           "test inputs")
                       + f", smallest effective sample size of eq. (4)'s weights {first['ess_min_train']:.1f} (train), "
-                      f"{first['ess_min_test']:.1f} (test).", ""]
+                      f"{first['ess_min_test']:.1f} (test).", "",
+                  f"MAE over epochs 1..k ({_capped_note(rows)}):", "", *_window_markdown(rows), ""]
     return "\n".join(lines)
 
 
 def plot_table2(table: pd.DataFrame) -> plt.Figure:
-    """Measured (per sample and / 64) against the published MAE, per estimator and variant (log scale)."""
+    """(a), (b): measured (per sample and / 64) against the published MAE over the whole run, per estimator and
+    variant (log scale); (c), (d): the first variant's MAE over epochs 1..k against k, beside the published ones."""
+    full = whole_run(table)
     variants = list(dict.fromkeys(table["variant"]))
-    fig, axes = plt.subplots(1, 2, figsize=(15, 4.2))
+    fig, axes = plt.subplots(2, 2, figsize=(15, 8.6))
     names = list(ESTIMATOR_STYLE)
     positions = np.arange(len(names))
     width = 0.8 / (len(variants) + 1)
-    for ax, metric, label in ((axes[0], "loss", "test cross-entropy"), (axes[1], "accuracy", "test accuracy")):
+    for ax, metric, label in ((axes[0, 0], "loss", "test cross-entropy"), (axes[0, 1], "accuracy", "test accuracy")):
         for index, variant in enumerate(variants):
-            rows = table[table["variant"] == variant].set_index("estimator").loc[names]
+            rows = full[full["variant"] == variant].set_index("estimator").loc[names]
             ax.bar(positions + index * width, rows[f"mae_{metric}"], width=width, label=f"{variant}")
             if metric == "loss":
                 ax.scatter(positions + index * width, rows["mae_loss_over_64"], marker="_", color="black", s=120,
@@ -359,10 +421,33 @@ def plot_table2(table: pd.DataFrame) -> plt.Figure:
         ax.set_ylabel(f"MAE of the estimated {label}")
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=7)
-    axes[0].set_title("(a) cross-entropy: per sample (bars) and / 64 (ticks)", fontsize=9)
-    axes[1].set_title("(b) accuracy (error rate scaled by q)", fontsize=9)
-    fig.suptitle(f"tangent-table2: MAE of the label-free estimates over epochs 1-{int(table['epochs'].iloc[0])}, "
-                 f"beside the published ones ({table['data'].iloc[0]}){_suffix(table)}", fontsize=10)
+    rows_first = table[table["variant"] == variants[0]]
+    first = rows_first.drop_duplicates(["estimator", "epochs"])
+    for ax, metric, scale, note in ((axes[1, 0], "loss", BATCH, f"published x {BATCH} (the / {BATCH} hypothesis)"),
+                                    (axes[1, 1], "accuracy", 1, "published")):
+        for name, style in ESTIMATOR_STYLE.items():
+            rows = first[first["estimator"] == name]
+            ax.plot(rows["epochs"], rows[f"mae_{metric}"], marker="o", markersize=3,
+                    linestyle=":" if name == "baseline" else "-", **style)
+            if name in PUBLISHED_MAE:
+                ax.axhline(PUBLISHED_MAE[name][metric] * scale, color=style["color"], linestyle="--", linewidth=1,
+                           label=f"{note}: {name}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ticks = sorted(set(first["epochs"]))
+        ax.set_xticks(ticks, [str(int(k)) for k in ticks])
+        ax.set_xticks([], minor=True)
+        ax.set_xlabel("k: MAE over epochs 1..k")
+        ax.set_ylabel(f"MAE of the estimated test {'cross-entropy (per sample)' if metric == 'loss' else 'accuracy'}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6.5)
+    capped = f"; {_capped_note(rows_first)}" if rows_first["capped"].any() else ""
+    axes[0, 0].set_title("(a) cross-entropy: per sample (bars) and / 64 (ticks), whole run", fontsize=9)
+    axes[0, 1].set_title("(b) accuracy (error rate scaled by q), whole run", fontsize=9)
+    axes[1, 0].set_title(f"(c) {variants[0]}: cross-entropy MAE over epochs 1..k{capped}", fontsize=9)
+    axes[1, 1].set_title(f"(d) {variants[0]}: accuracy MAE over epochs 1..k{capped}", fontsize=9)
+    fig.suptitle(f"tangent-table2: MAE of the label-free estimates over epochs 1-{int(full['epochs'].iloc[0])} and "
+                 f"1..k, beside the published ones ({table['data'].iloc[0]}){_suffix(table)}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -372,29 +457,90 @@ def _ratios(rows: pd.DataFrame, column: str, published: str) -> dict:
                                  ratio=float(r[column] / r[published])) for _, r in rows.iterrows()}
 
 
+def _within(measured: float, published: float) -> bool:
+    return 1 / WITHIN_FACTOR <= measured / published <= WITHIN_FACTOR
+
+
+def window_claim(variant: str, rows: pd.DataFrame, data: str) -> dict:
+    """At which windows of epochs 1..k each published number of Table 2 is matched (within WITHIN_FACTOR): the
+    accuracy (error rate scaled by q, the firm reading), the CE per sample and the CE / 64 (a hypothesis)."""
+    distinct = rows[rows["estimator"].isin(PUBLISHED)].drop_duplicates(["estimator", "epochs"])
+    readings = {"accuracy": ("mae_accuracy", "accuracy"), "CE per sample": ("mae_loss", "loss"),
+                f"CE / {BATCH} (hypothesis)": ("mae_loss_over_64", "loss")}
+    measured, reached_accuracy = {}, []
+    for name in PUBLISHED:
+        part = distinct[distinct["estimator"] == name]
+        labels = [f"1-{int(round(e))}" for e in part["epochs"]]
+        measured[name] = {}
+        for reading, (column, metric) in readings.items():
+            published = PUBLISHED_MAE[name][metric]
+            at = [label for label, value in zip(labels, part[column]) if _within(value, published)]
+            measured[name][reading] = dict(published=published, mae=dict(zip(labels, map(float, part[column]))),
+                                           matched_at=at or "none")
+            if reading == "accuracy":
+                reached_accuracy.append(bool(at))
+    measured["capped"] = _capped_note(rows)
+    return claim(f"{variant}: the windows of epochs 1..k (k = {', '.join(map(str, WINDOWS))}) at which each published "
+                 "Table 2 MAE is matched (the paper does not say which epochs it averages)", measured,
+                 f"each published accuracy MAE of eqs. (5), (6), (7) within a factor {WITHIN_FACTOR:g} of ours at some "
+                 f"window (CE per sample and / {BATCH} reported, not judged)", all(reached_accuracy), data)
+
+
+def bound_claim(variant: str, rows: pd.DataFrame, data: str) -> dict:
+    """Every estimate is q(t) train(t): each MAE lies within mean |est - train| of the mean |test - train| over the
+    same epochs, so with q near 1 the MAE is the train/test gap, and a ~1% accuracy MAE needs a ~1% gap."""
+    first = rows.iloc[0]
+    gaps = dict(loss=float(first["mean_gap_loss"]), accuracy=float(first["mean_gap_accuracy"]))
+    measured, close = {}, []
+    for metric, reading in (("loss", "cross-entropy"), ("accuracy", "accuracy (error rate scaled by q)")):
+        measured[reading] = {}
+        for _, r in rows.iterrows():
+            mae = float(r[f"mae_{metric}"])
+            measured[reading][r["estimator"]] = dict(mae=mae, mean_abs_test_minus_train=gaps[metric],
+                                                     mean_abs_estimate_minus_train=float(r[f"mean_shift_{metric}"]))
+            close.append(abs(mae - gaps[metric]) <= NEAR_GAP * gaps[metric])
+    published = [PUBLISHED_MAE[name]["accuracy"] for name in PUBLISHED]
+    measured["published accuracy MAE"] = dict(zip(PUBLISHED, published))
+    epochs = int(round(first["epochs"]))
+    return claim(f"{variant}: every estimate is q(t) * train(t) with q near 1, so each MAE over epochs 1-{epochs} is "
+                 "close to the mean abs(test - train) over the same epochs (it lies within mean abs(estimate - train) "
+                 f"of it); the published accuracy MAEs ({min(published):.1e} to {max(published):.1e}, ~1%) therefore "
+                 "imply a train/test accuracy gap of ~1%, which the paper does not report; ours is "
+                 f"{gaps['accuracy']:.3g} (CE {gaps['loss']:.3g})", measured,
+                 f"abs(MAE - mean abs(test - train)) <= {NEAR_GAP:g} x mean abs(test - train) for every estimator, "
+                 "CE and accuracy", all(close), data)
+
+
 def table2_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:  # noqa: ARG001
     data = data_label(table)
+    full = whole_run(table)
     out = []
-    for variant, rows in table.groupby("variant", sort=False):
+    for variant, rows in full.groupby("variant", sort=False):
         rows = rows[rows["estimator"].isin(PUBLISHED)]
         accuracy = _ratios(rows, "mae_accuracy", "published_mae_accuracy")
         out.append(claim(f"{variant}: Table 2's accuracy MAE of eqs. (5), (6), (7) (the firm comparison)",
                          dict(accuracy, other_reading_acc_over_q={r["estimator"]: float(r["mae_accuracy_direct"])
-                                                                  for _, r in rows.iterrows()}),
+                                                                  for _, r in rows.iterrows()},
+                              other_reading_q_times_acc={r["estimator"]: float(r["mae_accuracy_times_q"])
+                                                         for _, r in rows.iterrows()}),
                          f"measured (error rate scaled by q) within a factor {WITHIN_FACTOR:g} of the published MAE",
-                         all(1 / WITHIN_FACTOR <= m["ratio"] <= WITHIN_FACTOR for m in accuracy.values()), data))
+                         all(_within(m["measured"], m["published"]) for m in accuracy.values()), data))
         loss = _ratios(rows, "mae_loss_over_64", "published_mae_loss")
         out.append(claim(f"{variant}: Table 2's cross-entropy MAE, on the HYPOTHESIS that the published numbers are "
                          f"per-sample CE divided by the batch size {BATCH}",
                          dict(loss, per_sample={r["estimator"]: float(r["mae_loss"]) for _, r in rows.iterrows()}),
                          f"our per-sample MAE / {BATCH} within a factor {WITHIN_FACTOR:g} of the published MAE (only "
                          "as good as the hypothesis; per sample the published values are below the sampling error)",
-                         all(1 / WITHIN_FACTOR <= m["ratio"] <= WITHIN_FACTOR for m in loss.values()), data))
-    plain = table[(table["variant"] == table["variant"].iloc[0]) & table["estimator"].isin(PUBLISHED)]
+                         all(_within(m["measured"], m["published"]) for m in loss.values()), data))
+    plain = full[(full["variant"] == full["variant"].iloc[0]) & full["estimator"].isin(PUBLISHED)]
     best_loss = plain.loc[plain["mae_loss"].idxmin(), "estimator"]
     best_accuracy = plain.loc[plain["mae_accuracy"].idxmin(), "estimator"]
-    out.append(claim(f"{table['variant'].iloc[0]}: the lowest CE MAE by eq. (7), the lowest accuracy MAE by eq. (5)",
+    out.append(claim(f"{full['variant'].iloc[0]}: the lowest CE MAE by eq. (7), the lowest accuracy MAE by eq. (5)",
                      dict(best_loss=str(best_loss), best_accuracy=str(best_accuracy)),
                      "eq7 smallest CE MAE and eq5 smallest accuracy MAE among eqs. (5)-(7), as published",
                      best_loss == "eq7" and best_accuracy == "eq5", data))
+    for variant, rows in table.groupby("variant", sort=False):
+        out.append(window_claim(variant, rows, data))
+    for variant, rows in full.groupby("variant", sort=False):
+        out.append(bound_claim(variant, rows, data))
     return out
