@@ -10,9 +10,11 @@ import hashlib
 import json
 import math
 import os
+import platform
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -110,11 +112,31 @@ def torch_save(path: Path | str, obj: Any) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what the platform module says."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """Where work runs now: host, CPU model, CPU count, torch's threads, torch's CPU kernels and the 1-minute load
+    average."""
+    return dict(host=socket.gethostname(), cpu=cpu_model(), cpu_count=os.cpu_count(),
+                torch_threads=torch.get_num_threads(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                loadavg=os.getloadavg()[0])
+
+
 class RunDir:
-    """A directory holding one unit of work (a training run or an evaluation), finished when its marker exists."""
+    """A directory holding one unit of work (a training run or an evaluation), finished when its marker exists.
+    The marker records the sitting that finished it: its wall time from taking the lock to the marker, and the
+    machine it ran on (:func:`machine`, the load average at both ends)."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
+        self._sitting: tuple[float, float] | None = None  # (perf_counter, load average) when the lock was taken
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -124,8 +146,14 @@ class RunDir:
         return (self.path / COMPLETE).exists()
 
     def mark_complete(self, info: Mapping[str, Any] | None = None) -> None:
-        """Written last: its presence means every other file of the run is final."""
-        write_json(self.path / COMPLETE, dict(info or {}))
+        """Written last: its presence means every other file of the run is final. Adds ``sitting``: the seconds
+        since this process took the lock and the machine (:func:`machine`, load average at the lock and now)."""
+        sitting = machine()
+        if self._sitting is not None:
+            started, load = self._sitting
+            sitting.update(seconds=time.perf_counter() - started, loadavg_start=load,
+                           loadavg_end=sitting.pop("loadavg"))
+        write_json(self.path / COMPLETE, {**(info or {}), "sitting": sitting})
 
     def mark_incomplete(self) -> None:
         """Withdraw the marker (a finished run found damaged is redone)."""
@@ -141,6 +169,7 @@ class RunDir:
         fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._sitting = (time.perf_counter(), os.getloadavg()[0])
             with contextlib.suppress(OSError):  # who holds it is for `python -m pexp.runs`, never a reason to stop
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)

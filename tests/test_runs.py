@@ -40,3 +40,26 @@ def test_completion_marker(tmp_path):
     with run.lock():
         run.mark_complete({"a": 1})
     assert run.complete
+
+
+def test_completion_marker_records_the_sitting_and_machine(tmp_path):
+    """A finished unit of work records its wall time (lock to marker) and the machine it ran on, load at both ends;
+    a training run and an evaluation both get it from the one run-directory mechanism."""
+    import json
+    import time
+
+    from pexp.train.loop import train
+
+    run = RunDir(tmp_path / "work")
+    with run.lock():
+        time.sleep(0.05)
+        run.mark_complete(dict(answer=42))
+    marker = json.loads((run / "COMPLETE").read_text())
+    assert marker["answer"] == 42
+    sitting = marker["sitting"]
+    assert sitting["seconds"] >= 0.05 and sitting["cpu"] and sitting["cpu_count"] >= 1 and sitting["torch_threads"] >= 1
+    assert sitting["loadavg_start"] >= 0 and sitting["loadavg_end"] >= 0
+    trained = train(compose_experiment("pe_fig2_line", ["train.epochs=3", "train.progress=false",
+                                                        f"paths.output_dir={tmp_path}"]))
+    sitting = json.loads((trained / "COMPLETE").read_text())["sitting"]
+    assert {"seconds", "cpu", "torch_threads", "loadavg_start", "loadavg_end"} <= set(sitting)
