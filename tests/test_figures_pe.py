@@ -15,7 +15,7 @@ from pexp.data import Dataset, Split
 from pexp.eval.evaluators.pca import pca_results
 from pexp.figures import FIGURES
 from pexp.figures.base import make_figure
-from pexp.figures.pca import components_needed
+from pexp.figures.pca import components_needed, layer_pca_claims
 from pexp.models import build_model
 
 from conftest import ROOT
@@ -93,3 +93,57 @@ def test_pca_evaluator_reaches_one_at_the_rank_of_the_activations(monkeypatch):
     curve = table[table["layer"] == 1]
     assert components_needed(curve, 1.0 - 1e-9) == rank
     assert curve["cumulative"].iloc[rank - 2] < 0.999
+    assert set(curve["numerical_rank"]) == {rank}
+
+
+def spectrum_table(spectra: dict[str, tuple[int, list[float]]], ranks: dict[str, int] | None = None) -> pd.DataFrame:
+    """A pca evaluator table from each layer's (width, principal variances), layers in the given order."""
+    frames = []
+    for index, (name, (width, variances)) in enumerate(spectra.items()):
+        variances = torch.tensor(variances, dtype=torch.float64)
+        frames.append(pd.DataFrame(dict(layer=index + 1, name=name, width=width,
+                                        component=range(1, len(variances) + 1),
+                                        cumulative=(variances.cumsum(0) / variances.sum()).numpy(),
+                                        numerical_rank=(ranks or {}).get(name, len(variances)), data="synthetic")))
+    return pd.concat(frames, ignore_index=True)
+
+
+def flat(width: int) -> list[float]:
+    return [1.0] * width
+
+
+def decaying(width: int, ratio: float) -> list[float]:
+    return [ratio ** k for k in range(width)]
+
+
+def test_richness_fig1_paper_reading_holds_while_our_own_rule_fails_like_the_measured_network():
+    """fc1 keeps 96% in 80 components but needs 42 for 90% (as the measured network): the paper's visual reading holds,
+    our width/10 rule does not; both claims say which reading they are and carry the per-layer counts."""
+    fc1 = [1.0] * 42 + [0.05] * 78                          # 120 wide: 90% of 45.9 needs the 42 large ones
+    table = spectrum_table({"conv1": (300, flat(300)), "conv2": (200, flat(200)), "fc1": (120, fc1),
+                            "fc2": (84, decaying(84, 0.5))}, ranks={"fc1": 120, "fc2": 30})
+    visual, own = layer_pca_claims(table, {})
+    assert "paper" in visual["claim"] and "cumulative is our reading" in visual["claim"]
+    assert "our own" in own["claim"] and "not the paper's" in own["expected"]
+    assert visual["holds"] and not own["holds"]
+    layers = visual["measured"]["layers"]
+    assert layers["layer3_fc1"]["components_90"] == 42 and layers["layer3_fc1"]["numerical_rank"] == 120
+    assert abs(layers["layer1_conv1"]["share_80"] - 80 / 300) < 1e-12
+    assert abs(layers["layer2_conv2"]["share_80"] - 0.4) < 1e-12
+    assert abs(layers["layer3_fc1"]["share_80"] - 43.9 / 45.9) < 1e-12 and layers["layer3_fc1"]["components_99"] == 111
+    assert layers["layer4_fc2"]["components_90"] == 4
+    assert layers["layer4_fc2"]["numerical_rank"] == 30 and layers["layer4_fc2"]["components_99"] == 7
+    assert visual["measured"]["highest_conv_share"] == layers["layer2_conv2"]["share_80"]
+
+
+def test_richness_fig1_paper_reading_fails_when_a_conv_layer_is_as_concentrated():
+    """A conv layer keeping more of its variance in 80 components than fc1 fails the paper's reading; both fc
+    layers within a tenth of their width pass our own rule; an old cached table without ranks reports None."""
+    table = spectrum_table({"conv1": (300, flat(300)), "conv2": (200, decaying(200, 0.3)),
+                            "fc1": (120, decaying(120, 0.7)), "fc2": (84, decaying(84, 0.5))})
+    visual, own = layer_pca_claims(table, {})
+    assert not visual["holds"] and own["holds"]
+    assert visual["measured"]["lowest_fc_share"] < visual["measured"]["highest_conv_share"]
+    cached = layer_pca_claims(table.drop(columns="numerical_rank"), {})[0]
+    assert cached["measured"]["layers"]["layer3_fc1"]["numerical_rank"] is None
+    assert not cached["holds"]

@@ -1,14 +1,16 @@
 """Toy data sets of papers PE and OM, and the exact geometry evaluators."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
 from pexp.data.toys import diagonal7, grid25, pe_fig1_points, pe_fig2_points, sphere
-from pexp.eval.geometry import (components_for, cumulative_explained_variance, linear_margin, linear_margin_linf,
-                                offmanifold_distance, svm_hard_margin)
+from pexp.eval.geometry import (RANK_EPS, components_for, cumulative_explained_variance, linear_margin,
+                                linear_margin_linf, numerical_rank, offmanifold_distance, principal_variances,
+                                svm_hard_margin)
 
 
 def cfg(**values):
@@ -241,6 +243,38 @@ def test_cumulative_variance_reaches_one_at_the_rank(rank):
     if rank > 1:
         assert fractions[rank - 2] < 1 - 1e-4
     assert components_for(fractions, levels=(1 - 1e-9,)) == {1 - 1e-9: rank}
+
+
+@pytest.mark.parametrize("rank", [1, 4, 9])
+def test_numerical_rank_of_a_float32_matrix_of_known_rank(rank):
+    """Activations are float32: a rank-r matrix plus an offset (rank r after centring) rounds to float32, and its
+    rounding noise stays below the tolerance, as in numpy's matrix_rank of the centred float32 matrix."""
+    generator = torch.Generator().manual_seed(rank)
+    x = (torch.randn(300, rank, generator=generator, dtype=torch.float64)
+         @ torch.randn(rank, 40, generator=generator, dtype=torch.float64) + 5.0).float()
+    assert numerical_rank(principal_variances(x, batch_size=64), tuple(x.shape)) == rank
+    centred = (x.double() - x.double().mean(0)).float().numpy()
+    assert np.linalg.matrix_rank(centred) == rank
+
+
+def test_numerical_rank_is_full_for_generic_data_and_counts_singular_values_above_the_tolerance():
+    generator = torch.Generator().manual_seed(3)
+    tall = torch.randn(200, 30, generator=generator)
+    wide = torch.randn(20, 50, generator=generator)        # centring 20 rows leaves rank 19
+    assert numerical_rank(principal_variances(tall), (200, 30)) == 30
+    assert numerical_rank(principal_variances(wide, batch_size=7), (20, 50)) == 19
+    # centred 100 x 10 matrix with singular values 1, 0.1, 1e-4 (above 100 * eps32 = 1.2e-5), 1e-6 (below) and 0
+    basis = torch.randn(100, 10, generator=generator, dtype=torch.float64)
+    u, _ = torch.linalg.qr(torch.cat([torch.ones(100, 1, dtype=torch.float64), basis], dim=1))
+    v, _ = torch.linalg.qr(torch.randn(10, 10, generator=generator, dtype=torch.float64))
+    singular = torch.tensor([1.0, 0.1, 1e-4, 1e-6] + [0.0] * 6, dtype=torch.float64)
+    x = (u[:, 1:] * singular) @ v.T + 2.0
+    squares = principal_variances(x)
+    assert torch.allclose(squares[:4].sqrt(), singular[:4], rtol=1e-6, atol=1e-8)
+    assert 1e-6 < 100 * RANK_EPS < 1e-4
+    assert numerical_rank(squares, (100, 10)) == 3
+    assert numerical_rank(squares, (100, 10), eps=3e-9) == 4   # a finer tolerance (3e-7) counts 1e-6 too
+    assert numerical_rank(torch.zeros(5, dtype=torch.float64), (8, 5)) == 0
 
 
 def test_components_for_counts_the_first_component_reaching_each_level():

@@ -134,15 +134,15 @@ def offmanifold_distance(model: nn.Module, x: torch.Tensor, normal: torch.Tensor
     return distance.min(dim=1).values
 
 
-def cumulative_explained_variance(x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-    """Cumulative fraction of the variance of the centred rows of ``x`` (any shape (n, ...)) explained by the
-    first k principal components, k = 1..min(n, d): float64, nondecreasing, last entry exactly 1.
+def principal_variances(x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+    """The squared singular values of the centred rows of ``x`` (any shape (n, ...), flattened per row), all
+    min(n, d) of them, descending, float64: the variances of the principal components times n.
 
     The d x d covariance (or the n x n Gram matrix when n < d) is accumulated in float64 over batches of rows,
     so e.g. 50,000 x 3072 needs one 3072 x 3072 matrix; its eigenvalues are the squared singular values.
     """
     if len(x) < 2:
-        raise ValueError("cumulative_explained_variance needs at least two rows")
+        raise ValueError("the principal components need at least two rows")
     flat = x.reshape(len(x), -1)
     n, d = flat.shape
     mean = sum(chunk.to(torch.float64).sum(0) for chunk in flat.split(batch_size)) / n
@@ -154,11 +154,38 @@ def cumulative_explained_variance(x: torch.Tensor, batch_size: int = 2048) -> to
         for chunk in flat.split(batch_size):
             rows = chunk.to(torch.float64) - mean
             matrix += rows.T @ rows
-    variances = torch.linalg.eigvalsh(matrix).flip(0).clamp(min=0)
-    cumulative = variances.cumsum(0)
+    return torch.linalg.eigvalsh(matrix).flip(0).clamp(min=0).cpu()
+
+
+def explained_fractions(squares: torch.Tensor) -> torch.Tensor:
+    """Cumulative fraction of the variance explained by the first k principal components, k = 1..len(squares),
+    from :func:`principal_variances`: float64, nondecreasing, last entry exactly 1."""
+    cumulative = squares.to(torch.float64).cumsum(0)
     if cumulative[-1] <= 0:
         raise ValueError("the data have zero variance")
-    return (cumulative / cumulative[-1]).cpu()
+    return cumulative / cumulative[-1]
+
+
+def cumulative_explained_variance(x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+    """:func:`explained_fractions` of the centred rows of ``x`` (:func:`principal_variances`)."""
+    return explained_fractions(principal_variances(x, batch_size))
+
+
+RANK_EPS = float(torch.finfo(torch.float32).eps)  # the precision the models compute their activations in
+
+
+def numerical_rank(squares: torch.Tensor, shape: tuple[int, int], eps: float = RANK_EPS) -> int:
+    """The numerical rank of a centred n x d matrix (``shape``) from its squared singular values
+    (:func:`principal_variances`): how many singular values exceed max(n, d) * eps * the largest one, the
+    tolerance of numpy's ``matrix_rank``, with eps float32's machine epsilon (activations are float32).
+
+    The float64 covariance resolves singular values down to about sqrt(max(n, d) * eps_float64) =
+    1.5e-8 sqrt(max(n, d)) of the largest (its rounding grows at most with n and d), at least 8 times below this
+    tolerance (1.2e-7 max(n, d))."""
+    singular = squares.to(torch.float64).clamp(min=0).sqrt()
+    if len(singular) == 0 or singular.max() <= 0:
+        return 0
+    return int((singular > max(shape) * eps * singular.max()).sum())
 
 
 def components_for(fractions: torch.Tensor, levels: Sequence[float] = (0.9, 0.95)) -> dict[float, int]:

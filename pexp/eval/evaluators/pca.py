@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from pexp.data import load_dataset
 from pexp.eval.evaluators.common import _subset
-from pexp.eval.geometry import cumulative_explained_variance
+from pexp.eval.geometry import cumulative_explained_variance, explained_fractions, numerical_rank, principal_variances
 from pexp.models import EntryNet
 from pexp.runs import RunDir
 
@@ -16,7 +16,9 @@ from pexp.runs import RunDir
 def pca_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
                 progress: bool) -> pd.DataFrame:  # noqa: ARG001
     """Cumulative explained variance of the principal components of each hidden layer's activations over the
-    training set (all min(n, width) of them): columns layer, name, width, component, cumulative."""
+    training set (all min(n, width) of them) and the numerical rank of the centred n x width activations
+    (:func:`numerical_rank`, the same on every row of a layer): columns layer, name, width, component,
+    cumulative, numerical_rank."""
     data = load_dataset(cfg.data)
     subset, _ = _subset(data.train, eval_cfg.n_train, int(eval_cfg.seed))
     device = next(model.parameters()).device
@@ -25,9 +27,11 @@ def pca_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: Run
         with torch.no_grad():  # one layer at a time: at most n x width activations held (10,000 x 4704 floats)
             activations = torch.cat([model.hidden_activations(chunk.to(device))[layer].cpu()
                                      for chunk in subset.x.split(int(eval_cfg.batch_size))])
-        cumulative = cumulative_explained_variance(activations)
+        squares = principal_variances(activations)
+        cumulative = explained_fractions(squares)
         frames.append(pd.DataFrame(dict(layer=layer + 1, name=name, width=activations.shape[1],
-                                        component=np.arange(1, len(cumulative) + 1), cumulative=cumulative.numpy())))
+                                        component=np.arange(1, len(cumulative) + 1), cumulative=cumulative.numpy(),
+                                        numerical_rank=numerical_rank(squares, tuple(activations.shape)))))
     return pd.concat(frames, ignore_index=True)
 
 
