@@ -105,6 +105,8 @@ def test_each_setting_is_judged_on_its_own_and_the_authors_code_runs_are_reporte
     measured = claims[f"{paper}: {larger.format('b', 'smaller initialisation')}"]["measured"]["a"]
     assert measured["median_distance"] is None and measured["final_margin_by_seed"] == {1: -0.219, 2: 0.041}
     assert measured["median_distance_all_seeds"] == pytest.approx(0.5)
+    assert "not of its code" in claims[f"{paper}: {larger.format('b', 'smaller initialisation')}"]["measured"]["note"]
+    assert "note" not in claims[f"{code}: {larger.format('b', 'smaller initialisation')}"]["measured"]
     every_run = "every run reaches the target margin within the epoch cap"
     assert not claims[f"{paper}: {every_run}"]["holds"] and claims[f"{code}: {every_run}"]["holds"]
     authors = next(item for text, item in claims.items() if "trained by the authors' own code" in text)
