@@ -15,7 +15,7 @@ from pexp.models import build_model
 
 OM_EXPERIMENTS = ["om_fig2_a", "om_fig2_b", "om_fig2_c", "om_fig3_a", "om_fig3_b", "om_fig3_c", "om_fig3_c_bias",
                   "om_fig3_c_squared", "om_fig4_sphere", "om_fig4_mnist", "om_fig5_a", "om_fig5_b", "om_fig5_c",
-                  "om_fig6_a", "om_fig6_b", "om_fig6_c"]
+                  "om_fig5_code_a", "om_fig5_code_b", "om_fig5_code_c", "om_fig6_a", "om_fig6_b", "om_fig6_c"]
 INPUT_SHAPES = {"diagonal7": (2,), "grid25": (3,), "sphere": (784,), "mnist_pca32": (1, 28, 28)}
 
 

@@ -6,10 +6,10 @@ from functools import partial
 from pexp.figures.base import Figure, Run
 from pexp.figures.margins import (UNPERTURBED, all_vs_first_claims, eps_sweep_claims, plot_margin_cdfs,
                                   small_test_margin_claims)
-from pexp.figures.offmanifold import (READINGS, SETTINGS, dataset_pca_claims, dataset_pca_configs, dataset_pca_table,
-                                      grid_claims, offmanifold_claims, plot_dataset_pca, plot_offmanifold_2d,
-                                      plot_offmanifold_3d, plot_projected, projected_claims, projected_configs,
-                                      projected_table)
+from pexp.figures.offmanifold import (FIG5_VARIANTS, READINGS, SETTINGS, dataset_pca_claims, dataset_pca_configs,
+                                      dataset_pca_table, fig5_claims, grid_claims, offmanifold_claims,
+                                      plot_dataset_pca, plot_offmanifold_2d, plot_offmanifold_3d, plot_projected,
+                                      projected_claims, projected_configs, projected_table)
 from pexp.figures.pca import layer_pca_claims, plot_layer_pca, plot_trained_layer_pca, richer_layers_claims
 from pexp.figures.tangent import (TABLE2_RUNS, build_fig2, build_fig3, build_table2, fig1_claims, fig2_claims,
                                   fig2_configs, fig3_claims, fig4_claims, plot_active_layers, plot_active_totals,
@@ -24,10 +24,13 @@ OM_FIG4_DATA = {"sphere": "(a) sphere of radius 28 in a 28-dimensional subspace 
                 "mnist": "(b) MNIST projected on its top 32 PCA directions, ten classes"}
 
 
-def om_runs(prefix: str, seeds: tuple[int, ...] = OM_SEEDS, settings: tuple[str, ...] = tuple(SETTINGS)) \
-        -> dict[str, Run]:
-    return {f"{setting}/seed{seed}": Run(f"{prefix}_{setting}", (f"seed={seed}",),
-                                         (("setting", setting), ("seed", seed)))
+def om_runs(prefix: str, seeds: tuple[int, ...] = OM_SEEDS, settings: tuple[str, ...] = tuple(SETTINGS),
+            variant: str | None = None) -> dict[str, Run]:
+    """Experiment ``<prefix>_<setting>`` for each setting and seed; ``variant``: also a ``variant`` tag, and the
+    label starts with it (two variants of one figure side by side)."""
+    head, tags = (f"{variant}/", (("variant", variant),)) if variant else ("", ())
+    return {f"{head}{setting}/seed{seed}": Run(f"{prefix}_{setting}", (f"seed={seed}",),
+                                                (*tags, ("setting", setting), ("seed", seed)))
             for setting in settings for seed in seeds}
 
 # richness-fig2 / pe-fig6: the two Algorithm 1 runs, and the unperturbed net (pe-fig4's squared-error run) that
@@ -194,12 +197,15 @@ FIGURES: dict[str, Figure] = {
     "offmanifold-fig5": Figure(
         id="offmanifold-fig5",
         paper="OM",
-        what="25 grid points in the x-y plane, width-400 net: vanilla vs smaller init vs weight decay",
-        runs=om_runs("om_fig5", OM_GRID_SEEDS),
+        what="25 grid points, width-400 net: vanilla vs smaller init vs weight decay, under the paper's settings "
+             "(target margin 0.1, the x-y plane) and as the authors' code runs it (target 0.01, the plane z = 0.5)",
+        runs={**om_runs("om_fig5", OM_GRID_SEEDS, variant="paper"),
+              **om_runs("om_fig5_code", OM_GRID_SEEDS, variant="code")},
         evaluator="offmanifold",
-        claims=offmanifold_claims,
-        plot=partial(plot_offmanifold_3d, title="offmanifold-fig5: two-dimensional data in the x-y plane, "
-                                                "two-layer net of width 400 (default init)"),
+        claims=fig5_claims,
+        plot=partial(plot_offmanifold_3d, variants=FIG5_VARIANTS,
+                     title="offmanifold-fig5: two-dimensional data on a plane of R^3, two-layer net of width 400 "
+                           "(default init)"),
     ),
     "tangent-fig1": Figure(
         id="tangent-fig1",

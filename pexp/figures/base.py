@@ -138,7 +138,8 @@ def collect_runs(runs: dict[str, str | Run], evaluator: str, overrides: Sequence
         metrics[label][RUN_INFO] = dict(label=label, experiment=spec.experiment, run_dir=str(run.path),
                                         hash=run.path.name, data=metrics[label]["data"],
                                         train_seconds=recorded_train_seconds(run.path))
-        extra = {key: metrics[label][key] for key in ("reached_target",) if key in metrics[label]}
+        extra = {key: metrics[label][key] for key in ("reached_target", "target_margin", "final_margin")
+                 if key in metrics[label]}
         frames.append(results.assign(run=spec.label or label, experiment=spec.experiment, run_dir=str(run.path),
                                      data=metrics[label]["data"], **extra, **dict(spec.tags)))
     stages["evaluate"] = time.perf_counter() - started

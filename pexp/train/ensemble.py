@@ -37,7 +37,8 @@ from pexp.train.optim import keeps_momentum, momentum_buffers, momentum_update, 
 from pexp.train.perturb import eps_at_epoch
 
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Tanh, nn.Sigmoid)  # act on each unit alone
-SMALL = 1 << 17  # members x points x widest layer: up to this, the ensemble runs on one thread (pe-fig1: 12 x 16 x 20)
+SMALL = 1 << 18  # members x points x widest layer: up to this, the ensemble runs on one thread (pe-fig1: 12 x 16 x
+# 20; offmanifold-fig5: 24 x 25 x 400, 30 ms per epoch on one thread against 336 ms on two, load average 12)
 CHECK_EVERY = 50  # epochs between looks at which members reached their target (the only host sync besides logs)
 
 
