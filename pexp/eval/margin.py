@@ -268,7 +268,7 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
         raise ValueError(f"search='walk' needs walk_step > 0, got walk_step={walk_step!r}")
     if first_estimate not in FIRST_ESTIMATES:
         raise ValueError(f"first_estimate={first_estimate!r} is not allowed: choose one of fmn, None")
-    if apgd not in (True, False):
+    if not isinstance(apgd, bool):
         raise ValueError(f"apgd={apgd!r} is not allowed: choose one of True, False")
     if apgd and not (apgd_steps >= 1 and apgd_restarts >= 1):
         raise ValueError(f"apgd_steps={apgd_steps!r}, apgd_restarts={apgd_restarts!r} are not allowed: both must "
