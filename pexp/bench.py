@@ -264,8 +264,9 @@ def margin_rows(data: object, source: str, sizes: dict, device: torch.device) ->
         torch.manual_seed(0)
         counted.reset()
         started = time.perf_counter()
-        # the bisection alone (no FMN first estimate): the row compares it with the same PGD swept
-        ours = minimal_perturbation(counted, x, y, eps_max=top, resolution=step, first_estimate=None, **settings)
+        # the bisection alone (no FMN first estimate, no APGD stage): the row compares it with the same PGD swept
+        ours = minimal_perturbation(counted, x, y, eps_max=top, resolution=step, first_estimate=None, apgd=False,
+                                    **settings)
         ours_seconds, ours_passes = time.perf_counter() - started, (counted.with_gradient, counted.without_gradient)
         torch.manual_seed(0)
         counted.reset()

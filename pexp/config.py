@@ -33,6 +33,12 @@ def check_choice(cfg: DictConfig, key: str, allowed: Iterable[str]) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(map(str, allowed))}")
 
 
+def check_bool(cfg: DictConfig, key: str) -> None:
+    value = _get(cfg, key)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} is not allowed: must be true or false")
+
+
 def check_number(cfg: DictConfig, key: str, *, low: float | None = None, high: float | None = None,
                  low_open: bool = False, high_open: bool = False, integer: bool = False,
                  optional: bool = False) -> None:
@@ -228,6 +234,11 @@ def _validate_search(cfg: DictConfig) -> None:
     if cfg.eval.get("first_estimate") is not None:
         check_choice(cfg, "eval.first_estimate", ["fmn"])
         check_number(cfg, "eval.fmn_steps", low=1, integer=True)
+    if "apgd" in cfg.eval:
+        check_bool(cfg, "eval.apgd")
+    for key in ("apgd_steps", "apgd_restarts"):
+        if key in cfg.eval:
+            check_number(cfg, f"eval.{key}", low=1, integer=True)
     if cfg.eval.get("protocol") is not None:
         check_choice(cfg, "eval.protocol", ["accurate", "authors"])
 
@@ -241,8 +252,8 @@ def validate_eval(cfg: DictConfig) -> None:
     check_number(cfg, "eval.batch_size", low=1, integer=True)
     if "seed" in cfg.eval:
         check_number(cfg, "eval.seed", low=0, integer=True)
-    if "random_start" in cfg.eval and not isinstance(cfg.eval.random_start, bool):
-        raise ConfigError(f"eval.random_start={cfg.eval.random_start!r} is not allowed: must be true or false")
+    if "random_start" in cfg.eval:
+        check_bool(cfg, "eval.random_start")
     if cfg.eval.name == "pca":
         check_number(cfg, "eval.n_train", low=2, integer=True, optional=True)
         return

@@ -172,6 +172,25 @@ def test_invalid_eval_values():
         validate_eval(compose_with(["eval.random_start=maybe"]))
 
 
+@pytest.mark.parametrize("evaluator,override,message", [
+    ("margin", "eval.apgd=maybe", "eval.apgd='maybe' is not allowed: must be true or false"),
+    ("margin", "eval.apgd=1", "eval.apgd=1 is not allowed: must be true or false"),
+    ("margin", "eval.apgd_steps=0", "eval.apgd_steps=0 is not allowed: must be an integer >= 1"),
+    ("margin", "eval.apgd_restarts=1.5", "eval.apgd_restarts=1.5 is not allowed: must be an integer >= 1"),
+    ("boundary", "eval.apgd=null", "eval.apgd=None is not allowed: must be true or false"),
+])
+def test_invalid_apgd_stage_values(evaluator, override, message):
+    with pytest.raises(ConfigError) as error:
+        validate_eval(compose_with([f"eval={evaluator}", override]))
+    assert str(error.value) == message
+
+
+def test_the_apgd_stage_is_on_by_default_and_off_in_the_authors_protocol():
+    validate_eval(compose_with(["eval=margin"]))
+    assert compose_with(["eval=margin"]).eval.apgd is True
+    assert compose_with(["eval=margin_authors"]).eval.apgd is False
+
+
 def run_cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 

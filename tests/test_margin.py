@@ -83,12 +83,11 @@ def exact_margin_in_box(model, x, y, low=-1.0, high=1.0):
     return torch.tensor(margins, dtype=torch.float64)
 
 
-def test_default_search_is_exact_next_to_the_box_bounds():
-    """Points next to the box bounds in the attack's direction: the exact margin is not |w.x + b| / ||w||_1, and
-    the default search (zero start, margin loss) finds it within one resolution step for >= 95% of the points,
-    never below it; the authors' protocol misses it."""
-    generator = torch.Generator().manual_seed(4)
-    model, x, y = linear_problem(seed=4, n=80, d=30)
+def next_to_the_box_bounds(seed=4):
+    """A linear model whose points sit next to the box bounds (-1, 1) in the direction that flips them, with
+    margins of a few hundredths: model, x, y, the exact margin in the box, the exact margin without the box."""
+    generator = torch.Generator().manual_seed(seed)
+    model, x, y = linear_problem(seed=seed, n=80, d=30)
     w = (model.weight[1] - model.weight[0]).detach()
     b = float(model.bias[1] - model.bias[0])
     side = torch.where(y == 1, 1.0, -1.0).double()[:, None]              # the score's sign each point should have
@@ -102,8 +101,14 @@ def test_default_search_is_exact_next_to_the_box_bounds():
     shift = (side[:, 0] * target - (x @ w + b)) * side[:, 0] / free.sum(1)
     x = torch.where(near, x, (x - flip * shift[:, None]).clamp(-1, 1))
     y = (x @ w + b > 0).long()                                             # every point correctly classified
-    exact = exact_margin_in_box(model, x, y)
-    unbounded = exact_margin(model, x, y, "linf")
+    return model, x, y, exact_margin_in_box(model, x, y), exact_margin(model, x, y, "linf")
+
+
+def test_default_search_is_exact_next_to_the_box_bounds():
+    """Points next to the box bounds in the attack's direction: the exact margin is not |w.x + b| / ||w||_1, and
+    the default search (zero start, margin loss) finds it within one resolution step for >= 95% of the points,
+    never below it; the authors' protocol misses it."""
+    model, x, y, exact, unbounded = next_to_the_box_bounds()
     resolution, eps_max = 0.001, 0.3
     assert (exact > unbounded * 1.05).sum() >= 20  # the bounds bind for many points
     inside = exact <= eps_max - resolution
@@ -158,11 +163,133 @@ class _FlatAtZero(nn.Module):
 def test_a_point_is_censored_only_after_every_restart_failed():
     model = _FlatAtZero()
     x, y = torch.zeros(6, 4), torch.zeros(6, dtype=torch.long)
-    assert torch.all(torch.isinf(minimal_perturbation(model, x, y, eps_max=0.1)))  # stuck at zero: censored
+    # PGD and FMN from zero are stuck at zero: censored (the APGD stage, off here, starts at random points)
+    assert torch.all(torch.isinf(minimal_perturbation(model, x, y, eps_max=0.1, apgd=False)))
     torch.manual_seed(0)
-    found = minimal_perturbation(model, x, y, eps_max=0.1, restarts=8)
+    found = minimal_perturbation(model, x, y, eps_max=0.1, restarts=8, apgd=False)
     assert torch.all(found >= 0.075 - 1e-6) and torch.all(found <= 0.1)
     assert torch.isfinite(found).all()  # with eight random starts, each point is flipped by one of them
+
+
+class FlatCubes(nn.Module):
+    """Class 0 inside an l_inf cube around each of its centres, class 1 beyond ``margins`` from the nearest
+    centre: logits (0, -1 + (d - flat) / (margin - flat)) for d - flat > 0, d the l_inf distance to the nearest
+    centre (centres 1.2 apart, so within 0.35 of a centre it is the nearest). The gradient is exactly zero
+    within ``flat`` of a centre: an attack from the centre cannot move; one from a random start on the ball's
+    surface (APGD's) can. The exact l_inf margin of a centre is its ``margin`` (the box is 0.05 or more away)."""
+
+    def __init__(self, centres, margins, flat=0.02):
+        super().__init__()
+        self.register_buffer("centres", centres)
+        self.register_buffer("slopes", 1 / (margins - flat))
+        self.flat = flat
+        self.dummy = nn.Parameter(torch.zeros((), dtype=centres.dtype))
+
+    def forward(self, x):
+        distance = (x[:, None, :] - self.centres[None]).abs().amax(2)
+        other = (-1 + self.slopes * torch.relu(distance - self.flat)).amin(1) + 0 * self.dummy
+        return torch.stack([torch.zeros_like(other), other], 1)
+
+
+def flat_cubes(n=12, d=6):
+    bits = (torch.arange(n)[:, None] >> torch.arange(d)[None]) & 1
+    centres = (bits * 1.2 - 0.6).to(torch.float64)                   # corners of [-0.6, 0.6]^d
+    margins = torch.linspace(0.05, 0.35, n, dtype=torch.float64)
+    return FlatCubes(centres, margins), centres.clone(), torch.zeros(n, dtype=torch.long), margins
+
+
+def test_apgd_stage_flips_the_points_in_flat_regions_within_a_grid_step_of_the_exact_margin():
+    """Zero gradient around every point: FMN and PGD from zero stay there (every point censored without the APGD
+    stage); the stage flips every point whose exact margin is within eps_max, its margin an upper bound within
+    one grid step of the exact one; the points beyond eps_max stay censored."""
+    from pexp.eval.margin import STAGES
+
+    model, x, y, exact = flat_cubes()
+    resolution, eps_max = 0.001, 0.3
+    torch.manual_seed(0)
+    without = minimal_perturbation(model, x, y, eps_max=eps_max, resolution=resolution, apgd=False)
+    assert torch.all(torch.isinf(without))
+    torch.manual_seed(0)
+    found = minimal_perturbation(model, x, y, eps_max=eps_max, resolution=resolution, details=True)
+    margin = found["margin"]
+    inside = exact <= eps_max - resolution
+    assert inside.sum() >= 8 and (exact > eps_max).sum() >= 2
+    assert torch.all(margin[inside] >= exact[inside] - 1e-9)
+    assert torch.all(margin[inside] <= exact[inside] + resolution + 1e-9)
+    assert torch.all(torch.isinf(margin[exact > eps_max]))
+    assert torch.all(torch.isinf(found["fmn"])) and torch.all(torch.isinf(found["pgd"]))
+    assert torch.equal(found["apgd"][inside], margin[inside])  # the stage's own record, and the stage named
+    assert [STAGES[i] for i in found["stage"][inside]] == ["apgd"] * int(inside.sum())
+    assert [STAGES[i] for i in found["stage"][exact > eps_max]] == ["censored"] * int((exact > eps_max).sum())
+
+
+def test_apgd_stage_changes_nothing_where_the_earlier_stages_are_exact():
+    """A linear model with points next to the box bounds: FMN and PGD are exact, so the points they leave
+    unflipped have no adversarial within eps_max. The stage runs on exactly those, flips none of them, and every
+    margin is the one of the search without it."""
+    model, x, y, exact, _ = next_to_the_box_bounds(seed=5)
+    eps_max = math.floor(float(exact.median()) * 1000) / 1000
+    torch.manual_seed(0)
+    without = minimal_perturbation(model, x, y, eps_max=eps_max, resolution=0.001, apgd=False, details=True)
+    torch.manual_seed(0)
+    found = minimal_perturbation(model, x, y, eps_max=eps_max, resolution=0.001, details=True)
+    censored = torch.isinf(without["margin"])
+    assert censored.sum() >= 20 and (~censored).sum() >= 20
+    assert torch.all(exact[censored] > eps_max - 1e-9)
+    assert torch.equal(~torch.isnan(found["apgd"]), censored)  # the stage ran on the censored points only
+    assert torch.all(torch.isinf(found["apgd"][censored]))    # and found nothing there: none exists
+    assert torch.equal(torch.isinf(found["margin"]), censored)
+    assert torch.allclose(found["margin"][~censored], without["margin"][~censored], rtol=0, atol=1e-12)
+    assert torch.equal(found["stage"], without["stage"])
+
+
+def test_apgd_keeps_to_the_box_and_to_each_points_radius():
+    """One batched APGD run, each point at its own radius: just above the exact margin in the box it flips the
+    points, with perturbations no larger than their radius; between the margin without the box and the one in
+    the box, where only leaving the box would flip a point, it flips none."""
+    from pexp.eval.margin import NORMS, _apgd, _Geometry
+
+    model, x, y, exact, unbounded = next_to_the_box_bounds()
+    geometry = _Geometry(NORMS["linf"], (-1.0, 1.0), None)
+    torch.manual_seed(0)
+    above = exact + 0.002
+    flipped, size = _apgd(model, x, y, above, geometry, steps=20)
+    assert flipped.double().mean() >= 0.95
+    assert torch.all(size[flipped] <= above[flipped] + 1e-9) and torch.all(size[flipped] >= exact[flipped] - 1e-9)
+    binds = exact > unbounded * 1.05
+    assert binds.sum() >= 20
+    between = (exact[binds] + unbounded[binds]) / 2
+    flipped, _ = _apgd(model, x[binds], y[binds], between, geometry, steps=20)
+    assert not flipped.any()
+
+
+def test_apgd_settings_are_checked():
+    model, x, y = linear_problem()
+    with pytest.raises(ValueError, match="apgd='yes' is not allowed: choose one of True, False"):
+        minimal_perturbation(model, x, y, apgd="yes")
+    with pytest.raises(ValueError, match="apgd_steps=0, apgd_restarts=2 are not allowed"):
+        minimal_perturbation(model, x, y, apgd_steps=0)
+
+
+def test_stage_counts_of_the_margin_figures():
+    """The claims' stage counts: which stage gave each margin, and the censored count before and after APGD."""
+    import pandas as pd
+
+    from pexp.figures.margins import search_check_claim, stage_counts
+    rows = pd.DataFrame(dict(
+        run="first", split="train", eps_max=0.3, data="synthetic",
+        margin=[0.0, 0.05, 0.04, 0.2, math.inf, math.inf],
+        fmn=[math.nan, 0.05, 0.06, 0.5, math.inf, 0.4],
+        pgd=[0.0, math.inf, 0.04, math.inf, math.inf, math.inf],
+        apgd=[math.nan, math.nan, math.nan, 0.2, math.inf, math.inf],
+        stage=["misclassified", "fmn", "pgd", "apgd", "censored", "censored"]))
+    counts = stage_counts(rows)
+    assert counts == dict(points=6, misclassified=1, margin_from=dict(fmn=1, pgd=1, apgd=1),
+                          found=dict(fmn=2, pgd=1, apgd=1), apgd_ran_on=3, censored_before_apgd=3, censored=2)
+    older = stage_counts(rows.drop(columns=["apgd", "stage"]))  # results written before the APGD stage
+    assert older["censored_before_apgd"] == older["censored"] == 2 and "margin_from" not in older
+    table = pd.concat([rows, rows.assign(split="test")])
+    assert search_check_claim(table)["measured"]["stages"]["first"]["test"] == counts
 
 
 def test_walk_stops_at_the_first_flip():
@@ -195,7 +322,7 @@ def test_search_needs_about_log2_attacks_per_point():
     calls = []
     original = model.forward
     model.forward = lambda inputs: (calls.append(len(inputs)), original(inputs))[1]
-    minimal_perturbation(model, x, y, eps_max=0.1, resolution=0.001, steps=5, first_estimate=None)
+    minimal_perturbation(model, x, y, eps_max=0.1, resolution=0.001, steps=5, first_estimate=None, apgd=False)
     points_passes = sum(calls)
     # per point: 1 clean pass + at most 1 + ceil(log2 100) = 8 attacks of (5 steps + 1 check) passes
     assert points_passes <= len(y) * (1 + 8 * 6)

@@ -12,12 +12,19 @@ own radius, and bisects each point's radius over a grid (0, resolution, 2 resolu
   so a point is declared not flipped within ``eps_max`` only after all of them have.
 - ``first_estimate``: ``"fmn"`` (default) first runs foolbox's fast minimum-norm attack on every point; its
   adversarial closes the grid above its norm, PGD bisects below it, and the margin is the smaller of the two.
+- ``apgd`` (default on; bisect, unrestricted perturbations): the last stage, run only on the points the earlier ones
+  left unflipped within ``eps_max``, before any is declared censored: torchattacks' APGD (cross-entropy, random
+  starts, adaptive step size and momentum; ``apgd_steps`` steps, ``apgd_restarts`` random starts per radius, a
+  radius failing only when every start failed), first at ``eps_max``, then bisected per point over the same grid
+  below the norm it found. A flat region of the model around a point stops the attacks from zero (PGD, FMN): the
+  gradient there is zero; a random start lands beyond it. The points the earlier stages flipped keep their margins.
 - ``search``: ``"bisect"`` (default) as above; ``"walk"`` is the attack of paper OM's authors: from zero, steps of
   fixed length ``walk_step`` along the normalised gradient, no ball, stopping each point at its first flip and
   reporting the norm there (``inf`` when ``steps`` steps or the norm cap ``eps_max`` pass without a flip).
 
 Every attack stops a point at its first flipped iterate and records that iterate's norm, an upper bound on the
-point's margin; a success at radius r therefore also closes the grid above the norm it found.
+point's margin; a success at radius r therefore also closes the grid above the norm it found. (APGD runs all its
+steps and returns its last flipped iterate, also an upper bound.)
 ``inf`` in the result means "not flipped within eps_max": a censored point, never a measured margin.
 """
 from __future__ import annotations
@@ -35,8 +42,11 @@ NORMS = {"linf": math.inf, "l2": 2.0}
 OBJECTIVES = ("margin", "ce")
 SEARCHES = ("bisect", "walk")
 FIRST_ESTIMATES = ("fmn", None)
+# which stage gave each point's margin (``details=True``): already misclassified (0), foolbox's minimal-norm attack,
+# the PGD bisection (or the walk), the APGD stage, or none (inf: censored)
+STAGES = ("misclassified", "fmn", "pgd", "apgd", "censored")
 AUTHORS_PROTOCOL = dict(objective="ce", random_start=True, steps=40, rel_stepsize=1 / 30, restarts=0,
-                        first_estimate=None)
+                        first_estimate=None, apgd=False)
 
 
 def attack_objective(logits: torch.Tensor, y: torch.Tensor, objective: str) -> torch.Tensor:
@@ -130,6 +140,67 @@ def _attack(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, radius: torch.T
     return torch.isfinite(size), size
 
 
+class _BallFrame(nn.Module):
+    """The model as torchattacks' APGD sees it. APGD works on inputs in [0, 1] with one scalar radius; here each
+    row u_i stands for the point x0_i + (u_i - 1/2) r_i / (1/4), clipped into the box: APGD's ball of radius 1/4
+    around 1/2 is every point's own ball of radius r_i (so one call searches each point at its own radius, and
+    [0, 1] never clips), and the perturbation keeps the precision of the point's own coordinates. The real box
+    is the clip inside: every perturbation of the ball that stays in the box is reachable, and no other. The clip
+    passes the gradient through unchanged, as if it were not there: a coordinate that a random start put beyond
+    a bound on the wrong side is pulled back by the gradient at the clipped point, not frozen by a zero one."""
+
+    CENTRE, RADIUS = 0.5, 0.25
+
+    def __init__(self, model: nn.Module, x0: torch.Tensor, radius: torch.Tensor, geometry: _Geometry):
+        super().__init__()
+        self.model, self.x0, self.geometry = model, x0, geometry
+        self.scale = _per_point(radius / self.RADIUS, x0)
+        self.shape = x0.shape if x0.dim() == 4 else (len(x0), 1, 1, x0[0].numel())  # APGD wants images
+
+    def start(self) -> torch.Tensor:
+        return torch.full(self.shape, self.CENTRE, dtype=self.x0.dtype, device=self.x0.device)
+
+    def delta(self, u: torch.Tensor) -> torch.Tensor:
+        if len(u) != len(self.x0):  # APGD called on a subset of the rows: the rows' radii would be misread
+            raise RuntimeError(f"APGD passed {len(u)} rows, the frame holds {len(self.x0)}")
+        moved = (u.reshape(self.x0.shape) - self.CENTRE) * self.scale + self.x0
+        clipped = moved.clamp(self.geometry.low, self.geometry.high)
+        return moved + (clipped - moved).detach() - self.x0  # the clipped value, the unclipped gradient
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.model(self.x0 + self.delta(u))
+
+
+def _apgd(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, radius: torch.Tensor, geometry: _Geometry,
+          steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batched run of torchattacks' APGD (cross-entropy, one random start, ``steps`` steps), each point in
+    its own ball of ``radius``: per point, whether the adversarial it returned flips the prediction (checked again
+    here after projecting it into the ball and the box), and its norm (inf where not). Its random start is drawn
+    from a seed taken from torch's global generator, whose state APGD's own seeding leaves unchanged."""
+    import torchattacks
+
+    frame = _BallFrame(model, x0, radius, geometry).eval()  # eval: APGD restores the mode it found
+    start = frame.start()
+    with torch.no_grad():
+        open_rows = torch.nonzero(frame(start).argmax(1) == y).flatten()  # APGD attacks only these itself
+    size = torch.full((len(y),), math.inf, dtype=x0.dtype, device=x0.device)
+    if len(open_rows) == 0:
+        return torch.isfinite(size), size
+    if len(open_rows) < len(y):
+        frame = _BallFrame(model, x0[open_rows], radius[open_rows], geometry).eval()
+        start = frame.start()
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    with torch.random.fork_rng(devices=[x0.device] if x0.device.type == "cuda" else []):
+        attack = torchattacks.APGD(frame, norm="Linf" if geometry.p == math.inf else "L2", eps=frame.RADIUS,
+                                   steps=steps, n_restarts=1, seed=seed, loss="ce")
+        adversarial = attack(start, y[open_rows])
+    with torch.no_grad():
+        delta = geometry.project(frame.x0, frame.delta(adversarial), radius[open_rows])
+        flipped = model(frame.x0 + delta).argmax(1) != y[open_rows]
+    size[open_rows[flipped]] = _norm(delta[flipped], geometry.p)
+    return torch.isfinite(size), size
+
+
 def _channels_last_on_cpu(search):  # noqa: ANN001, ANN202 - a decorator
     """Convolutions and max-pooling run about 1.3x faster in channels-last memory format on the CPU (measured on
     the PE-net; the same values up to float rounding): batches of images on the CPU are searched in that format,
@@ -158,12 +229,14 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
                          objective: str = "margin", restarts: int = 0, search: str = "bisect",
                          walk_step: float | None = None, batch_size: int = 500, progress: bool = False,
                          directions: torch.Tensor | None = None, bracket: bool = True,
-                         first_estimate: str | None = "fmn", fmn_steps: int = 200,
+                         first_estimate: str | None = "fmn", fmn_steps: int = 200, apgd: bool = True,
+                         apgd_steps: int = 100, apgd_restarts: int = 2,
                          details: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
     """For each point, the smallest perturbation norm found that flips the prediction of ``model`` (logits, two
     or more columns): 0 where the point is already misclassified, ``inf`` where none is found up to ``eps_max``
     (censored). See the module docstring for the settings; the default is the accurate search (zero start,
-    margin objective, 100 steps of eps/25). The authors' protocol is :data:`AUTHORS_PROTOCOL`.
+    margin objective, 100 steps of eps/25, then APGD on what is left). The authors' protocol is
+    :data:`AUTHORS_PROTOCOL`.
 
     ``bisect``: the result is the norm of the smallest successful iterate, within one ``resolution`` of the
     smallest grid radius at which the attack succeeds. ``directions`` (l2 only): (k, d) orthonormal rows;
@@ -174,9 +247,16 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     ``first_estimate="fmn"`` (bisect, unrestricted perturbations): first run foolbox's fast minimum-norm attack
     (``fmn_steps`` steps) on every point; its adversarial is an upper bound that closes the grid above it, so the
     PGD bisection only searches below it, and the result is the smaller of the two (both are adversarial examples
-    actually found, so the smaller is the better upper bound on the true margin). ``details=True`` returns
-    ``dict(margin=..., pgd=..., fmn=...)``: the result and each attack's own value (pgd: inf where PGD found
-    nothing below FMN's bound; fmn: NaN where it did not run).
+    actually found, so the smaller is the better upper bound on the true margin).
+
+    ``apgd`` (bisect, unrestricted perturbations): on the points neither FMN nor PGD flipped within ``eps_max``,
+    torchattacks' APGD at ``eps_max`` (``apgd_restarts`` random starts of ``apgd_steps`` steps), then the same
+    bisection below the norm it found, with APGD as the attack; the other points are not touched.
+
+    ``details=True`` returns ``dict(margin=..., pgd=..., fmn=..., apgd=..., stage=...)``: the result, each
+    attack's own value (pgd: inf where PGD found nothing below FMN's bound; fmn: NaN where it did not run; apgd:
+    NaN where it did not run, inf where it ran and found nothing) and per point the index in :data:`STAGES` of
+    the stage that gave the margin.
     """
     if norm not in NORMS:
         raise ValueError(f"norm={norm!r} is not allowed: choose one of {', '.join(NORMS)}")
@@ -188,6 +268,11 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
         raise ValueError(f"search='walk' needs walk_step > 0, got walk_step={walk_step!r}")
     if first_estimate not in FIRST_ESTIMATES:
         raise ValueError(f"first_estimate={first_estimate!r} is not allowed: choose one of fmn, None")
+    if not isinstance(apgd, bool):
+        raise ValueError(f"apgd={apgd!r} is not allowed: choose one of True, False")
+    if apgd and not (apgd_steps >= 1 and apgd_restarts >= 1):
+        raise ValueError(f"apgd_steps={apgd_steps!r}, apgd_restarts={apgd_restarts!r} are not allowed: both must "
+                         f"be integers >= 1")
     model = model.eval()
     device = next(model.parameters()).device
     projector = None
@@ -204,42 +289,52 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     best = torch.full((len(y),), math.inf, dtype=x.dtype, device=device)
     best[wrong] = 0.0
 
-    def attack(points: torch.Tensor, radius: torch.Tensor, stepsize: torch.Tensor, start: bool,
-               cap: float = math.inf) -> tuple[torch.Tensor, torch.Tensor]:
-        flipped = [torch.zeros(0, dtype=torch.bool, device=device)]
-        size = [torch.zeros(0, dtype=x.dtype, device=device)]
-        for i in range(0, len(points), batch_size):
-            chunk = points[i:i + batch_size]
-            f, s = _attack(model, x[chunk], y[chunk], radius[i:i + batch_size], stepsize[i:i + batch_size],
-                           geometry, steps, objective, start, cap)
-            flipped.append(f)
-            size.append(s)
-        return torch.cat(flipped), torch.cat(size)
-
-    def with_restarts(points: torch.Tensor, radius: torch.Tensor, stepsize: torch.Tensor,
-                      cap: float = math.inf) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first attack from zero (or a random start), then ``restarts`` more from random starts on the
-        points still not flipped: a point fails only when every start failed."""
-        flipped, size = attack(points, radius, stepsize, random_start, cap)
-        for _ in range(restarts):
+    def attempts(run, points: torch.Tensor, radius: torch.Tensor,  # noqa: ANN001 - run: (points, radius, k)
+                 count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count`` attacks ``run(points, radius, k)`` in batches, the k-th one on the points no earlier one
+        flipped: a point fails only when every attack failed. Per point: flipped, and the norm found."""
+        flipped = torch.zeros(len(points), dtype=torch.bool, device=device)
+        size = torch.full((len(points),), math.inf, dtype=x.dtype, device=device)
+        for k in range(count):
             todo = torch.nonzero(~flipped).flatten()
-            if len(todo) == 0:
-                break
-            f, s = attack(points[todo], radius[todo], stepsize[todo], True, cap)
-            flipped[todo], size[todo] = f, s
+            for i in range(0, len(todo), batch_size):
+                chunk = todo[i:i + batch_size]
+                flipped[chunk], size[chunk] = run(points[chunk], radius[chunk], k)
         return flipped, size
+
+    def pgd_attack(points: torch.Tensor, radius: torch.Tensor, cap: float = math.inf,
+                   stepsize: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first PGD attack from zero (or a random start), then ``restarts`` more from random starts; steps of
+        ``rel_stepsize`` times the radius (or ``stepsize``)."""
+        def run(chunk: torch.Tensor, r: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            step = r * rel_stepsize if stepsize is None else torch.full_like(r, stepsize)
+            return _attack(model, x[chunk], y[chunk], r, step, geometry, steps, objective, random_start or k > 0,
+                           cap)
+        return attempts(run, points, radius, 1 + restarts)
+
+    def apgd_attack(points: torch.Tensor, radius: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return attempts(lambda chunk, r, k: _apgd(model, x[chunk], y[chunk], r, geometry, apgd_steps),
+                        points, radius, apgd_restarts)
 
     open_points = torch.nonzero(~wrong).flatten()
     fmn = torch.full((len(y),), math.nan, dtype=x.dtype, device=device)
+    apgd_found = fmn.clone()
     pgd = best.clone()
 
     def result() -> torch.Tensor | dict[str, torch.Tensor]:
-        return dict(margin=best.cpu(), pgd=pgd.cpu(), fmn=fmn.cpu()) if details else best.cpu()
+        if not details:
+            return best.cpu()
+        flipped = torch.isfinite(best)
+        stage = torch.full((len(y),), STAGES.index("censored"), dtype=torch.long, device=device)
+        stage[flipped] = STAGES.index("pgd")
+        stage[flipped & (best == fmn)] = STAGES.index("fmn")
+        stage[flipped & (best == apgd_found)] = STAGES.index("apgd")
+        stage[wrong] = STAGES.index("misclassified")
+        return dict(margin=best.cpu(), pgd=pgd.cpu(), fmn=fmn.cpu(), apgd=apgd_found.cpu(), stage=stage.cpu())
 
     if search == "walk":
         radius = torch.full((len(open_points),), math.inf, dtype=x.dtype, device=device)
-        stepsize = torch.full_like(radius, float(walk_step))
-        flipped, size = with_restarts(open_points, radius, stepsize, cap=float(eps_max))
+        flipped, size = pgd_attack(open_points, radius, cap=float(eps_max), stepsize=float(walk_step))
         best[open_points] = torch.where(flipped & (size <= eps_max), size, best[open_points])
         pgd = best.clone()
         return result()
@@ -265,28 +360,41 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
         if bracket:
             stride[open_points] = torch.where(within, 1, stride[open_points])
     guessed = torch.zeros(len(y), dtype=torch.bool, device=device)
-    rounds = 1 + math.ceil(math.log2(grid_top)) + int(bracket)  # the first attack, the probe, the bisection
-    bar = tqdm(total=rounds, desc="margin search", unit="round", disable=not progress, leave=False)
-    while True:  # round 1 attacks every open point at eps_max; a point not flipped there is censored (inf)
-        todo = torch.nonzero(searching & (high - low > 1)).flatten()
-        if len(todo) == 0:
-            break
-        middle = torch.where(high[todo] > grid_top, grid_top, (low[todo] + high[todo]) // 2)
-        guess = (high[todo] - stride[todo]).clamp(min=0)
-        use_guess = ~guessed[todo] & (high[todo] <= grid_top) & (guess > low[todo]) & (stride[todo] > 0)
-        middle = torch.where(use_guess, guess, middle)
-        guessed[todo] |= high[todo] <= grid_top
-        radius = middle.to(x.dtype) * resolution
-        flipped, size = with_restarts(todo, radius, radius * rel_stepsize)
-        best[todo] = torch.where(flipped, torch.minimum(best[todo], size), best[todo])
-        pgd[todo] = torch.where(flipped, torch.minimum(pgd[todo], size), pgd[todo])
-        # a flip of norm s at radius r shows that every grid radius >= s succeeds
-        found = torch.ceil(best[todo] / resolution - 1e-6).clamp(min=1).to(torch.long)
-        high[todo] = torch.where(flipped, torch.minimum(middle, torch.minimum(found, high[todo])), high[todo])
-        low[todo] = torch.where(flipped, low[todo], middle)
-        searching[todo] &= high[todo] <= grid_top
-        bar.update(1)
-    bar.close()
+
+    def bisect(attack, record: torch.Tensor, description: str, probe: bool) -> None:  # noqa: ANN001
+        """With ``attack(points, radius)``: round 1 attacks every searching point at eps_max (a point not flipped
+        there stays inf); then each point's radius is bisected between the largest grid radius known to fail and
+        the smallest known to succeed (after the probe, where ``stride`` sets one). Each flip also lowers
+        ``best`` and the attack's own ``record``."""
+        rounds = 1 + math.ceil(math.log2(grid_top)) + int(probe)
+        bar = tqdm(total=rounds, desc=description, unit="round", disable=not progress, leave=False)
+        while True:
+            todo = torch.nonzero(searching & (high - low > 1)).flatten()
+            if len(todo) == 0:
+                break
+            middle = torch.where(high[todo] > grid_top, grid_top, (low[todo] + high[todo]) // 2)
+            guess = (high[todo] - stride[todo]).clamp(min=0)
+            use_guess = ~guessed[todo] & (high[todo] <= grid_top) & (guess > low[todo]) & (stride[todo] > 0)
+            middle = torch.where(use_guess, guess, middle)
+            guessed[todo] |= high[todo] <= grid_top
+            flipped, size = attack(todo, middle.to(x.dtype) * resolution)
+            best[todo] = torch.where(flipped, torch.minimum(best[todo], size), best[todo])
+            record[todo] = torch.where(flipped, torch.minimum(record[todo], size), record[todo])
+            # a flip of norm s at radius r shows that every grid radius >= s succeeds
+            found = torch.ceil(best[todo] / resolution - 1e-6).clamp(min=1).to(torch.long)
+            high[todo] = torch.where(flipped, torch.minimum(middle, torch.minimum(found, high[todo])), high[todo])
+            low[todo] = torch.where(flipped, low[todo], middle)
+            searching[todo] &= high[todo] <= grid_top
+            bar.update(1)
+        bar.close()
+
+    bisect(pgd_attack, pgd, "margin search", bracket)
+    left = torch.nonzero(~wrong & torch.isinf(best)).flatten()  # censored so far
+    if apgd and projector is None and len(left):
+        # a fresh bracket for APGD: the earlier attacks' failures bound nothing for a stronger attack
+        low[left], high[left], stride[left], searching[left] = 0, grid_top + 1, 0, True
+        apgd_found[left] = math.inf
+        bisect(apgd_attack, apgd_found, "APGD stage", False)
     return result()
 
 

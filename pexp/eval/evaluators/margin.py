@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from pexp.data import load_dataset
 from pexp.eval.evaluators.common import _search_settings, _subset, run_of
-from pexp.eval.margin import minimal_perturbation
+from pexp.eval.margin import STAGES, minimal_perturbation
 from pexp.models import EntryNet
 from pexp.runs import RunDir, write_csv
 from pexp.train.loop import as_logits
@@ -18,9 +18,11 @@ from pexp.train.loop import as_logits
 def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
                    progress: bool) -> pd.DataFrame:
     """Margins (``minimal_perturbation``) of a random train subset and of the test set: columns split, index,
-    target, margin (inf: not flipped within eps_max), censored, eps_max, lossless, protocol, and each attack's own
-    value: ``pgd`` (the PGD bisection; inf where it found nothing at or below FMN's bound) and ``fmn`` (foolbox's
-    minimal-norm attack, the first estimate; NaN where it did not run). The margin is the smaller of the two."""
+    target, margin (inf: not flipped within eps_max), censored, eps_max, lossless, protocol, each attack's own
+    value: ``pgd`` (the PGD bisection; inf where it found nothing at or below FMN's bound), ``fmn`` (foolbox's
+    minimal-norm attack, the first estimate; NaN where it did not run) and ``apgd`` (the APGD stage on the points
+    both left unflipped; NaN where it did not run, inf where it found nothing), and ``stage``: which of them gave
+    the margin (:data:`pexp.eval.margin.STAGES`)."""
     data = load_dataset(cfg.data)
     logits = as_logits(model, cfg.loss)  # one output: (threshold, f); simplex loss: minus distances to targets
     frames = []
@@ -39,9 +41,14 @@ def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: 
                                               margin=margins.numpy(), censored=torch.isinf(margins).numpy(),
                                               eps_max=float(eval_cfg.eps_max), lossless=lossless.numpy(),
                                               pgd=found["pgd"].numpy(), fmn=found["fmn"].numpy(),
+                                              apgd=found["apgd"].numpy(),
+                                              stage=[STAGES[i] for i in found["stage"].tolist()],
                                               protocol=eval_cfg.get("protocol", "accurate"))))
             censored = int(torch.isinf(margins).sum())
+            before = int((~torch.isnan(found["apgd"])).sum())  # the points the APGD stage ran on
+            stage = f" ({before} before the APGD stage)" if before else ""
             print(f"[pexp] margins of {len(subset)} {name} points of {run_of(out).path}: median "
-                  f"{float(margins.median()):.4f}, {censored} not flipped within {eval_cfg.eps_max} ({seconds:.1f}s)")
+                  f"{float(margins.median()):.4f}, {censored} not flipped within {eval_cfg.eps_max}{stage} "
+                  f"({seconds:.1f}s)")
         frames.append(pd.read_csv(part))
     return pd.concat(frames, ignore_index=True)
