@@ -38,8 +38,8 @@ HASHES = {
     "pe_fig2_line": "2dd262c556c7",
     "pe_fig4_ce": "add93e54f203",
     "pe_fig4_se": "87f7b7ab8637",
-    "pe_multiclass_all": "833adfdb509a",
-    "pe_multiclass_first": "d1e867ef7c70",
+    "pe_multiclass_all": "cdf31a9a1fb3",  # loss.direction_rounds 3 -> 10 with the multi-start direction search
+    "pe_multiclass_first": "7c11c31b49ba",  # (likewise; was d1e867ef7c70, pe_multiclass_all was 833adfdb509a)
     "richness_fig1": "a863c7ce726d",
     "richness_fig2_all": "5f70326762f6",
     "richness_fig2_first": "e373ed25d4ea",

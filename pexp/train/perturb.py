@@ -25,14 +25,12 @@ def _projected(outputs: torch.Tensor, directions: torch.Tensor | None) -> torch.
     return score(outputs) if directions is None else (outputs * directions).sum(1)
 
 
-def output_directions(model: EntryNet, x: torch.Tensor, active: list[bool], rounds: int) -> torch.Tensor:
-    """PE section 7.1: per sample the unit v_i in R^k (k outputs) maximising max_d v^T (f(x_i; d) - f(x_i)) over
-    the l_inf balls of radius eps at the active entry points, solved on the first-order model f(x; d) ~ f(x) + J d
-    (J: the k x D Jacobian at d = 0, all active entry points stacked), where the inner maximum is eps ||J^T v||_1:
-    start at the top eigenvector of J J^T (the l2 relaxation), then ``rounds`` alternating steps
-    d = sign(J^T v), v = J d / ||J d||, each of which never lowers v^T J d. The sign of v is immaterial (-v swaps
-    the argmax and argmin perturbations); it is fixed so that v's first entry is >= 0, which makes v = 1 for k = 1
-    (two classes: the binary Algorithm 1). The radius only scales the linear objective: v does not depend on it."""
+COLUMN_STARTS = 4  # per output: the 4k largest columns of J start the ascent beside the 2k other starts
+
+
+def output_jacobian(model: EntryNet, x: torch.Tensor, active: list[bool]) -> torch.Tensor:
+    """Per sample the k x D Jacobian of the k outputs with respect to the perturbations at d = 0, all active entry
+    points flattened and stacked: (B, k, D), one backward pass per output."""
     batch = x.shape[0]
     perturbations = [x.new_zeros((batch, *shape)) if on else None for on, shape in zip(active, model.entry_shapes)]
     leaves = [p.requires_grad_(True) for p in perturbations if p is not None]
@@ -41,14 +39,54 @@ def output_directions(model: EntryNet, x: torch.Tensor, active: list[bool], roun
     for j in range(outputs.shape[1]):
         grads = torch.autograd.grad(outputs[:, j].sum(), leaves, retain_graph=j + 1 < outputs.shape[1])
         rows.append(torch.cat([grad.flatten(1) for grad in grads], dim=1))
-    with torch.no_grad():
-        jacobian = torch.stack(rows, dim=1)  # (B, k, D)
-        v = torch.linalg.eigh(jacobian @ jacobian.transpose(1, 2)).eigenvectors[:, :, -1]
-        for _ in range(rounds):
-            moved = (jacobian @ torch.sign((jacobian.transpose(1, 2) @ v[:, :, None]))).squeeze(2)
-            length = moved.norm(dim=1, keepdim=True)
-            v = torch.where(length > 0, moved / length.clamp_min(1e-30), v)
-        return torch.where(v[:, :1] < 0, -v, v)
+    return torch.stack(rows, dim=1).detach()
+
+
+def output_directions(model: EntryNet, x: torch.Tensor, active: list[bool], rounds: int) -> torch.Tensor:
+    """PE section 7.1: per sample the unit v_i in R^k (k outputs) maximising max_d v^T (f(x_i; d) - f(x_i)) over
+    the l_inf balls of radius eps at the active entry points, solved on the first-order model f(x; d) ~ f(x) + J d
+    (J: :func:`output_jacobian`), where the inner maximum is eps ||J^T v||_1 (:func:`best_directions`). The radius
+    only scales the linear objective: v does not depend on it."""
+    return best_directions(output_jacobian(model, x, active), rounds)
+
+
+def direction_starts(jacobian: torch.Tensor) -> torch.Tensor:
+    """The unit starting points of :func:`best_directions`, (B, k, (2 + COLUMN_STARTS) k) for Jacobians (B, k, D):
+    the k eigenvectors of J J^T (largest eigenvalue first: the l2 relaxation's answer), the k unit vectors e_i
+    (their first step is d = sign of row i of J: output i's own worst case) and the COLUMN_STARTS k largest columns
+    of J normalised (v along the outputs' move under one influential coordinate; a zero column gives the zero
+    vector, which never moves and scores 0). Each start stands for its negative too: the steps are odd in v and
+    the objective is even."""
+    batch, k, size = jacobian.shape
+    eigenvectors = torch.linalg.eigh(jacobian @ jacobian.transpose(1, 2)).eigenvectors.flip(2)
+    units = torch.eye(k, dtype=jacobian.dtype, device=jacobian.device).expand(batch, k, k)
+    largest = jacobian.norm(dim=1).topk(min(COLUMN_STARTS * k, size), dim=1).indices
+    columns = jacobian.gather(2, largest[:, None, :].expand(batch, k, largest.shape[1]))
+    columns = columns / columns.norm(dim=1, keepdim=True).clamp_min(torch.finfo(jacobian.dtype).tiny)
+    return torch.cat([eigenvectors, units, columns], dim=2)
+
+
+def best_directions(jacobian: torch.Tensor, rounds: int, starts: torch.Tensor | None = None) -> torch.Tensor:
+    """Per Jacobian J (B, k, D) a unit v in R^k with large ||J^T v||_1 (= max over the unit l_inf ball of v^T J d):
+    from every start (B, k, S) at once (default :func:`direction_starts`), alternating steps d = sign(J^T v),
+    v = J d / ||J d|| (none lowers v^T J d) until no start moves any more or after ``rounds`` steps; per sample
+    the start that ends highest (the first on ties: the top eigenvector). One start alone stops at a local
+    maximum (on small random ReLU nets, about one sample in seven ends below 99% of the exact maximum), hence
+    several. The sign of v is immaterial (-v swaps the argmax and argmin perturbations); it is fixed so that v's
+    first entry is >= 0, which makes v = 1 for k = 1 (two classes: the binary Algorithm 1)."""
+    transposed = jacobian.transpose(1, 2)
+    v = direction_starts(jacobian) if starts is None else starts
+    products = jacobian.new_empty(transposed.shape[:2] + v.shape[2:])  # (B, D, S), reused: no new pages per step
+    for _ in range(rounds):
+        moved = jacobian @ torch.bmm(transposed, v, out=products).sign_()
+        length = moved.norm(dim=1, keepdim=True)
+        moved = torch.where(length > 0, moved / length.clamp_min(1e-30), v)
+        if torch.equal(moved, v):  # every start at its fixed point: more steps change nothing
+            break
+        v = moved
+    values = torch.bmm(transposed, v, out=products).abs_().sum(1)  # (B, S)
+    best = v.gather(2, values.argmax(1)[:, None, None].expand(-1, v.shape[1], 1)).squeeze(2)
+    return torch.where(best[:, :1] < 0, -best, best)
 
 
 def extreme_perturbations(model: EntryNet, x: torch.Tensor, eps: float, pieces: int,

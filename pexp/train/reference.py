@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from pexp.models import EntryNet, score
+from pexp.train.perturb import COLUMN_STARTS
 
 
 def one_at_a_time_perturbation(model: EntryNet, x: torch.Tensor, sign: int, eps: float, pieces: int,
@@ -28,8 +29,10 @@ def one_at_a_time_perturbation(model: EntryNet, x: torch.Tensor, sign: int, eps:
 
 def one_at_a_time_direction(model: EntryNet, x: torch.Tensor, active: list[bool], rounds: int) -> torch.Tensor:
     """PE section 7.1's v for one sample: the full Jacobian of f w.r.t. the stacked active perturbations
-    (torch.autograd.functional.jacobian), the top eigenvector of J J^T, ``rounds`` of v <- J sign(J^T v) / norm,
-    first entry made >= 0."""
+    (torch.autograd.functional.jacobian); from each start in turn (the eigenvectors of J J^T, largest eigenvalue
+    first, the unit vectors, the COLUMN_STARTS k largest columns of J normalised) ``rounds`` of
+    v <- J sign(J^T v) / norm; the start that ends with the largest ||J^T v||_1 (the first on ties), first entry
+    made >= 0."""
     sizes = [int(torch.Size(shape).numel()) for on, shape in zip(active, model.entry_shapes) if on]
 
     def outputs(flat: torch.Tensor) -> torch.Tensor:
@@ -38,12 +41,22 @@ def one_at_a_time_direction(model: EntryNet, x: torch.Tensor, active: list[bool]
         return model(x, deltas)[0]
 
     jacobian = torch.autograd.functional.jacobian(outputs, x.new_zeros(sum(sizes)))
-    v = torch.linalg.eigh(jacobian @ jacobian.T).eigenvectors[:, -1]
-    for _ in range(rounds):
-        moved = jacobian @ torch.sign(jacobian.T @ v)
-        if moved.norm() > 0:
-            v = moved / moved.norm()
-    return -v if v[0] < 0 else v
+    k = jacobian.shape[0]
+    eigenvectors = torch.linalg.eigh(jacobian @ jacobian.T).eigenvectors
+    norms = [float(jacobian[:, c].norm()) for c in range(jacobian.shape[1])]
+    columns = sorted(range(len(norms)), key=lambda c: -norms[c])[:COLUMN_STARTS * k]
+    starts = [eigenvectors[:, k - 1 - i] for i in range(k)] + list(torch.eye(k, dtype=x.dtype, device=x.device)) \
+        + [jacobian[:, c] / norms[c] if norms[c] > 0 else torch.zeros_like(jacobian[:, c]) for c in columns]
+    best, best_value = None, -1.0
+    for v in starts:
+        for _ in range(rounds):
+            moved = jacobian @ torch.sign(jacobian.T @ v)
+            if moved.norm() > 0:
+                v = moved / moved.norm()
+        value = float((jacobian.T @ v).abs().sum())
+        if value > best_value:
+            best, best_value = v, value
+    return -best if best[0] < 0 else best
 
 
 def one_at_a_time_update(model: EntryNet, buffers: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
