@@ -108,6 +108,11 @@ def validate_training(cfg: DictConfig) -> None:
     check_number(cfg, "optim.lr", low=0, low_open=True)
     check_number(cfg, "optim.momentum", low=0, high=1, high_open=True)
     check_number(cfg, "optim.weight_decay", low=0)
+    if _get(cfg, "optim.lr_milestones") is not None:  # the learning-rate schedule (pexp.train.optim.LrSchedule)
+        check_list(cfg, "optim.lr_milestones", low=1, distinct=True)
+    check_number(cfg, "optim.lr_milestone_factor", low=0, low_open=True, optional=True)
+    check_number(cfg, "optim.lr_step_every", low=1, integer=True, optional=True)
+    check_number(cfg, "optim.lr_step_factor", low=0, low_open=True, optional=True)
     check_number(cfg, "train.epochs", low=1, integer=True)
     check_number(cfg, "train.batch_size", low=1, integer=True, optional=True)
     check_number(cfg, "train.log_every", low=1, integer=True, optional=True)
@@ -115,6 +120,8 @@ def validate_training(cfg: DictConfig) -> None:
     check_number(cfg, "train.target_accuracy", low=0, low_open=True, high=1, optional=True)
     if _get(cfg, "train.target_split") is not None:
         check_choice(cfg, "train.target_split", ["train", "test"])
+    check_number(cfg, "train.target_check_every", low=1, integer=True, optional=True)
+    check_number(cfg, "train.target_check_first", low=1, integer=True, optional=True)
     check_number(cfg, "train.checkpoint_every", low=1, integer=True, optional=True)
     log_every, checkpoint_every = cfg.train.get("log_every") or 1, cfg.train.get("checkpoint_every") or 1
     if checkpoint_every % log_every:
@@ -241,8 +248,9 @@ def validate_eval(cfg: DictConfig) -> None:
     check_number(cfg, "eval.batch_size", low=1, integer=True)
     if "seed" in cfg.eval:
         check_number(cfg, "eval.seed", low=0, integer=True)
-    if "random_start" in cfg.eval and not isinstance(cfg.eval.random_start, bool):
-        raise ConfigError(f"eval.random_start={cfg.eval.random_start!r} is not allowed: must be true or false")
+    for key in ("random_start", "reproject"):
+        if key in cfg.eval and not isinstance(cfg.eval[key], bool):
+            raise ConfigError(f"eval.{key}={cfg.eval[key]!r} is not allowed: must be true or false")
     if cfg.eval.name == "pca":
         check_number(cfg, "eval.n_train", low=2, integer=True, optional=True)
         return

@@ -14,8 +14,8 @@ from pexp.figures.compose import compose_experiment
 from pexp.models import build_model
 
 OM_EXPERIMENTS = ["om_fig2_a", "om_fig2_b", "om_fig2_c", "om_fig3_a", "om_fig3_b", "om_fig3_c", "om_fig3_c_bias",
-                  "om_fig3_c_squared", "om_fig4_sphere", "om_fig4_mnist", "om_fig5_a", "om_fig5_b", "om_fig5_c",
-                  "om_fig6_a", "om_fig6_b", "om_fig6_c"]
+                  "om_fig3_c_squared", "om_fig4_sphere", "om_fig4_sphere_authors", "om_fig4_mnist", "om_fig5_a",
+                  "om_fig5_b", "om_fig5_c", "om_fig6_a", "om_fig6_b", "om_fig6_c"]
 INPUT_SHAPES = {"diagonal7": (2,), "grid25": (3,), "sphere": (784,), "mnist_pca32": (1, 28, 28)}
 
 
@@ -86,6 +86,12 @@ def test_linear_projection_keeps_mnist_in_the_span_of_the_32_directions():
     binary = load_dataset(OmegaConf.merge(cfg, dict(projection="affine", positive=[5, 6, 7, 8, 9])))
     flat = binary.train.x.reshape(len(binary.train), -1)
     assert (flat - flat @ basis.T @ basis).abs().max() > 1e-2 and set(binary.train.y.tolist()) == {0, 1}
+    raw = load_dataset(OmegaConf.merge(cfg, dict(projection="none")))  # the images as they are, the same V
+    base = load_dataset(cfg.base)
+    assert torch.equal(raw.subspace, basis) and torch.equal(raw.test.x, base.test.x)
+    assert torch.equal(raw.train.x, base.train.x[:len(raw.train)]) and torch.equal(raw.train.y, data.train.y)
+    with pytest.raises(ConfigError, match=r"data.projection='pca' is not allowed: choose one of linear, affine, none"):
+        load_dataset(OmegaConf.merge(cfg, dict(projection="pca")))
 
 
 def test_training_stops_at_the_target_accuracy(tmp_path):
@@ -213,3 +219,103 @@ def test_where_the_base_data_set_is_found_does_not_change_the_run():
     assert training_run_dir(plain).path == training_run_dir(elsewhere).path
     assert training_run_dir(plain).path != training_run_dir(compose_experiment("om_fig4_mnist",
                                                                                ["data.base.n_train=10"])).path
+
+
+def test_learning_rate_schedule_milestones_and_steps():
+    from pexp.train.optim import LrSchedule
+
+    milestones = LrSchedule.of(OmegaConf.create(dict(lr=1e-3, lr_milestones=[40, 80])))
+    assert not milestones.constant
+    assert [milestones.at(epoch, 0) for epoch in (0, 39, 40, 79, 80, 500)] == \
+        [1e-3, 1e-3, 1e-3 * 0.1, 1e-3 * 0.1, 1e-3 * 0.1 * 0.1, 1e-3 * 0.1 * 0.1]  # one factor at a time, as torch
+    steps = LrSchedule.of(OmegaConf.create(dict(lr=1e-4, lr_step_every=10000, lr_step_factor=1.1)))
+    assert [steps.at(3, step) for step in (0, 9999, 10000, 20000)] == [1e-4, 1e-4, 1e-4 * 1.1, 1e-4 * 1.1 * 1.1]
+    assert LrSchedule.of(OmegaConf.create(dict(lr=0.1))).constant
+    for key, value, allowed in (("lr_milestones", "[0]", "integers >= 1"), ("lr_milestone_factor", "0", "> 0"),
+                                ("lr_step_every", "0.5", "an integer >= 1")):
+        with pytest.raises(ConfigError, match=rf"optim.{key}=.* is not allowed: must be .*{allowed}"):
+            validate_training(compose_experiment("om_fig4_sphere", [f"+optim.{key}={value}"]))
+
+
+TINY_TRAIN = ["train.progress=false", "data.n_train=40", "data.n_test=10", "model.widths=[16,16]", "optim.lr=0.05",
+              "train.batch_size=20", "train.log_every=1", "train.checkpoint_every=1", "+train.keep_states=true"]
+
+
+def _first_layer(run, epoch):
+    from pexp.train.loop import state_path
+
+    return torch.load(state_path(run, epoch), weights_only=False)["blocks.0.affine.weight"].double()
+
+
+@pytest.mark.parametrize("schedule", [["+optim.lr_milestones=[2]", "+optim.lr_milestone_factor=1e-12"],
+                                      ["+optim.lr_step_every=4", "+optim.lr_step_factor=1e-12"]])
+def test_the_training_loop_follows_the_learning_rate_schedule(tmp_path, schedule):
+    """After 2 epochs (epoch milestone 2, or 4 steps of 2 per epoch) the rate drops by 1e12: the weights stop."""
+    from pexp.train.loop import train
+
+    cfg = compose_experiment("om_fig4_sphere", [f"paths.output_dir={tmp_path}", *TINY_TRAIN, "train.epochs=4",
+                                                "train.target_accuracy=null", *schedule])
+    run = train(cfg)
+    moved = [float((_first_layer(run, e + 1) - _first_layer(run, e)).norm()) for e in range(4)]
+    assert moved[0] > 0 and moved[1] > 0
+    assert moved[2] < 1e-6 * moved[1] and moved[3] < 1e-6 * moved[1]
+
+
+def test_stop_rule_looked_at_only_every_n_epochs(tmp_path):
+    from pexp.train.loop import stop_rule, train
+
+    def run_with(*extra):
+        cfg = compose_experiment("om_fig4_sphere", [f"paths.output_dir={tmp_path}", *TINY_TRAIN, "train.epochs=400",
+                                                    *extra])
+        run = train(cfg)
+        return pd.read_csv(run / "train_log.csv"), json.loads((run / "metrics.json").read_text())
+
+    every_epoch, _ = run_with()
+    first_fit = int(every_epoch["epoch"].iloc[-1])
+    assert every_epoch["train_error"].iloc[-1] == 0 and first_fit > 1
+    # looked at after epochs 1, 1 + n, 1 + 2n, ... with n = first_fit: never after first_fit itself
+    log, metrics = run_with(f"+train.target_check_every={first_fit}", "+train.target_check_first=1")
+    stopped = int(log["epoch"].iloc[-1])
+    assert metrics["reached_target"] and (stopped - 1) % first_fit == 0 and stopped > first_fit
+    assert log.loc[log["epoch"] == first_fit, "train_error"].item() == 0  # fitted then, not looked at
+    checked = log[(log["epoch"] - 1) % first_fit == 0]
+    assert (checked["train_error"].iloc[:-1] > 0).all() and checked["train_error"].iloc[-1] == 0
+    rule = stop_rule(compose_experiment("om_fig4_sphere_authors"))
+    assert [done for done in range(1, 35) if rule.checked(done)] == [10, 20, 30]
+    with pytest.raises(ConfigError, match=r"train.target_check_every=0 is not allowed: must be an integer >= 1"):
+        validate_training(compose_experiment("om_fig4_sphere", ["+train.target_check_every=0"]))
+
+
+class Kink(torch.nn.Module):
+    """Two logits (0, g), g(x) = min(x.u, m) + x_3 - c: the margin walk from label 0 goes along u until x.u passes
+    m, then along e_3. It records its last input (the walk's last iterate: the one that flipped)."""
+
+    def __init__(self, u, m, c):
+        super().__init__()
+        self.u, self.m, self.c = torch.nn.Parameter(u, requires_grad=False), m, c
+
+    def forward(self, x):
+        self.last = x.detach().clone()
+        g = torch.minimum(x @ self.u, torch.full_like(x[:, 0], self.m)) + x[:, 2] - self.c
+        return torch.stack([torch.zeros_like(g), g], 1)
+
+
+@pytest.mark.parametrize("reproject", [False, True])
+def test_the_walk_reprojects_what_the_box_clipped(reproject):
+    """In float64: the walk restricted to span(u, e_3), u = (2, 1, 0)/sqrt(5), from (0.8, 0.4, 0) meets the face
+    x_1 = 1 of the box while going along u, then turns to e_3 and flips there. The box cuts the step at the face off
+    the subspace; re-projecting every step brings the perturbation back into it (to rounding); projecting only the
+    gradient leaves that cut in the perturbation to the end."""
+    from pexp.eval.margin import minimal_perturbation
+
+    u = torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64) / 5 ** 0.5
+    basis = torch.stack([u, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)])
+    x0 = torch.tensor([[0.8, 0.4, 0.0]], dtype=torch.float64)
+    model = Kink(u, 1.115, 1.115 + 0.9)
+    size = minimal_perturbation(model, x0, torch.tensor([0]), norm="l2", bounds=(-1.0, 1.0), directions=basis,
+                                search="walk", walk_step=0.05, steps=8000, eps_max=60.0, reproject=reproject)
+    delta = model.last - x0
+    assert float(model.last[0, 0]) == pytest.approx(1.0, abs=1e-12)  # the box binds at the flip
+    assert float(size[0]) == pytest.approx(float(delta.norm()), rel=1e-12)
+    off = float((delta - delta @ basis.T @ basis).norm())
+    assert (off < 1e-9) if reproject else (off > 1e-3)

@@ -59,10 +59,14 @@ def _per_point(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 class _Geometry:
     """The norm ball, its optional subspace (``projector``: a (d, d) orthogonal projection matrix applied to every
-    start, gradient and step) and the box ``bounds``."""
+    start and gradient) and the box ``bounds``. ``reproject``: after each step is put into the ball and the box,
+    project the perturbation onto the subspace again and put it into the box again (the order of paper OM's
+    authors' attack: clip, cap the norm, project, clip), so that a perturbation the box clipped returns to the
+    subspace; without it only the gradient is projected, and what the box cuts off stays off the subspace."""
 
-    def __init__(self, p: float, bounds: Sequence[float], projector: torch.Tensor | None):
+    def __init__(self, p: float, bounds: Sequence[float], projector: torch.Tensor | None, reproject: bool = False):
         self.p, self.low, self.high, self.projector = p, float(bounds[0]), float(bounds[1]), projector
+        self.reproject = reproject and projector is not None
 
     def restrict(self, delta: torch.Tensor) -> torch.Tensor:
         if self.projector is None:
@@ -87,13 +91,17 @@ class _Geometry:
         return direction / _per_point(_norm(direction, 2.0).clamp_min(1e-30), like) * _per_point(scale, like)
 
     def project(self, x0: torch.Tensor, delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
-        """Into the ball of ``radius`` (inf: no ball), then into the box."""
+        """Into the ball of ``radius`` (inf: no ball), then into the box (then, with ``reproject``, onto the
+        subspace and into the box again)."""
         if self.p == math.inf:
             delta = torch.maximum(torch.minimum(delta, _per_point(radius, delta)), -_per_point(radius, delta))
         else:
             shrink = (radius / _norm(delta, 2.0).clamp_min(1e-30)).clamp(max=1.0)
             delta = delta * _per_point(shrink, delta)
-        return (x0 + delta).clamp(self.low, self.high) - x0
+        delta = (x0 + delta).clamp(self.low, self.high) - x0
+        if self.reproject:  # a projection does not lengthen it: it stays in the ball
+            delta = (x0 + self.restrict(delta)).clamp(self.low, self.high) - x0
+        return delta
 
 
 def _attack(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, radius: torch.Tensor, stepsize: torch.Tensor,
@@ -156,7 +164,8 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
                          bounds: Sequence[float] = (-1.0, 1.0), eps_max: float = 0.1, resolution: float = 0.001,
                          steps: int = 100, rel_stepsize: float = 1 / 25, random_start: bool = False,
                          objective: str = "margin", restarts: int = 0, search: str = "bisect",
-                         walk_step: float | None = None, batch_size: int = 500, progress: bool = False,
+                         walk_step: float | None = None, reproject: bool = False, batch_size: int = 500,
+                         progress: bool = False,
                          directions: torch.Tensor | None = None, bracket: bool = True,
                          first_estimate: str | None = "fmn", fmn_steps: int = 200,
                          details: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -167,7 +176,8 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
 
     ``bisect``: the result is the norm of the smallest successful iterate, within one ``resolution`` of the
     smallest grid radius at which the attack succeeds. ``directions`` (l2 only): (k, d) orthonormal rows;
-    perturbations are restricted to their span. ``bracket``: probe each point once just below its first upper
+    the gradient steps are restricted to their span; ``reproject``: after every step the perturbation itself is
+    projected onto the span again once the box has clipped it, then clipped again (paper OM's authors' attack). ``bracket``: probe each point once just below its first upper
     bound (one PGD stride below the norm the first attack flipped it at; one grid step below FMN's bound), then
     bisect (fewer rounds; ``False``: plain bisection).
 
@@ -196,7 +206,7 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
             raise ValueError(f"directions restrict l2 attacks only, not norm={norm!r}")
         basis = torch.as_tensor(directions, dtype=x.dtype, device=device)
         projector = basis.T @ basis
-    geometry = _Geometry(NORMS[norm], bounds, projector)
+    geometry = _Geometry(NORMS[norm], bounds, projector, reproject)
     x, y = x.to(device), y.to(device)
     with torch.no_grad():
         wrong = torch.cat([model(x[i:i + batch_size]).argmax(1) != y[i:i + batch_size]
