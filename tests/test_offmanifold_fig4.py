@@ -154,6 +154,7 @@ def test_fig4_summary_min_max_censored_and_gap_to_the_published_values():
     beside = [c for c in claims if c["claim"] == "sphere: off the subspace distance beside the published values"][0]
     assert beside["measured"]["by_factor"][1.0]["censored"] == 2 and not beside["holds"]  # factors are missing
     assert 0.5 in beside["measured"]["factors_missing"]
+    assert "sphere panel is not public" in beside["expected"]
     published_shape = [c for c in claims if "(published)" in c["claim"]]
     assert published_shape and all(c["holds"] for c in published_shape)  # the paper's curves meet its claim
 
