@@ -159,6 +159,24 @@ def test_fig4_summary_min_max_censored_and_gap_to_the_published_values():
     assert published_shape and all(c["holds"] for c in published_shape)  # the paper's curves meet its claim
 
 
+def test_fig4_the_authors_statistic_counts_censored_points_where_their_walk_ended():
+    from pexp.figures.offmanifold import PUBLISHED_FIG4, projected_claims, projected_summary
+
+    rows = fig4_rows("mnist", 7.0, 1, "complement", [0.0, 2.0, 4.0, math.inf])
+    for row, end in zip(rows, [0.0, 2.0, 4.0, 10.0]):
+        row["end"] = end
+    summary = projected_summary(pd.DataFrame(rows)).iloc[0]
+    assert summary["mean"] == pytest.approx(2.0) and summary["mean_at_end"] == pytest.approx(4.0)
+    published = PUBLISHED_FIG4["mnist"]["complement"][7]
+    assert summary["gap_at_end"] == pytest.approx((4.0 - published) / published)
+    beside = [c for c in projected_claims(pd.DataFrame(rows), {})
+              if c["claim"] == "mnist: off the subspace distance beside the published values"][0]
+    assert beside["measured"]["judged_on"] == "gap_at_end"
+    assert beside["measured"]["largest_relative_gap"] == pytest.approx(abs(4.0 - published) / published)
+    old = projected_summary(pd.DataFrame(rows).drop(columns="end")).iloc[0]  # results without the column
+    assert math.isnan(old["mean_at_end"]) and old["gap_at_end"] is None and old["mean"] == pytest.approx(2.0)
+
+
 TINY_SPHERE = ["train.progress=false", "data.n_train=40", "data.n_test=10", "data.radius=1.0", "model.widths=[32,32]",
                "optim.lr=0.2", "train.batch_size=20", "train.epochs=300", "eval.n_points=12", "eval.walk_step=0.05"]
 
@@ -177,6 +195,10 @@ def test_fig4_evaluator_three_modes_walk_and_censored_points(tmp_path):
     assert censored.any() and (censored == table["distance"].apply(math.isinf)).all()  # 5 steps of 0.05: at most 0.25
     flipped = table.loc[~censored & (table["distance"] > 0), "distance"]
     assert len(flipped) and (flipped <= 5 * 0.05 + 1e-6).all()
+    # where each walk ended: at its flip, or after its 5 steps (censored: at most 0.25 out, and not at 0)
+    assert (table.loc[~censored, "end"] - table.loc[~censored, "distance"]).abs().max() < 1e-5
+    ends = table.loc[censored, "end"]
+    assert ((ends > 0) & (ends <= 5 * 0.05 + 1e-6)).all()
     # the walk stops at the first flip: just short of the recorded size, along the (projected) walk, nothing flipped
     model, _ = load_trained(run)
     data = load_dataset(cfg.data)

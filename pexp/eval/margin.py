@@ -106,10 +106,10 @@ class _Geometry:
 
 def _attack(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, radius: torch.Tensor, stepsize: torch.Tensor,
             geometry: _Geometry, steps: int, objective: str, random_start: bool,
-            norm_cap: float = math.inf) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batched attack: per point, whether some iterate within ``steps`` steps flipped it, and the norm of
-    the first one that did (inf where none). Each point stops at its first flip (or once its norm passes
-    ``norm_cap``, for the walk)."""
+            norm_cap: float = math.inf) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batched attack: per point, whether some iterate within ``steps`` steps flipped it, the norm of
+    the first one that did (inf where none), and the norm of the iterate it ended at (that one, else its last).
+    Each point stops at its first flip (or once its norm passes ``norm_cap``, for the walk)."""
     n = len(y)
     size = torch.full((n,), math.inf, dtype=x0.dtype, device=x0.device)
     delta = geometry.random_start(x0, radius) if random_start else torch.zeros_like(x0)
@@ -135,7 +135,8 @@ def _attack(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, radius: torch.T
         active = active[keep]
         if len(active) == 0:
             break
-    return torch.isfinite(size), size
+    flipped = torch.isfinite(size)  # (a flipped point's delta has moved one step past its flip)
+    return flipped, size, torch.where(flipped, size, _norm(delta.detach(), geometry.p))
 
 
 def _channels_last_on_cpu(search):  # noqa: ANN001, ANN202 - a decorator
@@ -185,8 +186,9 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     (``fmn_steps`` steps) on every point; its adversarial is an upper bound that closes the grid above it, so the
     PGD bisection only searches below it, and the result is the smaller of the two (both are adversarial examples
     actually found, so the smaller is the better upper bound on the true margin). ``details=True`` returns
-    ``dict(margin=..., pgd=..., fmn=...)``: the result and each attack's own value (pgd: inf where PGD found
-    nothing below FMN's bound; fmn: NaN where it did not run).
+    ``dict(margin=..., pgd=..., fmn=..., end=...)``: the result and each attack's own value (pgd: inf where PGD
+    found nothing below FMN's bound; fmn: NaN where it did not run) and, for the walk, the norm each point's walk
+    ended at (its flip; for a censored point, where its last step left it; 0 when misclassified; NaN for bisect).
     """
     if norm not in NORMS:
         raise ValueError(f"norm={norm!r} is not allowed: choose one of {', '.join(NORMS)}")
@@ -215,42 +217,44 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     best[wrong] = 0.0
 
     def attack(points: torch.Tensor, radius: torch.Tensor, stepsize: torch.Tensor, start: bool,
-               cap: float = math.inf) -> tuple[torch.Tensor, torch.Tensor]:
+               cap: float = math.inf) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         flipped = [torch.zeros(0, dtype=torch.bool, device=device)]
-        size = [torch.zeros(0, dtype=x.dtype, device=device)]
+        size, end = [torch.zeros(0, dtype=x.dtype, device=device)], [torch.zeros(0, dtype=x.dtype, device=device)]
         for i in range(0, len(points), batch_size):
             chunk = points[i:i + batch_size]
-            f, s = _attack(model, x[chunk], y[chunk], radius[i:i + batch_size], stepsize[i:i + batch_size],
-                           geometry, steps, objective, start, cap)
+            f, s, e = _attack(model, x[chunk], y[chunk], radius[i:i + batch_size], stepsize[i:i + batch_size],
+                              geometry, steps, objective, start, cap)
             flipped.append(f)
             size.append(s)
-        return torch.cat(flipped), torch.cat(size)
+            end.append(e)
+        return torch.cat(flipped), torch.cat(size), torch.cat(end)
 
     def with_restarts(points: torch.Tensor, radius: torch.Tensor, stepsize: torch.Tensor,
-                      cap: float = math.inf) -> tuple[torch.Tensor, torch.Tensor]:
+                      cap: float = math.inf) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The first attack from zero (or a random start), then ``restarts`` more from random starts on the
-        points still not flipped: a point fails only when every start failed."""
-        flipped, size = attack(points, radius, stepsize, random_start, cap)
+        points still not flipped: a point fails only when every start failed (it keeps its last attack's end)."""
+        flipped, size, end = attack(points, radius, stepsize, random_start, cap)
         for _ in range(restarts):
             todo = torch.nonzero(~flipped).flatten()
             if len(todo) == 0:
                 break
-            f, s = attack(points[todo], radius[todo], stepsize[todo], True, cap)
-            flipped[todo], size[todo] = f, s
-        return flipped, size
+            flipped[todo], size[todo], end[todo] = attack(points[todo], radius[todo], stepsize[todo], True, cap)
+        return flipped, size, end
 
     open_points = torch.nonzero(~wrong).flatten()
     fmn = torch.full((len(y),), math.nan, dtype=x.dtype, device=device)
+    end = torch.full((len(y),), math.nan, dtype=x.dtype, device=device)
     pgd = best.clone()
 
     def result() -> torch.Tensor | dict[str, torch.Tensor]:
-        return dict(margin=best.cpu(), pgd=pgd.cpu(), fmn=fmn.cpu()) if details else best.cpu()
+        return dict(margin=best.cpu(), pgd=pgd.cpu(), fmn=fmn.cpu(), end=end.cpu()) if details else best.cpu()
 
     if search == "walk":
         radius = torch.full((len(open_points),), math.inf, dtype=x.dtype, device=device)
         stepsize = torch.full_like(radius, float(walk_step))
-        flipped, size = with_restarts(open_points, radius, stepsize, cap=float(eps_max))
+        flipped, size, end[open_points] = with_restarts(open_points, radius, stepsize, cap=float(eps_max))
         best[open_points] = torch.where(flipped & (size <= eps_max), size, best[open_points])
+        end[wrong] = 0.0
         pgd = best.clone()
         return result()
 
@@ -287,7 +291,7 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
         middle = torch.where(use_guess, guess, middle)
         guessed[todo] |= high[todo] <= grid_top
         radius = middle.to(x.dtype) * resolution
-        flipped, size = with_restarts(todo, radius, radius * rel_stepsize)
+        flipped, size, _ = with_restarts(todo, radius, radius * rel_stepsize)
         best[todo] = torch.where(flipped, torch.minimum(best[todo], size), best[todo])
         pgd[todo] = torch.where(flipped, torch.minimum(pgd[todo], size), pgd[todo])
         # a flip of norm s at radius r shows that every grid radius >= s succeeds
