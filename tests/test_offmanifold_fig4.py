@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pexp.config import ConfigError, validate_training
+from pexp.config import ConfigError, validate_config, validate_training
 from pexp.data import load_dataset
 from pexp.figures.compose import compose_experiment
 from pexp.models import build_model
@@ -75,7 +75,8 @@ def test_sphere_radius_subspace_and_random_balanced_labels():
 def test_linear_projection_keeps_mnist_in_the_span_of_the_32_directions():
     cfg = compose_experiment("om_fig4_mnist", ["synthetic=true", "data.n_train=300", "data.base.n_train=600",
                                                "data.base.n_test=100"]).data
-    assert cfg.projection == "linear" and cfg.base.name == "synthetic_mnist"
+    assert cfg.projection == "none" and cfg.base.name == "synthetic_mnist"  # the default: trained on the images
+    cfg = OmegaConf.merge(cfg, dict(projection="linear"))
     data = load_dataset(cfg)
     basis = data.subspace
     assert basis.shape == (32, 784) and torch.allclose(basis @ basis.T, torch.eye(32), atol=1e-5)
@@ -92,6 +93,21 @@ def test_linear_projection_keeps_mnist_in_the_span_of_the_32_directions():
     assert torch.equal(raw.train.x, base.train.x[:len(raw.train)]) and torch.equal(raw.train.y, data.train.y)
     with pytest.raises(ConfigError, match=r"data.projection='pca' is not allowed: choose one of linear, affine, none"):
         load_dataset(OmegaConf.merge(cfg, dict(projection="pca")))
+
+
+def test_mnist_defaults_are_the_authors_training_and_attack():
+    from pexp.eval.evaluators.common import _search_settings
+
+    cfg = compose_experiment("om_fig4_mnist")
+    assert list(cfg.optim.lr_milestones) == [40, 80] and cfg.optim.lr_milestone_factor == 0.1
+    assert cfg.optim.lr == 1e-3 and cfg.optim.momentum == 0 and cfg.train.batch_size == 200
+    assert (cfg.train.target_accuracy, cfg.train.target_split, cfg.train.epochs) == (0.87, "test", 12000)
+    from pexp.train.loop import stop_rule
+
+    assert [done for done in range(1, 20) if stop_rule(cfg).checked(done)] == [1, 6, 11, 16]
+    assert _search_settings(cfg.eval, False)["reproject"] is True and cfg.data.projection == "none"
+    with pytest.raises(ConfigError, match=r"eval.reproject='yes' is not allowed: must be true or false"):
+        validate_config(compose_experiment("om_fig4_mnist", ["eval.reproject=yes"]))
 
 
 def test_training_stops_at_the_target_accuracy(tmp_path):

@@ -20,7 +20,7 @@ HASHES = {
     "om_fig3_c": "4a745875bd41",
     "om_fig3_c_bias": "38db6f8d3329",
     "om_fig3_c_squared": "30e3c432815d",
-    "om_fig4_mnist": "ff26e73deb5e",
+    "om_fig4_mnist": "b7f39770a771",
     "om_fig4_sphere": "8afd59fbc6c2",
     "om_fig4_sphere_authors": "2b617b9150b1",
     "om_fig5_a": "0e22ea73a320",

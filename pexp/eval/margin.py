@@ -178,9 +178,10 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     ``bisect``: the result is the norm of the smallest successful iterate, within one ``resolution`` of the
     smallest grid radius at which the attack succeeds. ``directions`` (l2 only): (k, d) orthonormal rows;
     the gradient steps are restricted to their span; ``reproject``: after every step the perturbation itself is
-    projected onto the span again once the box has clipped it, then clipped again (paper OM's authors' attack). ``bracket``: probe each point once just below its first upper
-    bound (one PGD stride below the norm the first attack flipped it at; one grid step below FMN's bound), then
-    bisect (fewer rounds; ``False``: plain bisection).
+    projected onto the span again once the box has clipped it, then clipped again (paper OM's authors' attack).
+    ``bracket``: probe each point once just below its first upper bound (one PGD stride below the norm the first
+    attack flipped it at; one grid step below FMN's bound), then bisect (fewer rounds; ``False``: plain
+    bisection).
 
     ``first_estimate="fmn"`` (bisect, unrestricted perturbations): first run foolbox's fast minimum-norm attack
     (``fmn_steps`` steps) on every point; its adversarial is an upper bound that closes the grid above it, so the

@@ -237,7 +237,8 @@ def projected_summary(table: pd.DataFrame) -> pd.DataFrame:
                          censored=int(group["censored"].sum()), misclassified=int(group["misclassified"].sum()),
                          published=published,
                          gap=None if published is None else (mean - published) / published,
-                         gap_at_end=None if published is None or at_end != at_end else (at_end - published) / published))
+                         gap_at_end=None if published is None or at_end != at_end
+                         else (at_end - published) / published))
     return pd.DataFrame(rows)
 
 

@@ -318,9 +318,11 @@ def target_reached(rule: StopRule, model: EntryNet, data: Dataset, threshold: fl
     at this epoch; accuracies are those of ``judged`` (:func:`judged_model`, default the model)."""
     if rule.accuracy is not None:
         part = data.test if rule.split == "test" else data.train
-        if 1 - float(error_rate(judged if judged is not None else model, part.x, part.y, threshold).float().mean()) >= rule.accuracy:
+        wrong = error_rate(judged if judged is not None else model, part.x, part.y, threshold)
+        if 1 - float(wrong.float().mean()) >= rule.accuracy:
             return True
-    return rule.margin is not None and float(training_margin(model, data.train.x, data.train.y, threshold)) >= rule.margin
+    return rule.margin is not None and \
+        float(training_margin(model, data.train.x, data.train.y, threshold)) >= rule.margin
 
 
 def _train_locked(cfg: DictConfig, run: RunDir) -> None:
