@@ -114,6 +114,11 @@ def validate_training(cfg: DictConfig) -> None:
     check_number(cfg, "optim.lr", low=0, low_open=True)
     check_number(cfg, "optim.momentum", low=0, high=1, high_open=True)
     check_number(cfg, "optim.weight_decay", low=0)
+    if _get(cfg, "optim.lr_milestones") is not None:  # the learning-rate schedule (pexp.train.optim.LrSchedule)
+        check_list(cfg, "optim.lr_milestones", low=1, distinct=True)
+    check_number(cfg, "optim.lr_milestone_factor", low=0, low_open=True, optional=True)
+    check_number(cfg, "optim.lr_step_every", low=1, integer=True, optional=True)
+    check_number(cfg, "optim.lr_step_factor", low=0, low_open=True, optional=True)
     check_number(cfg, "train.epochs", low=1, integer=True)
     check_number(cfg, "train.batch_size", low=1, integer=True, optional=True)
     check_number(cfg, "train.log_every", low=1, integer=True, optional=True)
@@ -121,6 +126,8 @@ def validate_training(cfg: DictConfig) -> None:
     check_number(cfg, "train.target_accuracy", low=0, low_open=True, high=1, optional=True)
     if _get(cfg, "train.target_split") is not None:
         check_choice(cfg, "train.target_split", ["train", "test"])
+    check_number(cfg, "train.target_check_every", low=1, integer=True, optional=True)
+    check_number(cfg, "train.target_check_first", low=1, integer=True, optional=True)
     check_number(cfg, "train.checkpoint_every", low=1, integer=True, optional=True)
     log_every, checkpoint_every = cfg.train.get("log_every") or 1, cfg.train.get("checkpoint_every") or 1
     if checkpoint_every % log_every:
@@ -252,8 +259,9 @@ def validate_eval(cfg: DictConfig) -> None:
     check_number(cfg, "eval.batch_size", low=1, integer=True)
     if "seed" in cfg.eval:
         check_number(cfg, "eval.seed", low=0, integer=True)
-    if "random_start" in cfg.eval:
-        check_bool(cfg, "eval.random_start")
+    for key in ("random_start", "reproject"):
+        if key in cfg.eval:
+            check_bool(cfg, f"eval.{key}")
     if cfg.eval.name == "pca":
         check_number(cfg, "eval.n_train", low=2, integer=True, optional=True)
         return

@@ -368,7 +368,7 @@ def test_restricted_attack_never_leaves_its_subspace():
     delta = geometry.project(x, geometry.random_start(x, radius), radius)
     off = delta - delta @ basis.T @ basis
     assert off.norm(dim=1).max() < 1e-9 and delta.norm(dim=1).max() <= 2.0 + 1e-9
-    flipped, size = _attack(model, x, y, radius, radius / 30, geometry, 40, "margin", True)
+    flipped, size, _ = _attack(model, x, y, radius, radius / 30, geometry, 40, "margin", True)
     assert flipped.any() and torch.all(size[flipped] <= 2.0 + 1e-9)
     steps = geometry.direction(torch.randn(5, 12, dtype=torch.float64))
     assert (steps - steps @ basis.T @ basis).abs().max() < 1e-9  # every step stays in the subspace

@@ -8,14 +8,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pexp.config import ConfigError, validate_training
+from pexp.config import ConfigError, validate_config, validate_training
 from pexp.data import load_dataset
 from pexp.figures.compose import compose_experiment
 from pexp.models import build_model
 
 OM_EXPERIMENTS = ["om_fig2_a", "om_fig2_b", "om_fig2_c", "om_fig3_a", "om_fig3_b", "om_fig3_c", "om_fig3_c_bias",
-                  "om_fig3_c_squared", "om_fig4_sphere", "om_fig4_mnist", "om_fig5_a", "om_fig5_b", "om_fig5_c",
-                  "om_fig5_code_a", "om_fig5_code_b", "om_fig5_code_c", "om_fig6_a", "om_fig6_b", "om_fig6_c"]
+                  "om_fig3_c_squared", "om_fig4_sphere", "om_fig4_sphere_authors", "om_fig4_mnist", "om_fig5_a",
+                  "om_fig5_b", "om_fig5_c", "om_fig5_code_a", "om_fig5_code_b", "om_fig5_code_c", "om_fig6_a",
+                  "om_fig6_b", "om_fig6_c"]
 INPUT_SHAPES = {"diagonal7": (2,), "grid25": (3,), "sphere": (784,), "mnist_pca32": (1, 28, 28)}
 
 
@@ -75,7 +76,8 @@ def test_sphere_radius_subspace_and_random_balanced_labels():
 def test_linear_projection_keeps_mnist_in_the_span_of_the_32_directions():
     cfg = compose_experiment("om_fig4_mnist", ["synthetic=true", "data.n_train=300", "data.base.n_train=600",
                                                "data.base.n_test=100"]).data
-    assert cfg.projection == "linear" and cfg.base.name == "synthetic_mnist"
+    assert cfg.projection == "none" and cfg.base.name == "synthetic_mnist"  # the default: trained on the images
+    cfg = OmegaConf.merge(cfg, dict(projection="linear"))
     data = load_dataset(cfg)
     basis = data.subspace
     assert basis.shape == (32, 784) and torch.allclose(basis @ basis.T, torch.eye(32), atol=1e-5)
@@ -86,6 +88,27 @@ def test_linear_projection_keeps_mnist_in_the_span_of_the_32_directions():
     binary = load_dataset(OmegaConf.merge(cfg, dict(projection="affine", positive=[5, 6, 7, 8, 9])))
     flat = binary.train.x.reshape(len(binary.train), -1)
     assert (flat - flat @ basis.T @ basis).abs().max() > 1e-2 and set(binary.train.y.tolist()) == {0, 1}
+    raw = load_dataset(OmegaConf.merge(cfg, dict(projection="none")))  # the images as they are, the same V
+    base = load_dataset(cfg.base)
+    assert torch.equal(raw.subspace, basis) and torch.equal(raw.test.x, base.test.x)
+    assert torch.equal(raw.train.x, base.train.x[:len(raw.train)]) and torch.equal(raw.train.y, data.train.y)
+    with pytest.raises(ConfigError, match=r"data.projection='pca' is not allowed: choose one of linear, affine, none"):
+        load_dataset(OmegaConf.merge(cfg, dict(projection="pca")))
+
+
+def test_mnist_defaults_are_the_authors_training_and_attack():
+    from pexp.eval.evaluators.common import _search_settings
+
+    cfg = compose_experiment("om_fig4_mnist")
+    assert list(cfg.optim.lr_milestones) == [40, 80] and cfg.optim.lr_milestone_factor == 0.1
+    assert cfg.optim.lr == 1e-3 and cfg.optim.momentum == 0 and cfg.train.batch_size == 200
+    assert (cfg.train.target_accuracy, cfg.train.target_split, cfg.train.epochs) == (0.87, "test", 12000)
+    from pexp.train.loop import stop_rule
+
+    assert [done for done in range(1, 20) if stop_rule(cfg).checked(done)] == [1, 6, 11, 16]
+    assert _search_settings(cfg.eval, False)["reproject"] is True and cfg.data.projection == "none"
+    with pytest.raises(ConfigError, match=r"eval.reproject='yes' is not allowed: must be true or false"):
+        validate_config(compose_experiment("om_fig4_mnist", ["eval.reproject=yes"]))
 
 
 def test_training_stops_at_the_target_accuracy(tmp_path):
@@ -148,8 +171,27 @@ def test_fig4_summary_min_max_censored_and_gap_to_the_published_values():
     beside = [c for c in claims if c["claim"] == "sphere: off the subspace distance beside the published values"][0]
     assert beside["measured"]["by_factor"][1.0]["censored"] == 2 and not beside["holds"]  # factors are missing
     assert 0.5 in beside["measured"]["factors_missing"]
+    assert "sphere panel is not public" in beside["expected"]
     published_shape = [c for c in claims if "(published)" in c["claim"]]
     assert published_shape and all(c["holds"] for c in published_shape)  # the paper's curves meet its claim
+
+
+def test_fig4_the_authors_statistic_counts_censored_points_where_their_walk_ended():
+    from pexp.figures.offmanifold import PUBLISHED_FIG4, projected_claims, projected_summary
+
+    rows = fig4_rows("mnist", 7.0, 1, "complement", [0.0, 2.0, 4.0, math.inf])
+    for row, end in zip(rows, [0.0, 2.0, 4.0, 10.0]):
+        row["end"] = end
+    summary = projected_summary(pd.DataFrame(rows)).iloc[0]
+    assert summary["mean"] == pytest.approx(2.0) and summary["mean_at_end"] == pytest.approx(4.0)
+    published = PUBLISHED_FIG4["mnist"]["complement"][7]
+    assert summary["gap_at_end"] == pytest.approx((4.0 - published) / published)
+    beside = [c for c in projected_claims(pd.DataFrame(rows), {})
+              if c["claim"] == "mnist: off the subspace distance beside the published values"][0]
+    assert beside["measured"]["judged_on"] == "gap_at_end"
+    assert beside["measured"]["largest_relative_gap"] == pytest.approx(abs(4.0 - published) / published)
+    old = projected_summary(pd.DataFrame(rows).drop(columns="end")).iloc[0]  # results without the column
+    assert math.isnan(old["mean_at_end"]) and old["gap_at_end"] is None and old["mean"] == pytest.approx(2.0)
 
 
 TINY_SPHERE = ["train.progress=false", "data.n_train=40", "data.n_test=10", "data.radius=1.0", "model.widths=[32,32]",
@@ -170,6 +212,10 @@ def test_fig4_evaluator_three_modes_walk_and_censored_points(tmp_path):
     assert censored.any() and (censored == table["distance"].apply(math.isinf)).all()  # 5 steps of 0.05: at most 0.25
     flipped = table.loc[~censored & (table["distance"] > 0), "distance"]
     assert len(flipped) and (flipped <= 5 * 0.05 + 1e-6).all()
+    # where each walk ended: at its flip, or after its 5 steps (censored: at most 0.25 out, and not at 0)
+    assert (table.loc[~censored, "end"] - table.loc[~censored, "distance"]).abs().max() < 1e-5
+    ends = table.loc[censored, "end"]
+    assert ((ends > 0) & (ends <= 5 * 0.05 + 1e-6)).all()
     # the walk stops at the first flip: just short of the recorded size, along the (projected) walk, nothing flipped
     model, _ = load_trained(run)
     data = load_dataset(cfg.data)
@@ -213,3 +259,103 @@ def test_where_the_base_data_set_is_found_does_not_change_the_run():
     assert training_run_dir(plain).path == training_run_dir(elsewhere).path
     assert training_run_dir(plain).path != training_run_dir(compose_experiment("om_fig4_mnist",
                                                                                ["data.base.n_train=10"])).path
+
+
+def test_learning_rate_schedule_milestones_and_steps():
+    from pexp.train.optim import LrSchedule
+
+    milestones = LrSchedule.of(OmegaConf.create(dict(lr=1e-3, lr_milestones=[40, 80])))
+    assert not milestones.constant
+    assert [milestones.at(epoch, 0) for epoch in (0, 39, 40, 79, 80, 500)] == \
+        [1e-3, 1e-3, 1e-3 * 0.1, 1e-3 * 0.1, 1e-3 * 0.1 * 0.1, 1e-3 * 0.1 * 0.1]  # one factor at a time, as torch
+    steps = LrSchedule.of(OmegaConf.create(dict(lr=1e-4, lr_step_every=10000, lr_step_factor=1.1)))
+    assert [steps.at(3, step) for step in (0, 9999, 10000, 20000)] == [1e-4, 1e-4, 1e-4 * 1.1, 1e-4 * 1.1 * 1.1]
+    assert LrSchedule.of(OmegaConf.create(dict(lr=0.1))).constant
+    for key, value, allowed in (("lr_milestones", "[0]", "integers >= 1"), ("lr_milestone_factor", "0", "> 0"),
+                                ("lr_step_every", "0.5", "an integer >= 1")):
+        with pytest.raises(ConfigError, match=rf"optim.{key}=.* is not allowed: must be .*{allowed}"):
+            validate_training(compose_experiment("om_fig4_sphere", [f"+optim.{key}={value}"]))
+
+
+TINY_TRAIN = ["train.progress=false", "data.n_train=40", "data.n_test=10", "model.widths=[16,16]", "optim.lr=0.05",
+              "train.batch_size=20", "train.log_every=1", "train.checkpoint_every=1", "+train.keep_states=true"]
+
+
+def _first_layer(run, epoch):
+    from pexp.train.loop import state_path
+
+    return torch.load(state_path(run, epoch), weights_only=False)["blocks.0.affine.weight"].double()
+
+
+@pytest.mark.parametrize("schedule", [["+optim.lr_milestones=[2]", "+optim.lr_milestone_factor=1e-12"],
+                                      ["+optim.lr_step_every=4", "+optim.lr_step_factor=1e-12"]])
+def test_the_training_loop_follows_the_learning_rate_schedule(tmp_path, schedule):
+    """After 2 epochs (epoch milestone 2, or 4 steps of 2 per epoch) the rate drops by 1e12: the weights stop."""
+    from pexp.train.loop import train
+
+    cfg = compose_experiment("om_fig4_sphere", [f"paths.output_dir={tmp_path}", *TINY_TRAIN, "train.epochs=4",
+                                                "train.target_accuracy=null", *schedule])
+    run = train(cfg)
+    moved = [float((_first_layer(run, e + 1) - _first_layer(run, e)).norm()) for e in range(4)]
+    assert moved[0] > 0 and moved[1] > 0
+    assert moved[2] < 1e-6 * moved[1] and moved[3] < 1e-6 * moved[1]
+
+
+def test_stop_rule_looked_at_only_every_n_epochs(tmp_path):
+    from pexp.train.loop import stop_rule, train
+
+    def run_with(*extra):
+        cfg = compose_experiment("om_fig4_sphere", [f"paths.output_dir={tmp_path}", *TINY_TRAIN, "train.epochs=400",
+                                                    *extra])
+        run = train(cfg)
+        return pd.read_csv(run / "train_log.csv"), json.loads((run / "metrics.json").read_text())
+
+    every_epoch, _ = run_with()
+    first_fit = int(every_epoch["epoch"].iloc[-1])
+    assert every_epoch["train_error"].iloc[-1] == 0 and first_fit > 1
+    # looked at after epochs 1, 1 + n, 1 + 2n, ... with n = first_fit: never after first_fit itself
+    log, metrics = run_with(f"+train.target_check_every={first_fit}", "+train.target_check_first=1")
+    stopped = int(log["epoch"].iloc[-1])
+    assert metrics["reached_target"] and (stopped - 1) % first_fit == 0 and stopped > first_fit
+    assert log.loc[log["epoch"] == first_fit, "train_error"].item() == 0  # fitted then, not looked at
+    checked = log[(log["epoch"] - 1) % first_fit == 0]
+    assert (checked["train_error"].iloc[:-1] > 0).all() and checked["train_error"].iloc[-1] == 0
+    rule = stop_rule(compose_experiment("om_fig4_sphere_authors"))
+    assert [done for done in range(1, 35) if rule.checked(done)] == [10, 20, 30]
+    with pytest.raises(ConfigError, match=r"train.target_check_every=0 is not allowed: must be an integer >= 1"):
+        validate_training(compose_experiment("om_fig4_sphere", ["+train.target_check_every=0"]))
+
+
+class Kink(torch.nn.Module):
+    """Two logits (0, g), g(x) = min(x.u, m) + x_3 - c: the margin walk from label 0 goes along u until x.u passes
+    m, then along e_3. It records its last input (the walk's last iterate: the one that flipped)."""
+
+    def __init__(self, u, m, c):
+        super().__init__()
+        self.u, self.m, self.c = torch.nn.Parameter(u, requires_grad=False), m, c
+
+    def forward(self, x):
+        self.last = x.detach().clone()
+        g = torch.minimum(x @ self.u, torch.full_like(x[:, 0], self.m)) + x[:, 2] - self.c
+        return torch.stack([torch.zeros_like(g), g], 1)
+
+
+@pytest.mark.parametrize("reproject", [False, True])
+def test_the_walk_reprojects_what_the_box_clipped(reproject):
+    """In float64: the walk restricted to span(u, e_3), u = (2, 1, 0)/sqrt(5), from (0.8, 0.4, 0) meets the face
+    x_1 = 1 of the box while going along u, then turns to e_3 and flips there. The box cuts the step at the face off
+    the subspace; re-projecting every step brings the perturbation back into it (to rounding); projecting only the
+    gradient leaves that cut in the perturbation to the end."""
+    from pexp.eval.margin import minimal_perturbation
+
+    u = torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64) / 5 ** 0.5
+    basis = torch.stack([u, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)])
+    x0 = torch.tensor([[0.8, 0.4, 0.0]], dtype=torch.float64)
+    model = Kink(u, 1.115, 1.115 + 0.9)
+    size = minimal_perturbation(model, x0, torch.tensor([0]), norm="l2", bounds=(-1.0, 1.0), directions=basis,
+                                search="walk", walk_step=0.05, steps=8000, eps_max=60.0, reproject=reproject)
+    delta = model.last - x0
+    assert float(model.last[0, 0]) == pytest.approx(1.0, abs=1e-12)  # the box binds at the flip
+    assert float(size[0]) == pytest.approx(float(delta.norm()), rel=1e-12)
+    off = float((delta - delta @ basis.T @ basis).norm())
+    assert (off < 1e-9) if reproject else (off > 1e-3)

@@ -94,15 +94,16 @@ def load_mnist(cfg: DictConfig) -> Dataset:
     return Dataset(splits[0], splits[1], source="mnist")
 
 
-PROJECTIONS = ("linear", "affine")
+PROJECTIONS = ("linear", "affine", "none")
 
 
 def load_mnist_pca(cfg: DictConfig) -> Dataset:
     """offmanifold-fig4 (b): MNIST (``cfg.base``: the config of mnist or synthetic_mnist) projected onto the top
     ``cfg.components`` principal directions V (d x k) of its training images (eigenvectors of the centred scatter
     matrix), kept in R^784. ``cfg.projection``: "linear" x -> x V V^T (no centring: the authors' projection, so
-    every point lies in the span of V) or "affine" x -> mean + (x - mean) V V^T (the data lie in that span shifted
-    by the part of the mean off it). Targets: the ten digits when ``cfg.positive`` is null, else 1 for the digits
+    every point lies in the span of V), "affine" x -> mean + (x - mean) V V^T (the data lie in that span shifted
+    by the part of the mean off it) or "none" (the images as they are: a network trained on them, attacked on and
+    off the span of V). Targets: the ten digits when ``cfg.positive`` is null, else 1 for the digits
     in ``cfg.positive`` and 0 otherwise. Subspace: V^T (k x 784 rows), to split perturbations on / off it.
     """
     from pexp.config import ConfigError
@@ -122,7 +123,7 @@ def load_mnist_pca(cfg: DictConfig) -> Dataset:
 
     def project(split: Split) -> Split:
         centred = split.x.reshape(len(split), -1).double() - shift
-        x = (shift + centred @ basis.T @ basis).float().reshape(split.x.shape)
+        x = split.x if projection == "none" else (shift + centred @ basis.T @ basis).float().reshape(split.x.shape)
         y = split.y if positive is None else torch.isin(split.y, torch.tensor(list(positive))).long()
         return Split(x, y, dict(split.extras))
 

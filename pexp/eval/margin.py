@@ -69,10 +69,14 @@ def _per_point(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 class _Geometry:
     """The norm ball, its optional subspace (``projector``: a (d, d) orthogonal projection matrix applied to every
-    start, gradient and step) and the box ``bounds``."""
+    start and gradient) and the box ``bounds``. ``reproject``: after each step is put into the ball and the box,
+    project the perturbation onto the subspace again and put it into the box again (the order of paper OM's
+    authors' attack: clip, cap the norm, project, clip), so that a perturbation the box clipped returns to the
+    subspace; without it only the gradient is projected, and what the box cuts off stays off the subspace."""
 
-    def __init__(self, p: float, bounds: Sequence[float], projector: torch.Tensor | None):
+    def __init__(self, p: float, bounds: Sequence[float], projector: torch.Tensor | None, reproject: bool = False):
         self.p, self.low, self.high, self.projector = p, float(bounds[0]), float(bounds[1]), projector
+        self.reproject = reproject and projector is not None
 
     def restrict(self, delta: torch.Tensor) -> torch.Tensor:
         if self.projector is None:
@@ -97,21 +101,25 @@ class _Geometry:
         return direction / _per_point(_norm(direction, 2.0).clamp_min(1e-30), like) * _per_point(scale, like)
 
     def project(self, x0: torch.Tensor, delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
-        """Into the ball of ``radius`` (inf: no ball), then into the box."""
+        """Into the ball of ``radius`` (inf: no ball), then into the box (then, with ``reproject``, onto the
+        subspace and into the box again)."""
         if self.p == math.inf:
             delta = torch.maximum(torch.minimum(delta, _per_point(radius, delta)), -_per_point(radius, delta))
         else:
             shrink = (radius / _norm(delta, 2.0).clamp_min(1e-30)).clamp(max=1.0)
             delta = delta * _per_point(shrink, delta)
-        return (x0 + delta).clamp(self.low, self.high) - x0
+        delta = (x0 + delta).clamp(self.low, self.high) - x0
+        if self.reproject:  # a projection does not lengthen it: it stays in the ball
+            delta = (x0 + self.restrict(delta)).clamp(self.low, self.high) - x0
+        return delta
 
 
 def _attack(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, radius: torch.Tensor, stepsize: torch.Tensor,
             geometry: _Geometry, steps: int, objective: str, random_start: bool,
-            norm_cap: float = math.inf) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batched attack: per point, whether some iterate within ``steps`` steps flipped it, and the norm of
-    the first one that did (inf where none). Each point stops at its first flip (or once its norm passes
-    ``norm_cap``, for the walk)."""
+            norm_cap: float = math.inf) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batched attack: per point, whether some iterate within ``steps`` steps flipped it, the norm of
+    the first one that did (inf where none), and the norm of the iterate it ended at (that one, else its last).
+    Each point stops at its first flip (or once its norm passes ``norm_cap``, for the walk)."""
     n = len(y)
     size = torch.full((n,), math.inf, dtype=x0.dtype, device=x0.device)
     delta = geometry.random_start(x0, radius) if random_start else torch.zeros_like(x0)
@@ -137,7 +145,8 @@ def _attack(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, radius: torch.T
         active = active[keep]
         if len(active) == 0:
             break
-    return torch.isfinite(size), size
+    flipped = torch.isfinite(size)  # (a flipped point's delta has moved one step past its flip)
+    return flipped, size, torch.where(flipped, size, _norm(delta.detach(), geometry.p))
 
 
 class _BallFrame(nn.Module):
@@ -227,7 +236,8 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
                          bounds: Sequence[float] = (-1.0, 1.0), eps_max: float = 0.1, resolution: float = 0.001,
                          steps: int = 100, rel_stepsize: float = 1 / 25, random_start: bool = False,
                          objective: str = "margin", restarts: int = 0, search: str = "bisect",
-                         walk_step: float | None = None, batch_size: int = 500, progress: bool = False,
+                         walk_step: float | None = None, reproject: bool = False, batch_size: int = 500,
+                         progress: bool = False,
                          directions: torch.Tensor | None = None, bracket: bool = True,
                          first_estimate: str | None = "fmn", fmn_steps: int = 200, apgd: bool = True,
                          apgd_steps: int = 100, apgd_restarts: int = 2,
@@ -240,9 +250,11 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
 
     ``bisect``: the result is the norm of the smallest successful iterate, within one ``resolution`` of the
     smallest grid radius at which the attack succeeds. ``directions`` (l2 only): (k, d) orthonormal rows;
-    perturbations are restricted to their span. ``bracket``: probe each point once just below its first upper
-    bound (one PGD stride below the norm the first attack flipped it at; one grid step below FMN's bound), then
-    bisect (fewer rounds; ``False``: plain bisection).
+    the gradient steps are restricted to their span; ``reproject``: after every step the perturbation itself is
+    projected onto the span again once the box has clipped it, then clipped again (paper OM's authors' attack).
+    ``bracket``: probe each point once just below its first upper bound (one PGD stride below the norm the first
+    attack flipped it at; one grid step below FMN's bound), then bisect (fewer rounds; ``False``: plain
+    bisection).
 
     ``first_estimate="fmn"`` (bisect, unrestricted perturbations): first run foolbox's fast minimum-norm attack
     (``fmn_steps`` steps) on every point; its adversarial is an upper bound that closes the grid above it, so the
@@ -253,10 +265,11 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     torchattacks' APGD at ``eps_max`` (``apgd_restarts`` random starts of ``apgd_steps`` steps), then the same
     bisection below the norm it found, with APGD as the attack; the other points are not touched.
 
-    ``details=True`` returns ``dict(margin=..., pgd=..., fmn=..., apgd=..., stage=...)``: the result, each
+    ``details=True`` returns ``dict(margin=..., pgd=..., fmn=..., apgd=..., stage=..., end=...)``: the result, each
     attack's own value (pgd: inf where PGD found nothing below FMN's bound; fmn: NaN where it did not run; apgd:
-    NaN where it did not run, inf where it ran and found nothing) and per point the index in :data:`STAGES` of
-    the stage that gave the margin.
+    NaN where it did not run, inf where it ran and found nothing), per point the index in :data:`STAGES` of
+    the stage that gave the margin, and ``end``: for the walk, the norm each point's walk ended at (its flip; for
+    a censored point, where its last step left it; 0 when misclassified; NaN for bisect).
     """
     if norm not in NORMS:
         raise ValueError(f"norm={norm!r} is not allowed: choose one of {', '.join(NORMS)}")
@@ -281,7 +294,7 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
             raise ValueError(f"directions restrict l2 attacks only, not norm={norm!r}")
         basis = torch.as_tensor(directions, dtype=x.dtype, device=device)
         projector = basis.T @ basis
-    geometry = _Geometry(NORMS[norm], bounds, projector)
+    geometry = _Geometry(NORMS[norm], bounds, projector, reproject)
     x, y = x.to(device), y.to(device)
     with torch.no_grad():
         wrong = torch.cat([model(x[i:i + batch_size]).argmax(1) != y[i:i + batch_size]
@@ -290,35 +303,37 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     best[wrong] = 0.0
 
     def attempts(run, points: torch.Tensor, radius: torch.Tensor,  # noqa: ANN001 - run: (points, radius, k)
-                 count: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``count`` attacks ``run(points, radius, k)`` in batches, the k-th one on the points no earlier one
-        flipped: a point fails only when every attack failed. Per point: flipped, and the norm found."""
+        flipped: a point fails only when every attack failed. Per point: flipped, the norm found, and where its
+        last attack ended."""
         flipped = torch.zeros(len(points), dtype=torch.bool, device=device)
         size = torch.full((len(points),), math.inf, dtype=x.dtype, device=device)
+        end = torch.full((len(points),), math.nan, dtype=x.dtype, device=device)
         for k in range(count):
             todo = torch.nonzero(~flipped).flatten()
             for i in range(0, len(todo), batch_size):
                 chunk = todo[i:i + batch_size]
-                flipped[chunk], size[chunk] = run(points[chunk], radius[chunk], k)
-        return flipped, size
+                flipped[chunk], size[chunk], end[chunk] = run(points[chunk], radius[chunk], k)
+        return flipped, size, end
 
     def pgd_attack(points: torch.Tensor, radius: torch.Tensor, cap: float = math.inf,
-                   stepsize: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   stepsize: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The first PGD attack from zero (or a random start), then ``restarts`` more from random starts; steps of
         ``rel_stepsize`` times the radius (or ``stepsize``)."""
-        def run(chunk: torch.Tensor, r: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def run(chunk: torch.Tensor, r: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             step = r * rel_stepsize if stepsize is None else torch.full_like(r, stepsize)
             return _attack(model, x[chunk], y[chunk], r, step, geometry, steps, objective, random_start or k > 0,
                            cap)
         return attempts(run, points, radius, 1 + restarts)
 
-    def apgd_attack(points: torch.Tensor, radius: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return attempts(lambda chunk, r, k: _apgd(model, x[chunk], y[chunk], r, geometry, apgd_steps),
-                        points, radius, apgd_restarts)
+    def apgd_attack(points: torch.Tensor, radius: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return attempts(lambda chunk, r, k: (*_apgd(model, x[chunk], y[chunk], r, geometry, apgd_steps),
+                                             torch.full_like(r, math.nan)), points, radius, apgd_restarts)
 
     open_points = torch.nonzero(~wrong).flatten()
     fmn = torch.full((len(y),), math.nan, dtype=x.dtype, device=device)
-    apgd_found = fmn.clone()
+    apgd_found, end = fmn.clone(), fmn.clone()
     pgd = best.clone()
 
     def result() -> torch.Tensor | dict[str, torch.Tensor]:
@@ -330,12 +345,15 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
         stage[flipped & (best == fmn)] = STAGES.index("fmn")
         stage[flipped & (best == apgd_found)] = STAGES.index("apgd")
         stage[wrong] = STAGES.index("misclassified")
-        return dict(margin=best.cpu(), pgd=pgd.cpu(), fmn=fmn.cpu(), apgd=apgd_found.cpu(), stage=stage.cpu())
+        return dict(margin=best.cpu(), pgd=pgd.cpu(), fmn=fmn.cpu(), apgd=apgd_found.cpu(), stage=stage.cpu(),
+                    end=end.cpu())
 
     if search == "walk":
         radius = torch.full((len(open_points),), math.inf, dtype=x.dtype, device=device)
-        flipped, size = pgd_attack(open_points, radius, cap=float(eps_max), stepsize=float(walk_step))
+        flipped, size, end[open_points] = pgd_attack(open_points, radius, cap=float(eps_max),
+                                                     stepsize=float(walk_step))
         best[open_points] = torch.where(flipped & (size <= eps_max), size, best[open_points])
+        end[wrong] = 0.0
         pgd = best.clone()
         return result()
 
@@ -377,7 +395,7 @@ def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
             use_guess = ~guessed[todo] & (high[todo] <= grid_top) & (guess > low[todo]) & (stride[todo] > 0)
             middle = torch.where(use_guess, guess, middle)
             guessed[todo] |= high[todo] <= grid_top
-            flipped, size = attack(todo, middle.to(x.dtype) * resolution)
+            flipped, size, _ = attack(todo, middle.to(x.dtype) * resolution)
             best[todo] = torch.where(flipped, torch.minimum(best[todo], size), best[todo])
             record[todo] = torch.where(flipped, torch.minimum(record[todo], size), record[todo])
             # a flip of norm s at radius r shows that every grid radius >= s succeeds

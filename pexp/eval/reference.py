@@ -50,6 +50,7 @@ def sweep_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: 
     margins = torch.full((len(y),), math.inf, dtype=x.dtype, device=device)
     for epsilon in epsilons:
         radius = torch.full((len(y),), float(epsilon), dtype=x.dtype, device=device)
-        flipped, _ = _attack(model, x, y, radius, radius * rel_stepsize, geometry, steps, objective, random_start)
+        flipped, _, _ = _attack(model, x, y, radius, radius * rel_stepsize, geometry, steps, objective,
+                                random_start)
         margins = torch.where(flipped & torch.isinf(margins), radius, margins)
     return torch.where(wrong, torch.zeros_like(margins), margins).cpu()

@@ -327,17 +327,31 @@ PUBLISHED_FIG4 = {
               "complement": {0.2: 0.88, 0.5: 1.42, 1: 2.33, 3: 5.13, 5: 6.76, 7: 7.73}},
 }
 
+# Where each published setup is known from (said beside every gap to the published values).
+PUBLISHED_SOURCE = {
+    "sphere": "the script that made the published sphere panel is not public; experiment om_fig4_sphere_authors "
+              "trains as her closest public sphere script does",
+    "mnist": "her public MNIST training and attack scripts; the module that loads her training images is not public",
+}
+
 
 def per_training(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per training (data set, factor, seed) and mode: the authors' statistic, the mean distance over its
-    points with the misclassified ones at 0 (as their attack records them) and the censored ones (not flipped
-    within the search) left out and counted; n, misclassified, censored, reached_target."""
+    """One row per training (data set, factor, seed) and mode: the mean distance over its points with the
+    misclassified ones at 0 (as the authors' attack records them) and the censored ones (not flipped within the
+    search) left out and counted; mean_at_end, the authors' own statistic, the mean over all its points of the
+    norm where the walk ended (a censored point where its last step left it: their script averages every point's
+    final perturbation, flipped or not; NaN for results without that column); n, misclassified, censored,
+    reached_target. Without censored points the two means are the same."""
     keys = ["dataset", "factor", "seed", "mode"]
     finite = table.assign(kept=~table["censored"].astype(bool))
+    if "end" not in finite:  # results of a search that does not record where it ended
+        finite = finite.assign(end=float("nan"))
     rows = []
     for key, group in finite.groupby(keys):
         kept = group.loc[group["kept"], "distance"]
-        rows.append(dict(zip(keys, key), mean=float(kept.mean()) if len(kept) else float("nan"), n=len(group),
+        rows.append(dict(zip(keys, key), mean=float(kept.mean()) if len(kept) else float("nan"),
+                         mean_at_end=float(group["end"].mean()) if group["end"].notna().all() else float("nan"),
+                         n=len(group),
                          misclassified=int(group["misclassified"].sum()), censored=int((~group["kept"]).sum()),
                          reached_target=bool(group["reached_target"].iloc[0]) if "reached_target" in group
                          else True))
@@ -347,18 +361,21 @@ def per_training(table: pd.DataFrame) -> pd.DataFrame:
 def projected_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per data set, factor and mode, over its trainings: the mean of the per-training means with their min and
     max (the authors' error bars), the trainings, those that reached the training target, and the points
-    censored and misclassified in all, beside the published value where there is one."""
+    censored and misclassified in all, beside the published value where there is one; also the mean of the
+    trainings' mean_at_end (:func:`per_training`) and the gap of each to the published value."""
     trainings = per_training(table)
     rows = []
     for (dataset, factor, mode), group in trainings.groupby(["dataset", "factor", "mode"]):
         published = PUBLISHED_FIG4.get(dataset, {}).get(mode, {}).get(float(factor))
-        mean = float(group["mean"].mean())
+        mean, at_end = float(group["mean"].mean()), float(group["mean_at_end"].mean())
         rows.append(dict(dataset=dataset, factor=float(factor), mode=mode, mean=mean, min=float(group["mean"].min()),
-                         max=float(group["mean"].max()), trainings=len(group),
+                         max=float(group["mean"].max()), mean_at_end=at_end, trainings=len(group),
                          reached_target=int(group["reached_target"].sum()), points=int(group["n"].sum()),
                          censored=int(group["censored"].sum()), misclassified=int(group["misclassified"].sum()),
                          published=published,
-                         gap=None if published is None else (mean - published) / published))
+                         gap=None if published is None else (mean - published) / published,
+                         gap_at_end=None if published is None or at_end != at_end
+                         else (at_end - published) / published))
     return pd.DataFrame(rows)
 
 
@@ -508,17 +525,22 @@ def projected_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:  
             chosen = rows[(rows["mode"] == mode) & rows["published"].notna()].sort_values("factor")
             if not len(chosen):
                 continue
+            # like for like: the authors' statistic where the results say where each walk ended
+            judged = "gap_at_end" if chosen["gap_at_end"].notna().all() else "gap"
             gaps = {float(r["factor"]): dict(ours=r["mean"], ours_min=r["min"], ours_max=r["max"],
-                                             published=r["published"], relative_gap=r["gap"],
+                                             ours_at_end=r["mean_at_end"], published=r["published"],
+                                             relative_gap=r["gap"], relative_gap_at_end=r["gap_at_end"],
                                              trainings=int(r["trainings"]), censored=int(r["censored"]),
                                              misclassified=int(r["misclassified"]))
                     for _, r in chosen.iterrows()}
-            worst = float(chosen["gap"].abs().max())
+            worst = float(chosen[judged].abs().max())
             out.append(claim(f"{dataset}: {MODES[mode]} distance beside the published values",
-                             dict(by_factor=gaps, largest_relative_gap=worst,
+                             dict(by_factor=gaps, largest_relative_gap=worst, judged_on=judged,
                                   factors_missing=sorted(set(published[mode]) - set(gaps))),
-                             f"|ours - published| / published <= {GAP:.0%} at every factor the paper plots "
-                             f"(published: the mean of five trainings, FIGURES.md)",
+                             f"|ours - published| / published <= {GAP:.0%} at every factor the paper plots, ours "
+                             f"as the authors average (relative_gap_at_end: censored points at the norm their walk "
+                             f"ended at; relative_gap when the results do not say where it ended) "
+                             f"(published: the mean of five trainings, FIGURES.md; {PUBLISHED_SOURCE[dataset]})",
                              worst <= GAP and not set(published[mode]) - set(gaps), data))
     return out
 

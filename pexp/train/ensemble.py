@@ -32,8 +32,10 @@ from pexp.data import Dataset
 from pexp.models import EntryNet, score
 from pexp.runs import RunDir, training_run_dir
 from pexp.train.loop import (LossSpec, _model_readable, decision_threshold, epochs_since_log, finish_run, log_row,
-                             per_sample_loss_and_gradient, save_progress, start_run, train, training_margin)
-from pexp.train.optim import keeps_momentum, momentum_buffers, momentum_update, set_momentum_buffers, update_rule
+                             per_sample_loss_and_gradient, save_progress, start_run, stop_rule, train,
+                             training_margin)
+from pexp.train.optim import (LrSchedule, keeps_momentum, momentum_buffers, momentum_update, set_momentum_buffers,
+                              update_rule)
 from pexp.train.perturb import eps_at_epoch
 
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Tanh, nn.Sigmoid)  # act on each unit alone
@@ -44,11 +46,12 @@ CHECK_EVERY = 50  # epochs between looks at which members reached their target (
 
 def batchable(cfg: DictConfig) -> bool:
     """Whether a run can be a member of an ensemble (full batch, no Algorithm 1, no per-epoch states, a margin
-    target at most)."""
+    target at most, looked at after every epoch, a constant learning rate)."""
     return (cfg.train.batch_size is None and cfg.perturb.layers == "none"
             and not cfg.train.get("keep_states", False) and cfg.model.name in ("mlp", "linear")
             and not cfg.model.get("batch_norm", False) and not cfg.model.get("dropout", 0.0)
-            and cfg.train.get("target_accuracy") is None)
+            and cfg.train.get("target_accuracy") is None and stop_rule(cfg).checked_always
+            and LrSchedule.of(cfg.optim).constant)
 
 
 def stackable(model: EntryNet) -> bool:

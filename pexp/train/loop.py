@@ -6,6 +6,7 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -17,7 +18,7 @@ from pexp.config import ConfigError, resolve_device, validate_training
 from pexp.data import Dataset, load_dataset
 from pexp.models import AsLogits, EntryNet, NearestTarget, build_model, predict, score, simplex_targets
 from pexp.runs import RunDir, torch_save, training_run_dir, write_csv, write_json, write_text
-from pexp.train.optim import build_optimizer
+from pexp.train.optim import LrSchedule, build_optimizer
 from pexp.train.perturb import active_layers, eps_at_epoch, extreme_perturbations, output_directions
 
 
@@ -281,23 +282,47 @@ def save_progress(run: RunDir, model: EntryNet, optimizer: torch.optim.Optimizer
     write_csv(run / "train_log.csv", pd.DataFrame(rows))
 
 
-def stop_rule(cfg: DictConfig) -> tuple[float | None, float | None, str]:
-    """(train.target_margin, train.target_accuracy, train.target_split): stop once min_i y_i f(x_i) reaches the
+class StopRule(NamedTuple):
+    """When a run stops before train.epochs (then a cap); see :func:`stop_rule`."""
+
+    margin: float | None
+    accuracy: float | None
+    split: str
+    every: int = 1
+    first: int = 1
+
+    @property
+    def checked_always(self) -> bool:
+        return self.every == 1 and self.first == 1
+
+    def checked(self, done: int) -> bool:
+        """Whether the rule is looked at after ``done`` epochs: after epochs first, first + every, ..."""
+        return done >= self.first and (done - self.first) % self.every == 0
+
+
+def stop_rule(cfg: DictConfig) -> StopRule:
+    """train.target_margin, train.target_accuracy, train.target_split: stop once min_i y_i f(x_i) reaches the
     margin, or once the accuracy on the split (train | test) reaches the accuracy (paper OM, fig4); train.epochs is
-    then a cap."""
-    return cfg.train.get("target_margin"), cfg.train.get("target_accuracy"), str(cfg.train.get("target_split", "train"))
+    then a cap. train.target_check_every n (default 1) and train.target_check_first (default n): the rule is looked
+    at only after epochs first, first + n, first + 2n, ... (the authors' MNIST script tests after epochs 1, 6, 11,
+    ...: n = 5, first = 1; their sphere script after epochs 10, 20, ...: n = 10)."""
+    every = int(cfg.train.get("target_check_every") or 1)
+    return StopRule(cfg.train.get("target_margin"), cfg.train.get("target_accuracy"),
+                    str(cfg.train.get("target_split", "train")), every,
+                    int(cfg.train.get("target_check_first") or every))
 
 
-def target_reached(rule: tuple[float | None, float | None, str], model: EntryNet, data: Dataset,
-                   threshold: float, judged: torch.nn.Module | None = None) -> bool:
-    """Whether the run has met its :func:`stop_rule` (False when it has none); accuracies are those of ``judged``
-    (:func:`judged_model`, default the model)."""
-    target, target_accuracy, split = rule
-    if target_accuracy is not None:
-        part = data.test if split == "test" else data.train
-        if 1 - float(error_rate(judged if judged is not None else model, part.x, part.y, threshold).float().mean()) >= target_accuracy:
+def target_reached(rule: StopRule, model: EntryNet, data: Dataset, threshold: float,
+                   judged: torch.nn.Module | None = None) -> bool:
+    """Whether the run has met its :func:`stop_rule` now (False when it has none), whether or not the rule looks
+    at this epoch; accuracies are those of ``judged`` (:func:`judged_model`, default the model)."""
+    if rule.accuracy is not None:
+        part = data.test if rule.split == "test" else data.train
+        wrong = error_rate(judged if judged is not None else model, part.x, part.y, threshold)
+        if 1 - float(wrong.float().mean()) >= rule.accuracy:
             return True
-    return target is not None and float(training_margin(model, data.train.x, data.train.y, threshold)) >= target
+    return rule.margin is not None and \
+        float(training_margin(model, data.train.x, data.train.y, threshold)) >= rule.margin
 
 
 def _train_locked(cfg: DictConfig, run: RunDir) -> None:
@@ -317,7 +342,7 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     batches = range(0, n, batch_size)
     penalty = float(cfg.optim.get("first_layer_penalty", 0.0))  # OM fig3 (c): + this x ||W_1|| in the loss
     penalty_form = str(cfg.optim.get("penalty_form", "norm"))
-    rule = stop_rule(cfg)
+    rule, schedule = stop_rule(cfg), LrSchedule.of(cfg.optim)
     judged = judged_model(model, cfg.loss)
     if cfg.loss.name == "simplex" and int(y_train.max()) >= int(cfg.loss.classes):
         raise ConfigError(f"loss.classes={cfg.loss.classes} is not allowed for data {cfg.data.name} with "
@@ -325,7 +350,7 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     # read once: a DictConfig access costs tens of microseconds, too much per epoch of a toy run
     loss, pieces, progress = LossSpec.of(cfg.loss), int(cfg.perturb.pieces), bool(cfg.train.progress)
     eps_max, ramp_steps, seed = float(cfg.perturb.eps), int(cfg.perturb.ramp_steps), int(cfg.seed)
-    if start_epoch and target_reached(rule, model, data, threshold, judged):
+    if start_epoch and rule.checked(start_epoch) and target_reached(rule, model, data, threshold, judged):
         start_epoch = epochs  # it had stopped at its target when interrupted: nothing left to train
     epoch_bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc=str(cfg.run_name),
                      unit="epoch", disable=not progress)
@@ -337,7 +362,9 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
             device) if batch_size < n else None
         inner = tqdm(batches, desc=f"epoch {epoch + 1} eps={eps:.4f}", leave=False, unit="batch",
                      disable=not progress or len(batches) < 20)
-        for first in inner:
+        for number, first in enumerate(inner):
+            if not schedule.constant:
+                schedule.set(optimizer, epoch, epoch * len(batches) + number)
             if order is None:  # full batch
                 x_batch, y_batch = x_train, y_train
             else:
@@ -348,7 +375,7 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
         done = epoch + 1
         if keep_states:
             torch_save(state_path(run, done), model.state_dict())
-        reached = target_reached(rule, model, data, threshold, judged)
+        reached = rule.checked(done) and target_reached(rule, model, data, threshold, judged)
         final = reached or done == epochs
         if done % log_every and not final:
             continue
@@ -386,13 +413,13 @@ def finish_run(cfg: DictConfig, run: RunDir, model: EntryNet, data: Dataset, row
         epochs_trained=int(rows[-1]["epoch"]),
         **(extra or {}),
     )
-    _, target_accuracy, split = rule = stop_rule(cfg)
-    if target_accuracy is not None:
-        metrics.update(target_accuracy=float(target_accuracy), target_split=split,
+    rule = stop_rule(cfg)
+    if rule.accuracy is not None:
+        metrics.update(target_accuracy=float(rule.accuracy), target_split=rule.split,
                        reached_target=target_reached(rule, model, data, threshold, judged))
         if not metrics["reached_target"]:
-            print(f"[pexp] WARNING: {cfg.run_name} hit the epoch cap ({int(cfg.train.epochs)}) before {split} "
-                  f"accuracy {target_accuracy} (recorded in metrics.json as reached_target=false)")
+            print(f"[pexp] WARNING: {cfg.run_name} hit the epoch cap ({int(cfg.train.epochs)}) before {rule.split} "
+                  f"accuracy {rule.accuracy} (recorded in metrics.json as reached_target=false)")
     elif target is not None:
         final_margin = float(training_margin(model, x_train, y_train, threshold))
         metrics.update(target_margin=float(target), final_margin=final_margin, reached_target=final_margin >= target)

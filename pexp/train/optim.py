@@ -2,6 +2,7 @@
 single-run optimisers and the batched toy ensemble (``pexp.train.ensemble``) share."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -66,6 +67,49 @@ def build_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> tu
     # bit for bit); it matters for pe-fig4's one-sample steps
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                            foreach=True), reduction
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    """The learning rate at each optimiser step, from the optional keys of the optim config (absent: constant):
+
+    - ``lr_milestones`` (epochs, e.g. [40, 80]) and ``lr_milestone_factor`` (default 0.1): the rate is multiplied by
+      the factor once each milestone's number of epochs is done (the epoch after epoch 40 runs at 0.1 lr; torch's
+      MultiStepLR stepped once per epoch);
+    - ``lr_step_every`` (optimiser steps) and ``lr_step_factor``: the rate is multiplied by the factor after every
+      that many steps (torch's StepLR stepped once per optimiser step).
+    Epochs and steps count from 0, so the rate of a step follows from them alone (a resumed run gets the same)."""
+
+    lr: float
+    milestones: tuple[int, ...] = ()
+    milestone_factor: float = 0.1
+    step_every: int | None = None
+    step_factor: float = 1.0
+
+    @staticmethod
+    def of(cfg: DictConfig) -> LrSchedule:
+        every = cfg.get("lr_step_every")
+        return LrSchedule(float(cfg.lr), tuple(int(m) for m in cfg.get("lr_milestones") or ()),
+                          float(cfg.get("lr_milestone_factor", 0.1)), None if every is None else int(every),
+                          float(cfg.get("lr_step_factor", 1.0)))
+
+    @property
+    def constant(self) -> bool:
+        return not self.milestones and (self.step_every is None or self.step_factor == 1.0)
+
+    def at(self, epoch: int, step: int) -> float:
+        """The rate of optimiser step ``step`` (0-based, counted over the whole run), taken in epoch ``epoch``
+        (0-based). Multiplied one factor at a time, as the torch schedulers do (the same rounding)."""
+        rate = self.lr
+        for _ in range(sum(epoch >= milestone for milestone in self.milestones)):
+            rate *= self.milestone_factor
+        for _ in range(step // self.step_every if self.step_every else 0):
+            rate *= self.step_factor
+        return rate
+
+    def set(self, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = self.at(epoch, step)
 
 
 def update_rule(optimizer: torch.optim.Optimizer) -> dict[str, float]:

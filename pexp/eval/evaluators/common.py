@@ -24,7 +24,8 @@ def run_of(out: RunDir) -> RunDir:
 
 
 SEARCH_KEYS = ("eps_max", "resolution", "steps", "rel_stepsize", "random_start", "objective", "restarts", "search",
-               "walk_step", "first_estimate", "fmn_steps", "apgd", "apgd_steps", "apgd_restarts", "batch_size")
+               "walk_step", "reproject", "first_estimate", "fmn_steps", "apgd", "apgd_steps", "apgd_restarts",
+               "batch_size")
 
 
 def _search_settings(eval_cfg: DictConfig, progress: bool) -> dict:

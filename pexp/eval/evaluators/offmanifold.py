@@ -75,7 +75,9 @@ def projected_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, ou
     perturbation the margin search (:func:`minimal_perturbation` with the eval config's search settings; the
     authors' walk in conf/eval/projected.yaml) needs to flip the label, with the perturbation unrestricted,
     restricted to the data subspace, or to its orthogonal complement. Columns: mode, index, target, distance
-    (0: misclassified already; inf: not flipped within the search, censored), misclassified, censored."""
+    (0: misclassified already; inf: not flipped within the search, censored), misclassified, censored, end (the
+    walk: the norm where it ended, the distance for a flipped point and where its last step left a censored one;
+    NaN for a bisecting search)."""
     data = load_dataset(cfg.data)
     if data.subspace is None:
         raise ConfigError(f"eval=projected needs a data set with a known subspace: data.name={cfg.data.name!r}")
@@ -91,9 +93,11 @@ def projected_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, ou
     frames = []
     for mode in eval_cfg.modes:
         torch.manual_seed(int(eval_cfg.seed))
-        distance = torch.zeros(len(points), dtype=torch.float64) if nothing_to_attack else minimal_perturbation(
-            logits, points.x, points.y, norm="l2", bounds=bounds, directions=directions[mode], **search).double()
+        found = dict(margin=torch.zeros(len(points)), end=torch.zeros(len(points))) if nothing_to_attack else \
+            minimal_perturbation(logits, points.x, points.y, norm="l2", bounds=bounds, directions=directions[mode],
+                                 details=True, **search)
+        distance = found["margin"].double()
         frames.append(pd.DataFrame(dict(mode=mode, index=index.numpy(), target=points.y.numpy(),
                                         distance=distance.numpy(), misclassified=(distance == 0).numpy(),
-                                        censored=torch.isinf(distance).numpy())))
+                                        censored=torch.isinf(distance).numpy(), end=found["end"].double().numpy())))
     return pd.concat(frames, ignore_index=True)
