@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from pexp.figures.compose import compose_experiment
-from pexp.runs import training_run_dir
+from pexp.eval.evaluators.common import eval_dir
+from pexp.runs import RunDir, training_run_dir
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "conf" / "experiment"
 HASHES = {
@@ -59,3 +60,65 @@ def test_every_experiment_is_pinned():
 def test_run_hash_unchanged(experiment, tmp_path):
     cfg = compose_experiment(experiment, [f"paths.output_dir={tmp_path}"])
     assert training_run_dir(cfg).path.name == HASHES[experiment]
+
+
+# Every experiment's own evaluation, and every eval option on richness_fig2_first: the folder name of its results
+# (evaluator name and eval config hash). A moved hash recomputes finished evaluations (half an hour per margin split).
+EVAL_DIRS = {
+    "om_fig1_cifar10": "dataset_pca-6f5b2af99bd1",
+    "om_fig1_mnist": "dataset_pca-6f5b2af99bd1",
+    "om_fig2_a": "offmanifold-403aadb3e87f",
+    "om_fig2_b": "offmanifold-403aadb3e87f",
+    "om_fig2_c": "offmanifold-403aadb3e87f",
+    "om_fig3_a": "offmanifold-7cfbf33108e4",
+    "om_fig3_b": "offmanifold-7cfbf33108e4",
+    "om_fig3_c": "offmanifold-7cfbf33108e4",
+    "om_fig3_c_bias": "offmanifold-7cfbf33108e4",
+    "om_fig3_c_squared": "offmanifold-7cfbf33108e4",
+    "om_fig4_mnist": "projected-2962bdc182a0",
+    "om_fig4_sphere": "projected-ec4b1f15c895",
+    "om_fig4_sphere_authors": "projected-1e73e0574cd2",
+    "om_fig5_a": "offmanifold-7cfbf33108e4",
+    "om_fig5_b": "offmanifold-7cfbf33108e4",
+    "om_fig5_c": "offmanifold-7cfbf33108e4",
+    "om_fig5_code_a": "offmanifold-7cfbf33108e4",
+    "om_fig5_code_b": "offmanifold-7cfbf33108e4",
+    "om_fig5_code_c": "offmanifold-7cfbf33108e4",
+    "om_fig6_a": "offmanifold-403aadb3e87f",
+    "om_fig6_b": "offmanifold-403aadb3e87f",
+    "om_fig6_c": "offmanifold-403aadb3e87f",
+    "pe_alg1": "margin-e8ec6d227f83",
+    "pe_fig1_ce": "boundary-4ac394667eaf",
+    "pe_fig1_se": "boundary-4ac394667eaf",
+    "pe_fig2_ellipses": "boundary-1a8979777c6b",
+    "pe_fig2_line": "boundary-84fc90449765",
+    "pe_fig4_ce": "margin-e8ec6d227f83",
+    "pe_fig4_se": "margin-e8ec6d227f83",
+    "pe_multiclass_all": "margin-e8ec6d227f83",
+    "pe_multiclass_first": "margin-e8ec6d227f83",
+    "richness_fig1": "margin-e8ec6d227f83",
+    "richness_fig2_all": "margin-e8ec6d227f83",
+    "richness_fig2_first": "margin-e8ec6d227f83",
+    "ts_cifar10": "margin-e8ec6d227f83",
+    "ts_cifar10_bn": "margin-e8ec6d227f83",
+    "ts_cifar10_dropout": "margin-e8ec6d227f83",
+    "ts_mnist": "margin-e8ec6d227f83",
+    "eval=active": "active-3b6a94eaaeef",
+    "eval=bound": "bound-2206a389859f",
+    "eval=boundary": "boundary-4ac394667eaf",
+    "eval=dataset_pca": "dataset_pca-6f5b2af99bd1",
+    "eval=margin": "margin-e8ec6d227f83",
+    "eval=margin_authors": "margin-18b11ba68b03",
+    "eval=offmanifold": "offmanifold-403aadb3e87f",
+    "eval=pca": "pca-359aeb06c2e7",
+    "eval=pca_subset": "pca-f1f4dbcd94f0",
+    "eval=projected": "projected-7fb11c3003ef",
+    "eval=tangent": "tangent-b0975d32f9c2",
+}
+
+
+@pytest.mark.parametrize("key", sorted(EVAL_DIRS))
+def test_eval_hash_unchanged(key, tmp_path):
+    experiment, overrides = (("richness_fig2_first", [key]) if key.startswith("eval=") else (key, []))
+    cfg = compose_experiment(experiment, [f"paths.output_dir={tmp_path}", *overrides])
+    assert eval_dir(RunDir(tmp_path), cfg.eval).path.name == EVAL_DIRS[key]
