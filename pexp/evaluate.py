@@ -46,6 +46,9 @@ def check_job(cfg: DictConfig, overrides: Sequence[str]) -> None:
         raise ConfigError(f"eval={cfg.eval.name} is not allowed here: pexp.evaluate runs an evaluator of a trained "
                           f"model, choose one of {', '.join(EVALUATORS)} ({cfg.eval.name} is a figure's: "
                           f"python -m pexp.figures --list)")
+    if not isinstance(cfg.crosscheck, bool) or (cfg.crosscheck and cfg.eval.name != "margin"):
+        raise ConfigError(f"crosscheck={cfg.crosscheck!r} is not allowed with eval={cfg.eval.name}: true needs "
+                          f"eval=margin (or a margin eval option), else false")
     validate_config(cfg)
 
 
@@ -58,6 +61,11 @@ def main(cfg: DictConfig) -> None:
     run = find_run(cfg)
     results = evaluate(run, cfg.eval, cfg.device, progress=True)
     print(f"{eval_dir(run, cfg.eval).path / RESULTS} ({len(results)} rows)")
+    if cfg.crosscheck:
+        from pexp.eval.crosscheck import CROSSCHECK, crosscheck_margins
+
+        print(crosscheck_margins(run, cfg.eval, cfg.device).to_string(index=False))
+        print(eval_dir(run, cfg.eval).path / CROSSCHECK)
 
 
 if __name__ == "__main__":
