@@ -47,7 +47,8 @@ def check_job(cfg: DictConfig, overrides: Sequence[str]) -> None:
                           f"model, choose one of {', '.join(EVALUATORS)} ({cfg.eval.name} is a figure's: "
                           f"python -m pexp.figures --list)")
     if not isinstance(cfg.crosscheck, bool) or (cfg.crosscheck and cfg.eval.name != "margin"):
-        raise ConfigError(f"crosscheck={cfg.crosscheck!r} is not allowed with eval={cfg.eval.name}: true needs "
+        shown = str(cfg.crosscheck).lower() if isinstance(cfg.crosscheck, bool) else repr(cfg.crosscheck)
+        raise ConfigError(f"crosscheck={shown} is not allowed with eval={cfg.eval.name}: true needs "
                           f"eval=margin (or a margin eval option), else false")
     validate_config(cfg)
 

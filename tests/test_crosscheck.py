@@ -55,3 +55,35 @@ def test_overstated_margins_are_caught(case):
         assert surely > 0 and surely <= row.flipped <= possibly  # every overstated point flipped, none of the others
     censored = found[found.points == "censored"].iloc[0]
     assert censored.claimed_above == int(torch.isinf(margins).sum()) and censored.flipped == censored.claimed_above
+
+
+def test_claim_judges_the_pairs_within_the_papers_range():
+    from pexp.figures.margins import crosscheck_claims
+    import pandas as pd
+
+    table = pd.DataFrame(dict(data=["real data"], run=["first"]))
+    rows = [dict(split="train", points="sample", radius=r, looked_at=300, claimed_above=250, apgd_flipped=0,
+                 square_flipped=0, flipped=0) for r in (0.01, 0.02, 0.05, 0.1)]
+    rows.append(dict(split="train", points="censored", radius=0.3, looked_at=20, claimed_above=20, apgd_flipped=9,
+                     square_flipped=3, flipped=12))
+    assert crosscheck_claims(table, {"first": {"train_accuracy": 1.0}}) == []
+    (holds,) = crosscheck_claims(table, {"first": {"crosscheck": rows}})
+    assert holds["holds"] and holds["measured"]["first"]["train at eps_max 0.3"] == "12 of 20 flipped (APGD 9, Square 3)"
+    rows[1] = dict(rows[1], apgd_flipped=11, flipped=11)   # 11 of 1,000 pairs > 1%
+    (fails,) = crosscheck_claims(table, {"first": {"crosscheck": rows}})
+    assert not fails["holds"] and fails["measured"]["within the papers' range"] == "11 of 1000 (point, radius) pairs"
+
+
+def test_crosscheck_needs_a_margin_evaluation(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-m", "pexp.evaluate", "eval=pca", "run=richness_fig2_all",
+                           "data=synthetic_cifar2", "crosscheck=true", f"paths.output_dir={tmp_path}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: crosscheck=true is not allowed with eval=pca: true needs eval=margin (or a margin eval option), "
+        "else false"]
+    assert not (tmp_path / "runs").exists()

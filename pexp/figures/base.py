@@ -18,7 +18,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from pexp.eval.crosscheck import CROSSCHECK  # noqa: E402
 from pexp.eval.evaluate import evaluate  # noqa: E402
+from pexp.eval.evaluators.common import eval_dir  # noqa: E402
 from pexp.figures.compose import compose_experiment  # noqa: E402
 from pexp.runs import atomic_write, write_csv, write_json, write_text  # noqa: E402
 from pexp.train.ensemble import train_many  # noqa: E402
@@ -138,6 +140,9 @@ def collect_runs(runs: dict[str, str | Run], evaluator: str, overrides: Sequence
         metrics[label][RUN_INFO] = dict(label=label, experiment=spec.experiment, run_dir=str(run.path),
                                         hash=run.path.name, data=metrics[label]["data"],
                                         train_seconds=recorded_train_seconds(run.path))
+        crosscheck = eval_dir(run, cfg.eval) / CROSSCHECK
+        if crosscheck.exists():  # an independent check of these margins was run (evaluate crosscheck=true)
+            metrics[label]["crosscheck"] = pd.read_csv(crosscheck).to_dict("records")
         extra = {key: metrics[label][key] for key in ("reached_target", "target_margin", "final_margin")
                  if key in metrics[label]}
         frames.append(results.assign(run=spec.label or label, experiment=spec.experiment, run_dir=str(run.path),

@@ -199,6 +199,36 @@ def search_check_claim(table: pd.DataFrame) -> dict:
                  measured["points"] > 0 and share >= 0.95, data_label(table))
 
 
+CROSSCHECK_RADIUS = 0.1   # the papers' plotted range, where the independent check is judged
+CROSSCHECK_SHARE = 0.01   # at most this share of the (point, radius) pairs we put above the radius may flip
+
+
+def crosscheck_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:
+    """The independent check of the margins (:mod:`pexp.eval.crosscheck`, torchattacks' APGD then Square), where
+    it was run: per run and split, how many of the sampled points our search put above each radius the other
+    library's attacks flipped there, and how many of the censored points they flipped at eps_max. None when no
+    run was checked."""
+    checked = {label: entry["crosscheck"] for label, entry in metrics.items()
+               if isinstance(entry, dict) and entry.get("crosscheck")}
+    if not checked:
+        return []
+    measured, pairs, flipped = {}, 0, 0
+    for label, rows in sorted(checked.items()):
+        for row in rows:
+            key = f"{row['split']} at {'eps_max ' if row['points'] == 'censored' else ''}{row['radius']:g}"
+            measured.setdefault(label, {})[key] = (f"{row['flipped']} of {row['claimed_above']} flipped "
+                                                   f"(APGD {row['apgd_flipped']}, Square {row['square_flipped']})")
+            if row["points"] == "sample" and row["radius"] <= CROSSCHECK_RADIUS + 1e-12:
+                pairs, flipped = pairs + int(row["claimed_above"]), flipped + int(row["flipped"])
+    measured["within the papers' range"] = f"{flipped} of {pairs} (point, radius) pairs"
+    return [claim(f"another library's attacks (torchattacks APGD, then Square) flip almost none of the sampled "
+                  f"points our search puts above a radius <= {CROSSCHECK_RADIUS:g}; the censored points they flip "
+                  f"at eps_max are reported beside it", measured,
+                  f"<= {CROSSCHECK_SHARE:.0%} of the (point, radius) pairs", pairs > 0 and flipped <= CROSSCHECK_SHARE * pairs,
+                  
+                  data_label(table))]
+
+
 def _lossless(table: pd.DataFrame) -> bool:
     return data_label(table) == "cifar10" and "lossless" in table and not table["lossless"].astype(bool).all()
 
@@ -259,7 +289,7 @@ def all_vs_first_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims
             "train margins but not the test margins", gains,
             "fewer train points flipped over [0, 0.1] (mean improvement >= 5 points), test improvement less than "
             "half the train improvement", train_gain >= 5 and test_gain < train_gain / 2, data))
-    claims.append(search_check_claim(table))
+    claims += [search_check_claim(table), *crosscheck_claims(table, metrics)]
     return claims
 
 
@@ -275,7 +305,7 @@ def small_test_margin_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> C
             measured["lossless_test"] = curve_summary(table, label, lossless_only=True)["test"]
         out.append(claim(f"{label}: small test margins", measured, "median test margin < 0.1 (censored points "
                          "count as beyond eps_max)", measured["test"]["median"] < 0.1, data))
-    out.append(search_check_claim(table))
+    out += [search_check_claim(table), *crosscheck_claims(table, metrics)]
     return out
 
 
@@ -322,4 +352,5 @@ def eps_sweep_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:
               "mean % of test points flipped over [0, 0.1] smallest at the largest eps", test[-1] == min(test), data),
         *compared,
         search_check_claim(table),
+        *crosscheck_claims(table, metrics),
     ]
