@@ -3,7 +3,8 @@
 The page (``<out>/index.html``, images copied into ``<out>/img/``) opens offline: no external CSS, scripts or
 fonts. One section per paper (R, PE, OM, TS): each figure's image, its claims (colour coded, with the data
 source), the overrides and runs behind it and its run time (from ``<id>.meta.json``); a figure not made yet is
-shown as missing with the command that makes it. A summary at the top counts the claims that hold, by data source.
+shown as missing with the command that makes it. A summary at the top counts the claims of the papers that hold, by data source; the checks of our own machinery
+(diagnostics) are shown apart and not counted. ``<out>/RESULTS.md`` is the same in markdown.
 """
 from __future__ import annotations
 
@@ -117,13 +118,34 @@ def read_figure(figures_dir: Path, figure_id: str, paper: str) -> FigureEntry:
     return entry
 
 
+def paper_claims(entry: FigureEntry) -> list[dict]:
+    """The claims of the papers (counted in the summary), not the checks of our own machinery."""
+    return [item for item in entry.claims if not item.get("diagnostic")]
+
+
+def diagnostics(entry: FigureEntry) -> list[dict]:
+    """Checks of the project's own machinery (e.g. the margin search's attacks agreeing): shown apart."""
+    return [item for item in entry.claims if item.get("diagnostic")]
+
+
+SHORT = 90  # a measured value up to this many characters is shown whole; a longer one is folded
+
+
+def headline(item: dict) -> str:
+    """What the measured cell shows first: the number the claim judges, else the measured value when it is short."""
+    if item.get("judged") is not None:
+        return format_value(item["judged"])
+    text = format_value(item.get("measured"))
+    return text if len(text) <= SHORT else "(see all numbers)"
+
+
 def summary(entries: Sequence[FigureEntry]) -> str:
     """E.g. "23 of 31 claims hold: 12/15 on real data, 11/16 on toy data; 3 figures missing"."""
     counts: dict[str, list[int]] = {}
     for entry in entries:
         if entry.image is None:
             continue
-        for item in entry.claims:
+        for item in paper_claims(entry):
             tally = counts.setdefault(data_kind(item.get("data")), [0, 0])
             tally[0] += bool(item.get("holds"))
             tally[1] += 1
@@ -158,14 +180,21 @@ def render_figure(entry: FigureEntry, image_name: str | None, known: bool) -> st
     out.append(f'<img src="img/{_e(image_name)}" alt="{_e(entry.id)}">')
     for problem in entry.problems:
         out.append(f'<p class="warning">{_e(problem)}</p>')
-    if entry.claims:
-        out.append("<table class=\"claims\"><tr><th>claim</th><th>measured</th><th>expected (paper)</th>"
-                   "<th>verdict</th><th>data</th></tr>")
-        for item in entry.claims:
+    for title, items in (("claims", paper_claims(entry)),
+                         ("checks of our own machinery (diagnostics, not counted)", diagnostics(entry))):
+        if not items:
+            continue
+        out.append(f"<p><b>{_e(title)}</b></p><table class=\"claims\"><tr><th>claim</th><th>measured</th>"
+                   "<th>expected</th><th>verdict</th><th>data</th></tr>")
+        for item in items:
             holds = bool(item.get("holds"))
             kind = data_kind(item.get("data"))
-            out.append(f'<tr class="{"holds" if holds else "fails"}"><td>{_e(item.get("claim", ""))}</td>'
-                       f'<td>{_e(format_value(item.get("measured")))}</td><td>{_e(item.get("expected", ""))}</td>'
+            full = format_value(item.get("measured"))
+            folded = (f"<details><summary>all numbers</summary>{_e(full)}</details>"
+                      if headline(item) != full else "")
+            diagnosis = (f"<br><i>Why: {_e(item['diagnosis'])}</i>" if item.get("diagnosis") and not holds else "")
+            out.append(f'<tr class="{"holds" if holds else "fails"}"><td>{_e(item.get("claim", ""))}{diagnosis}</td>'
+                       f'<td>{_e(headline(item))}{folded}</td><td>{_e(item.get("expected", ""))}</td>'
                        f'<td class="verdict">{"holds" if holds else "fails"}</td>'
                        f'<td class="data-{kind}">{_e(item.get("data", ""))} ({kind})</td></tr>')
         out.append("</table>")
@@ -212,7 +241,42 @@ def build_report(figures_dir: Path | str, out_dir: Path | str) -> Path:
                     for entry in entries if entry.paper == paper)
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>pexp report</title>"
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    write_text(out_dir / "RESULTS.md", markdown_report(entries, figures_dir))
     return write_text(out_dir / "index.html", page)
+
+
+def _md(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_report(entries: Sequence[FigureEntry], figures_dir: Path) -> str:
+    """The page as markdown (``RESULTS.md``): per paper and figure, what it shows, its claims with the judged
+    number beside the expected one and the verdict, why a failing claim fails where that is known, and its
+    diagnostics apart."""
+    lines = ["# pexp: reproduced figures", "", f"Generated from `{figures_dir}` by `make report`. "
+             f"{summary(entries)}.", ""]
+    for paper, title in PAPERS.items():
+        lines += [f"## {paper}: {title}", ""]
+        for entry in (entry for entry in entries if entry.paper == paper):
+            if entry.image is None:
+                lines += [f"### {entry.id}: missing", "", f"Not made yet: `make reproduce FIG={entry.id}`.", ""]
+                continue
+            meta = entry.meta or {}
+            held = sum(bool(item.get("holds")) for item in paper_claims(entry))
+            lines += [f"### {entry.id}", "", _md(meta.get("what", "")), "",
+                      f"{held} of {len(paper_claims(entry))} claims hold; data: {', '.join(meta.get('data') or [])}; "
+                      f"made in {_seconds(meta.get('seconds'))}.", ""]
+            for caption, items in (("claim", paper_claims(entry)), ("diagnostic (not counted)", diagnostics(entry))):
+                if not items:
+                    continue
+                lines += [f"| {caption} | ours | expected | verdict |", "|---|---|---|---|"]
+                for item in items:
+                    verdict = "holds" if item.get("holds") else "**fails**"
+                    why = f" Why: {item['diagnosis']}" if item.get("diagnosis") and not item.get("holds") else ""
+                    lines.append(f"| {_md(item.get('claim', ''))}{_md(why)} | {_md(headline(item))} | "
+                                 f"{_md(item.get('expected', ''))} | {verdict} |")
+                lines.append("")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -112,6 +112,26 @@ def test_report_lists_every_id_counts_claims_and_escapes_text(tmp_path):
     assert not re.search(r"(src|href)=\"(https?:)?//", page_path.read_text())  # nothing external
 
 
+def test_diagnostics_apart_judged_number_first_and_markdown_twin(tmp_path):
+    folder = fake_figures(tmp_path / "figures")
+    many = {f"key{i}": i / 7 for i in range(30)}  # a dozen keys and more: folded behind the judged number
+    write_json(folder / "richness-fig2.claims.json", [
+        dict(claim="paper claim", measured=many, expected="gap <= 5", judged="gap 7.5", holds=False, data="cifar10",
+             diagnosis="the authors' code trains otherwise"),
+        dict(claim="search attacks agree", measured={"share": 0.8}, expected=">= 95%", holds=False, data="cifar10",
+             diagnostic=True)])
+    page_path = build_report(folder, tmp_path / "report")
+    text = " ".join(Page(page_path.read_text()).text)
+    missing = len(figure_ids()) - 2
+    assert f"2 of 4 claims hold: 0/1 on real data, 2/3 on toy data; {missing} figures missing" in text
+    assert "checks of our own machinery (diagnostics, not counted)" in text and "search attacks agree" in text
+    assert "gap 7.5" in text and "all numbers" in text and "Why: the authors' code trains otherwise" in text
+    markdown = (tmp_path / "report" / "RESULTS.md").read_text()
+    assert "| paper claim Why: the authors' code trains otherwise | gap 7.5 | gap <= 5 | **fails** |" in markdown
+    assert "| diagnostic (not counted) | ours | expected | verdict |" in markdown
+    assert "### richness-fig1: missing" in markdown and "0 of 1 claims hold" in markdown
+
+
 def test_unreadable_claims_are_reported_not_fatal(tmp_path):
     figures = fake_figures(tmp_path / "figures")
     (figures / "pe-fig1.claims.json").write_text('[{"claim": "half')

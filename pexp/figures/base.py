@@ -94,8 +94,15 @@ def title_suffix(table: pd.DataFrame) -> str:
     return " [SYNTHETIC stand-in data, not CIFAR-10]" if "synthetic" in set(table["data"]) else ""
 
 
-def claim(text: str, measured: object, expected: str, holds: bool, data: str) -> dict:
-    return dict(claim=text, measured=measured, expected=expected, holds=bool(holds), data=data)
+def claim(text: str, measured: object, expected: str, holds: bool, data: str, *, judged: object = None,
+          diagnostic: bool = False, diagnosis: str | None = None) -> dict:
+    """One claim of a figure. ``judged``: the number (or short text) the verdict compares with ``expected``,
+    shown first by the report; ``diagnostic``: a check of the project's own machinery, not of a paper (the report
+    shows it apart and does not count it); ``diagnosis``: for a claim known to fail, why (paper, authors' code or
+    our setup)."""
+    item = dict(claim=text, measured=measured, expected=expected, holds=bool(holds), data=data)
+    extra = dict(judged=judged, diagnostic=diagnostic or None, diagnosis=diagnosis)
+    return dict(item, **{key: value for key, value in extra.items() if value is not None})
 
 
 def make_figure(figure: Figure, overrides: Sequence[str], figures_dir: Path | str, device: str = "auto",
