@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 COMPLETE = "COMPLETE"
 LOCK = ".lock"
+SITTINGS = "sittings.json"  # one entry per sitting that worked on the directory: seconds, machine, passes
 TMP_SUFFIX = ".tmp"  # temporary files of atomic_write: .<stem>.<random>.tmp<suffix>
 
 # The keys of the training config that define a run, and the ones inside them that only say where or how
@@ -129,14 +130,57 @@ def machine() -> dict:
                 loadavg=os.getloadavg()[0])
 
 
+class PassCounter:
+    """The sample rows a model pushes through its forward pass, through backward passes from its output (any
+    gradient: of the weights or of the inputs alone) and, of those, through backward passes that reached its last
+    parameter (a weight update's). Counts the model's copies too (``copy.deepcopy`` keeps forward hooks)."""
+
+    def __init__(self) -> None:
+        self.forward = self.backward = self.weight_backward = 0
+        self._last_rows = 0  # the rows of the backward pass now running
+        self._handles: list = []
+
+    def watch(self, model: torch.nn.Module) -> None:
+        counter = self
+
+        def backward(rows: int, grad: torch.Tensor) -> None:
+            counter.backward += rows
+            counter._last_rows = rows
+
+        def forward_hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.dim():
+                rows = output.shape[0]
+                counter.forward += rows
+                if output.requires_grad:
+                    output.register_hook(lambda grad, rows=rows: backward(rows, grad))
+
+        def weight_hook(grad: torch.Tensor) -> None:
+            counter.weight_backward += counter._last_rows
+
+        self._handles.append(model.register_forward_hook(forward_hook))
+        last = [param for param in model.parameters() if param.requires_grad][-1:]
+        self._handles += [param.register_hook(weight_hook) for param in last]
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def counts(self) -> dict:
+        return dict(forward_rows=self.forward, backward_rows=self.backward, weight_backward_rows=self.weight_backward)
+
+
 class RunDir:
     """A directory holding one unit of work (a training run or an evaluation), finished when its marker exists.
     The marker records the sitting that finished it: its wall time from taking the lock to the marker, and the
-    machine it ran on (:func:`machine`, the load average at both ends)."""
+    machine it ran on (:func:`machine`, the load average at both ends); and the totals of every sitting that worked
+    on it (``sittings.json``: seconds and the model passes :meth:`count_passes` counted)."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self._sitting: tuple[float, float] | None = None  # (perf_counter, load average) when the lock was taken
+        self._sitting_id = ""
+        self._counter: PassCounter | None = None  # counts this sitting's model passes (None: not counted)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -145,15 +189,54 @@ class RunDir:
     def complete(self) -> bool:
         return (self.path / COMPLETE).exists()
 
-    def mark_complete(self, info: Mapping[str, Any] | None = None) -> None:
-        """Written last: its presence means every other file of the run is final. Adds ``sitting``: the seconds
-        since this process took the lock and the machine (:func:`machine`, load average at the lock and now)."""
+    def _this_sitting(self) -> dict:
+        """This sitting so far: the seconds since this process took the lock and the machine (:func:`machine`,
+        load average at the lock and now)."""
         sitting = machine()
         if self._sitting is not None:
             started, load = self._sitting
             sitting.update(seconds=time.perf_counter() - started, loadavg_start=load,
                            loadavg_end=sitting.pop("loadavg"))
-        write_json(self.path / COMPLETE, {**(info or {}), "sitting": sitting})
+        return sitting
+
+    def count_passes(self, model: torch.nn.Module) -> None:
+        """Count the passes through ``model`` (:class:`PassCounter`) until the lock is released; recorded with this
+        sitting. Call it with the lock held."""
+        if self._counter is not None:
+            self._counter.watch(model)
+
+    def stop_counting(self) -> None:
+        """This sitting's passes are not counted (its work is done by other means than the watched model)."""
+        if self._counter is not None:
+            self._counter.close()
+        self._counter = None
+
+    def record_sitting(self) -> list[dict]:
+        """Write this sitting so far (seconds, machine, counted passes or ``counted: false``) into
+        ``sittings.json``, replacing its earlier entry; returns every sitting recorded. Called where progress is
+        saved (a checkpoint, a finished part) and at the marker, so that the seconds of work spread over several
+        sittings add up; work lost to an interruption after the last saved progress is done again and counted
+        then."""
+        try:
+            sittings = json.loads((self.path / SITTINGS).read_text())
+        except (OSError, ValueError):
+            sittings = []
+        entry = dict(id=self._sitting_id, **self._this_sitting(), counted=self._counter is not None,
+                     **(self._counter.counts() if self._counter is not None else {}))
+        sittings = [item for item in sittings if item.get("id") != self._sitting_id] + [entry]
+        write_json(self.path / SITTINGS, sittings)
+        return sittings
+
+    def mark_complete(self, info: Mapping[str, Any] | None = None) -> None:
+        """Written last: its presence means every other file of the run is final. Adds ``sitting`` (this one,
+        :meth:`_this_sitting`) and ``sittings``: their number, and the seconds and passes summed over all of them
+        (passes None when a sitting did not count them)."""
+        sittings = self.record_sitting()
+        counted = all(item.get("counted") for item in sittings)
+        totals = dict(count=len(sittings), seconds=sum(float(item.get("seconds", 0.0)) for item in sittings),
+                      **{key: sum(int(item[key]) for item in sittings) if counted else None
+                         for key in ("forward_rows", "backward_rows", "weight_backward_rows")})
+        write_json(self.path / COMPLETE, {**(info or {}), "sitting": self._this_sitting(), "sittings": totals})
 
     def mark_incomplete(self) -> None:
         """Withdraw the marker (a finished run found damaged is redone)."""
@@ -170,6 +253,7 @@ class RunDir:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             self._sitting = (time.perf_counter(), os.getloadavg()[0])
+            self._sitting_id, self._counter = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}", PassCounter()
             with contextlib.suppress(OSError):  # who holds it is for `python -m pexp.runs`, never a reason to stop
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
@@ -179,6 +263,7 @@ class RunDir:
             try:
                 yield
             finally:
+                self.stop_counting()
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)
                 fcntl.flock(fd, fcntl.LOCK_UN)

@@ -43,6 +43,7 @@ def evaluate(run: RunDir, eval_cfg: DictConfig, device: str = "auto", progress: 
 
     def compute() -> pd.DataFrame:
         model, cfg = load_trained(run, resolve_device(device))
+        out.count_passes(model)  # recorded with the sitting (sittings.json, COMPLETE)
         return EVALUATORS[eval_cfg.name](model, cfg, eval_cfg, out, progress)
 
     return _cached(out, eval_cfg, compute)

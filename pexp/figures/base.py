@@ -123,7 +123,8 @@ def make_figure(figure: Figure, overrides: Sequence[str], figures_dir: Path | st
                                                                        started=started, stages=stages))
 
 
-RUN_INFO = "run_info"  # what collect_runs adds to each run's metrics: label, experiment, run dir, hash, times
+RUN_INFO = "run_info"  # what collect_runs adds to each run's metrics: label, experiment, run dir, hash, times,
+# the evaluation folder the figure read
 
 
 def collect_runs(runs: dict[str, str | Run], evaluator: str, overrides: Sequence[str], device: str = "auto",
@@ -146,7 +147,8 @@ def collect_runs(runs: dict[str, str | Run], evaluator: str, overrides: Sequence
         metrics[label] = json.loads((run / "metrics.json").read_text())
         metrics[label][RUN_INFO] = dict(label=label, experiment=spec.experiment, run_dir=str(run.path),
                                         hash=run.path.name, data=metrics[label]["data"],
-                                        train_seconds=recorded_train_seconds(run.path))
+                                        train_seconds=recorded_train_seconds(run.path),
+                                        eval_dir=str(eval_dir(run, cfg.eval).path))
         crosscheck = eval_dir(run, cfg.eval) / CROSSCHECK
         if crosscheck.exists():  # an independent check of these margins was run (evaluate crosscheck=true)
             metrics[label]["crosscheck"] = pd.read_csv(crosscheck).to_dict("records")

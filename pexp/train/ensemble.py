@@ -131,6 +131,7 @@ def _train_together(cfgs: list[DictConfig]) -> None:
             member = Member(cfg, run, *start_run(cfg, run, device))
             if not stackable(member.model):
                 continue  # trained alone by train_many afterwards
+            run.stop_counting()  # the ensemble's batched passes go around the member's model
             members.append(member)
         groups: dict[tuple, list[Member]] = defaultdict(list)
         for member in members:

@@ -229,6 +229,7 @@ def start_run(cfg: DictConfig, run: RunDir,
     data = on_device(load_dataset(cfg.data), device)
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg.model, data.input_shape, cfg.init).to(device)
+    run.count_passes(model)  # recorded with the sitting (sittings.json, COMPLETE)
     optimizer, reduction = build_optimizer(cfg.optim, model.parameters())
     write_text(run / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if bool(cfg.train.get("keep_states", False)) and not state_path(run, 0).exists():
@@ -276,10 +277,12 @@ def print_row(cfg: DictConfig, row: dict) -> None:
 
 def save_progress(run: RunDir, model: EntryNet, optimizer: torch.optim.Optimizer, done: int,
                   rows: list[dict]) -> None:
-    """checkpoint.pt (weights, optimiser state, epochs done, log rows) and train_log.csv, each atomically."""
+    """checkpoint.pt (weights, optimiser state, epochs done, log rows) and train_log.csv, each atomically; and
+    this sitting's seconds and passes so far (``RunDir.record_sitting``)."""
     torch_save(run / "checkpoint.pt", dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                                            epoch=done, log=rows))
     write_csv(run / "train_log.csv", pd.DataFrame(rows))
+    run.record_sitting()
 
 
 class StopRule(NamedTuple):

@@ -44,6 +44,7 @@ def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: 
                                               apgd=found["apgd"].numpy(),
                                               stage=[STAGES[i] for i in found["stage"].tolist()],
                                               protocol=eval_cfg.get("protocol", "accurate"))))
+            out.record_sitting()
             censored = int(torch.isinf(margins).sum())
             before = int((~torch.isnan(found["apgd"])).sum())  # the points the APGD stage ran on
             stage = f" ({before} before the APGD stage)" if before else ""

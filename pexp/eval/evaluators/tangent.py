@@ -61,6 +61,7 @@ def tangent_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out:
         row["test_loss"], row["test_accuracy"] = loss_and_accuracy(plain, data.test.x, data.test.y)  # the truth
         rows.append(dict(epoch=epoch, **row))
         write_csv(part, pd.DataFrame(rows))
+        out.record_sitting()
     stats = pd.DataFrame(rows)
     depth = int(eval_cfg.depth or len(model.blocks))
     inputs = (stats["n_sens_train"] + stats["n_sens_test"]).sum()
