@@ -7,7 +7,9 @@ For every ``<output-dir>/figures/<id>.meta.json`` the time of its stages is summ
   ``sittings`` count their train_log.csv (the epochs only);
 - evaluate: each run's evaluation folder (``eval_dir`` of the meta's run; older metas: the run's only evaluation
   folder), seconds over all its sittings, else the seconds its marker recorded;
-- draw (and build, for figures computed without training runs): the meta's ``stage_seconds``.
+- draw (and build, for figures computed by their own code): the meta's ``stage_seconds``; a build's less the
+  recorded seconds of the runs and evaluations it listed that were finished during that call (their own rows
+  hold them).
 
 A run (or evaluation) that several figures use counts in each figure's table, marked shared, and once in the
 total. Reused runs count with their recorded seconds: the total is what the work took, over every sitting.
@@ -97,7 +99,7 @@ def measure_throughput() -> dict:
         conv, conv_flops = _rate(torch.nn.functional.conv2d, x, w)
     return dict(matmul_gflops=matmul, conv_gflops=conv, matmul_op=f"torch.mm {MATMUL_SIZE}x{MATMUL_SIZE}, "
                 f"{matmul_flops} FLOPs", conv_op=f"conv2d {list(CONV_SHAPES[0])} * {list(CONV_SHAPES[1])}, "
-                f"{conv_flops} FLOPs", threads=torch.get_num_threads(), cpu=cpu_model(),
+                f"{conv_flops} FLOPs", threads=torch.get_num_threads(), cpu=cpu_model(), cpu_count=os.cpu_count(),
                 loadavg_start=loadavg_start, loadavg_end=os.getloadavg()[0])
 
 
@@ -259,17 +261,24 @@ def account(output_dir: Path | str, throughput: dict | None = None) -> dict:
             flops = forward_flops(run_dir)
             eval_dir, guessed = _eval_dir_of(run, run_dir, output_dir)
             for kind, stage, key in (("train", train_stage(run_dir), run_dir),
-                                     ("evaluate", eval_stage(eval_dir), eval_dir)):
+                                     ("evaluate", eval_stage(eval_dir), eval_dir or run_dir / "eval" / "?")):
                 users[str(key)] += 1
                 stage.update(stage=kind, label=run.get("label"), experiment=run.get("experiment"),
-                             key=str(key), note=guessed if kind == "evaluate" else "", flops=flops)
+                             key=str(key), note=guessed if kind == "evaluate" else "", flops=flops,
+                             finished=_finished(key))
                 stages.append(stage)
+        started = _call_started(meta)
         for name, seconds in meta.get("stage_seconds", {}).items():
-            if name not in ("train", "evaluate"):  # those come from the runs' own records
-                stages.append(dict(stage=name, label=None, experiment=None, key=f"{path.name}:{name}",
-                                   seconds=seconds, how="meta.json (this call)", passes=None, passes_how=None,
-                                   note="", flops=None, cpu=None, threads=None, loadavg_start=None,
-                                   loadavg_end=None))
+            if name in ("train", "evaluate"):  # those come from the runs' own records
+                continue
+            how = "meta.json (this call)"
+            if name == "build" and seconds is not None:  # its wall time holds the work of its runs done in the call
+                inside = _sum(stage["seconds"] for stage in stages if stage["finished"] is not None
+                              and started is not None and stage["finished"] >= started)
+                seconds, how = max(0.0, seconds - inside), f"meta.json (this call, less {inside:.1f} s of its runs)"
+            stages.append(dict(stage=name, label=None, experiment=None, key=f"{path.name}:{name}", seconds=seconds,
+                               how=how, passes=None, passes_how=None, note="", flops=None, cpu=None, threads=None,
+                               loadavg_start=None, loadavg_end=None, finished=None))
         figures.append(dict(id=meta.get("id", path.name.split(".")[0]), meta=str(path), stages=stages))
     for figure in figures:
         for stage in figure["stages"]:
@@ -279,7 +288,7 @@ def account(output_dir: Path | str, throughput: dict | None = None) -> dict:
             stage["floor_seconds"] = floor
             stage["ratio"] = stage["seconds"] / floor if floor and stage["seconds"] is not None else None
             stage["slow"] = stage["ratio"] is not None and stage["ratio"] > SLOW
-            del stage["flops"]
+            del stage["flops"], stage["finished"]
         figure["seconds"] = _sum(stage["seconds"] for stage in figure["stages"])
         figure["floor_seconds"] = _sum(stage["floor_seconds"] for stage in figure["stages"])
     unique = {stage["key"]: stage for figure in figures for stage in figure["stages"]}
@@ -291,6 +300,23 @@ def account(output_dir: Path | str, throughput: dict | None = None) -> dict:
     total["ratio"] = total["seconds"] / total["floor_seconds"] if total["floor_seconds"] else None
     return dict(output_dir=str(output_dir), created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 throughput=throughput, figures=figures, total=total)
+
+
+def _finished(path: Path | str) -> float | None:
+    """When a unit of work was marked finished (its marker's modification time), None when it was not."""
+    try:
+        return (Path(path) / COMPLETE).stat().st_mtime
+    except OSError:
+        return None
+
+
+def _call_started(meta: dict) -> float | None:
+    """When the figure's call started: its meta's creation time less its seconds (whole seconds: a second early)."""
+    try:
+        created = datetime.strptime(meta["created_utc"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        return created.timestamp() - float(meta["seconds"]) - 1.0
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _kind(stage: dict) -> str:
@@ -329,6 +355,9 @@ def markdown(result: dict) -> str:
              f"Throughput measured {result['created_utc']} on {t['cpu']}, {t['threads']} threads, load "
              f"{t['loadavg_start']:.2f}/{t['loadavg_end']:.2f}: matmul {t['matmul_gflops']:.1f} GFLOP/s "
              f"({t['matmul_op']}), conv2d {t['conv_gflops']:.1f} GFLOP/s ({t['conv_op']}).", ""]
+    if max(t["loadavg_start"], t["loadavg_end"]) > (t.get("cpu_count") or 1):
+        lines += [f"The machine was loaded while measuring (load above its {t.get('cpu_count')} CPUs): the throughput "
+                  "is below what it does when quiet, so the floors are too high and the ratios too low.", ""]
     for figure in result["figures"]:
         lines += [f"## {figure['id']}: {figure['seconds']:.1f} s (floor {figure['floor_seconds']:.2f} s)", "",
                   "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
@@ -353,7 +382,8 @@ def text(result: dict) -> str:
         out += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
                 for row in rows]
         out.append("")
-    return "\n".join(out) + markdown(result).split("## Total", 1)[1].strip() + "\n"
+    loaded = [line for line in markdown(result).splitlines() if line.startswith("The machine was loaded")]
+    return "\n".join(out + loaded) + "\n" + markdown(result).split("## Total", 1)[1].strip() + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

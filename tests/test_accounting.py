@@ -147,8 +147,8 @@ def test_an_evaluation_counts_the_rows_through_the_model(tmp_path, monkeypatch):
 
     cfg = compose_experiment("richness_fig2_all", [
         "data=synthetic_cifar2", "data.n_train=20", "data.n_test=10", "model.size=1", "train.epochs=1",
-        "perturb=none", "perturb.eps=0", "train.batch_size=10", "train.progress=false", "eval=margin", "eval.n_train=4",
-        "eval.n_test=3", "eval.resolution=0.01", "eval.steps=5", "eval.fmn_steps=10", f"paths.output_dir={tmp_path}"])
+        "perturb=none", "perturb.eps=0", "train.batch_size=10", "train.progress=false", "eval=margin", "eval.n_train=2",
+        "eval.n_test=1", "eval.resolution=0.02", "eval.steps=5", "eval.first_estimate=null", "eval.apgd=false", f"paths.output_dir={tmp_path}"])
     run = train(cfg)
     seen = []
     original = margin.as_logits
@@ -158,4 +158,21 @@ def test_an_evaluation_counts_the_rows_through_the_model(tmp_path, monkeypatch):
     out = next((run / "eval").glob("margin-*"))
     totals = json.loads((out / "COMPLETE").read_text())["sittings"]
     assert totals["forward_rows"] == seen[0].with_gradient + seen[0].without_gradient > 0
-    assert 0 < totals["backward_rows"] <= seen[0].with_gradient
+    assert 0 < totals["backward_rows"] <= seen[0].with_gradient  # each gradient step's forward has one backward
+
+
+def test_a_build_stage_leaves_out_the_work_of_its_runs_done_in_the_call(tmp_path):
+    """A figure computed by its own code lists its runs and its build's wall time: the runs finished during that
+    call count in their own rows, not twice."""
+    from datetime import datetime, timezone
+
+    run = _run(tmp_path, "e", 10.0, 5.0)  # finished now, during the call below
+    _meta(tmp_path, "fig-z", dict(e=run), draw=1.0)
+    path = tmp_path / "figures" / "fig-z.meta.json"
+    meta = json.loads(path.read_text())
+    meta.update(stage_seconds=dict(build=50.0, draw=1.0), seconds=60.0,
+                created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    write_json(path, meta)
+    (figure,) = accounting.account(tmp_path, throughput=RATE)["figures"]
+    build = next(stage for stage in figure["stages"] if stage["stage"] == "build")
+    assert build["seconds"] == pytest.approx(50 - 10 - 5) and figure["seconds"] == pytest.approx(51)
