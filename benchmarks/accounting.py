@@ -220,7 +220,8 @@ def eval_stage(eval_dir: Path | None) -> dict:
     """An evaluation's seconds (over all its sittings, else its marker's), passes (counted only) and where."""
     marker = _json(eval_dir / COMPLETE) if eval_dir is not None else {}
     if not marker:
-        return dict(seconds=None, how="not found" if eval_dir is None else "not finished", passes=None,
+        return dict(seconds=None, how="not named by the meta.json (several evaluations)" if eval_dir is None
+                    else "not finished", passes=None,
                     passes_how=None, **_where(marker))
     if marker.get("sittings"):
         seconds, how = float(marker["sittings"]["seconds"]), f"{marker['sittings']['count']} sitting(s)"
