@@ -48,12 +48,13 @@ def validate_loss(cfg: DictConfig) -> None:
 class Loss:
     """A loss on the model's outputs divided by ``divisor`` (``loss.output_divisor``, default 1)."""
 
-    name: ClassVar[str]
-    # Algorithm 1 (pexp.train.perturb): None pushes the model's score up and down; a number picks one direction
-    # v_i per sample in the output space first (PE section 7.1), in at most that many rounds
-    direction_rounds: ClassVar[int | None] = None
-
+    name: ClassVar[str]  # set by register
     divisor: float = 1.0
+
+    # Algorithm 1 (pexp.train.perturb): None pushes the model's score up and down; a number picks one direction
+    # v_i per sample in the output space first (PE section 7.1), in at most that many rounds (a loss that needs
+    # them makes it a field). Not annotated here: not a field of the losses that do not.
+    direction_rounds = None
 
     @staticmethod
     def from_config(cfg: DictConfig) -> Loss:
