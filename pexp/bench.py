@@ -40,6 +40,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from pexp.losses import Loss, SquaredError
 from pexp.models import AsLogits, EntryNet, build_model
 from pexp.runs import write_json
 from pexp.train.loop import recorded_train_seconds, training_step
@@ -123,7 +124,7 @@ def load_data(overrides: Sequence[str], n_train: int, n_test: int) -> tuple[obje
 def algorithm1_rows(x: torch.Tensor, y: torch.Tensor, sizes: dict, device: torch.device) -> list[dict]:
     """Interleaved rounds on the same samples: the oracle on ``reference_samples``, then a batched epoch slice
     of ``ours_samples`` with Algorithm 1 and without perturbations."""
-    loss = OmegaConf.create({"name": "mse"})
+    loss = SquaredError()
     base = pe_net(sizes["model_size"], x.shape[1:]).to(device)
     x, y = x.to(device), y.to(device)
     active, none = active_layers(base, "all"), [False] * len(base.entry_shapes)
@@ -239,7 +240,7 @@ def margin_rows(data: object, source: str, sizes: dict, device: torch.device) ->
     from pexp.eval.margin import minimal_perturbation
     from pexp.eval.reference import sweep_margins
 
-    loss = OmegaConf.create({"name": "mse"})
+    loss = SquaredError()
     model = pe_net(sizes["model_size"], data.input_shape, seed=1).to(device)
     optimizer = SummedMomentum(model.parameters(), lr=LR, momentum=MOMENTUM)
     x_train, y_train = data.train.x[:sizes["margin_train"]].to(device), data.train.y[:sizes["margin_train"]].to(device)
@@ -393,7 +394,6 @@ def _extrapolated_end_to_end(configs: dict, sizes: dict, device: torch.device) -
     """Time a slice of each stage at full CIFAR size on the synthetic stand-in and scale it to the figure."""
     from pexp.data import load_dataset
     from pexp.eval.margin import minimal_perturbation
-    from pexp.train.loop import decision_threshold
 
     stages, notes = {}, {}
     n_slice = sizes["slice_samples"]
@@ -410,11 +410,11 @@ def _extrapolated_end_to_end(configs: dict, sizes: dict, device: torch.device) -
         epochs, n = int(cfg.train.epochs), len(data.train.y)
         schedule = [eps_at_epoch(cfg.perturb.eps, e, epochs, int(cfg.perturb.ramp_steps)) for e in range(epochs)]
         batch = int(cfg.train.batch_size)
-        per_sample = {}
+        per_sample, loss = {}, Loss.from_config(cfg.loss)
         for eps in sorted(set(schedule)):  # eps 0 takes the clean shortcut; every eps > 0 costs the same
             def slice_(eps: float = eps) -> None:
                 for first in range(0, n_slice, batch):
-                    training_step(model, optimizer, "sum", x[first:first + batch], y[first:first + batch], cfg.loss,
+                    training_step(model, optimizer, "sum", x[first:first + batch], y[first:first + batch], loss,
                                   eps, int(cfg.perturb.pieces), active)
             if eps > 0 and any(e > 0 for e in per_sample):
                 per_sample[eps] = next(v for e, v in per_sample.items() if e > 0)
@@ -426,7 +426,7 @@ def _extrapolated_end_to_end(configs: dict, sizes: dict, device: torch.device) -
                                    f"{epochs} epochs (ramp {sorted(set(schedule))})")
         points = sizes["slice_margin_points"]
         n_eval = min(cfg.eval.n_train or n, n) + min(cfg.eval.n_test or len(data.test.y), len(data.test.y))
-        logits = AsLogits(model.eval(), decision_threshold(cfg.loss))
+        logits = AsLogits(model.eval(), loss.decision_threshold)
         seconds = timed(lambda: minimal_perturbation(
             logits, data.test.x[:points], data.test.y[:points], eps_max=cfg.eval.eps_max,
             resolution=cfg.eval.resolution, steps=cfg.eval.steps, rel_stepsize=cfg.eval.rel_stepsize,
@@ -476,7 +476,7 @@ THREAD_SETTINGS = {
 
 def _throughput_probe(size: int, samples: int) -> None:
     """Child process: best of 3 batched Algorithm 1 slices; prints samples/s."""
-    loss = OmegaConf.create({"name": "mse"})
+    loss = SquaredError()
     model = pe_net(size, (3, 32, 32))
     optimizer = SummedMomentum(model.parameters(), lr=LR, momentum=MOMENTUM)
     generator = torch.Generator().manual_seed(0)

@@ -12,55 +12,16 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pexp.checks import check_bool, check_choice, check_number, get_required as _get
 from pexp.data import DATASETS
 from pexp.errors import ConfigError, DataError  # noqa: F401 - defined at the bottom layer, named here for the rest
+from pexp.losses import PENALTY_FORMS, validate_loss
 from pexp.models import MODELS
-
-
-def _get(cfg: DictConfig, key: str) -> Any:
-    return OmegaConf.select(cfg, key, throw_on_missing=True)
-
-
-def check_choice(cfg: DictConfig, key: str, allowed: Iterable[str]) -> None:
-    allowed = list(allowed)
-    value = _get(cfg, key)
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(map(str, allowed))}")
-
-
-def check_bool(cfg: DictConfig, key: str) -> None:
-    value = _get(cfg, key)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r} is not allowed: must be true or false")
-
-
-def check_number(cfg: DictConfig, key: str, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False, integer: bool = False,
-                 optional: bool = False) -> None:
-    value = _get(cfg, key)
-    if value is None and optional:
-        return
-    kind = "an integer" if integer else "a number"
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if ok and integer:
-        ok = float(value).is_integer()
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        bounds = []
-        if low is not None:
-            bounds.append(f"{'>' if low_open else '>='} {low}")
-        if high is not None:
-            bounds.append(f"{'<' if high_open else '<='} {high}")
-        extra = " or null" if optional else ""
-        raise ConfigError(f"{key}={value!r} is not allowed: must be {kind} {' and '.join(bounds)}{extra}".rstrip())
 
 
 def validate_training(cfg: DictConfig) -> None:
@@ -69,20 +30,7 @@ def validate_training(cfg: DictConfig) -> None:
     check_number(cfg, "data.n_train", low=1, integer=True, optional=True)
     check_number(cfg, "data.n_test", low=1, integer=True, optional=True)
     check_choice(cfg, "model.name", sorted(MODELS))
-    check_choice(cfg, "loss.name", ["mse", "ce", "logistic", "simplex"])
-    check_number(cfg, "loss.output_divisor", low=0, low_open=True, optional=True)
-    outputs = _get(cfg, "model.outputs")
-    if cfg.loss.name == "simplex":  # PE section 7.1: m equidistant targets in R^(m-1), m - 1 outputs
-        check_number(cfg, "loss.classes", low=2, integer=True)
-        check_number(cfg, "loss.direction_rounds", low=0, integer=True)
-        if outputs != cfg.loss.classes - 1:
-            raise ConfigError(f"model.outputs={outputs!r} is not allowed with loss simplex and loss.classes="
-                              f"{cfg.loss.classes}: must be loss.classes - 1 = {cfg.loss.classes - 1}")
-    elif cfg.loss.name == "ce":  # cross-entropy: one logit per class, at least two
-        if not (isinstance(outputs, int) and outputs >= 2):
-            raise ConfigError(f"model.outputs={outputs!r} is not allowed with loss ce: must be an integer >= 2")
-    elif outputs != 1:
-        raise ConfigError(f"model.outputs={outputs!r} is not allowed with loss {cfg.loss.name}: must be 1")
+    validate_loss(cfg)  # the loss owns its rule (pexp.losses)
     if cfg.model.name == "mlp":
         if not isinstance(cfg.model.get("batch_norm", False), bool):
             raise ConfigError(f"model.batch_norm={cfg.model.batch_norm!r} is not allowed: must be true or false")
@@ -107,7 +55,7 @@ def validate_training(cfg: DictConfig) -> None:
         check_choice(cfg, "data.rng_order", ["authors", "pexp"])
     check_number(cfg, "optim.first_layer_penalty", low=0, optional=True)
     if _get(cfg, "optim.penalty_form") is not None:
-        check_choice(cfg, "optim.penalty_form", ["norm", "norm_with_bias", "half_squared"])
+        check_choice(cfg, "optim.penalty_form", PENALTY_FORMS)
     if _get(cfg, "optim.reduction") is not None:
         check_choice(cfg, "optim.reduction", ["mean", "sum"])
     check_choice(cfg, "optim.name", ["summed_momentum", "sgd"])

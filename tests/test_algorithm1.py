@@ -6,6 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from pexp.losses import SquaredError
 from pexp.models import build_model, score
 from pexp.train.loop import training_step
 from pexp.train.optim import SummedMomentum
@@ -58,7 +59,7 @@ def test_batched_updates_equal_one_at_a_time(layers):
     for _ in range(3):
         x = torch.rand(4, 3, 32, 32, dtype=torch.float64, generator=generator) * 2 - 1
         y = torch.randint(0, 2, (4,), generator=generator)
-        training_step(model, optimizer, "sum", x, y, OmegaConf.create({"name": "mse"}), EPS, PIECES, active)
+        training_step(model, optimizer, "sum", x, y, SquaredError(), EPS, PIECES, active)
         oracle_update(reference, buffers, x, y, active)
     moved = 0.0
     for mine, theirs, start in zip(model.parameters(), reference.parameters(), small_pe_net().parameters()):

@@ -190,15 +190,15 @@ def test_channels_last_switch_trains_the_same_run_to_float_tolerance(tmp_path):
                                                 ("ce", 3, {}), ("simplex", 3, {"classes": 4})])
 @pytest.mark.parametrize("divisor", [1, 5])
 def test_closed_form_loss_gradient_equals_autograd(name, outputs, extra, divisor):
-    from pexp.train.loop import per_sample_loss, per_sample_loss_and_gradient
+    from pexp.losses import Loss
 
-    loss = OmegaConf.create({"name": name, "output_divisor": divisor, **extra})
+    loss = Loss.from_config(OmegaConf.create({"name": name, "output_divisor": divisor, **extra}))
     torch.manual_seed(0)
     out = (torch.randn(7, outputs, dtype=torch.float64) * 3).requires_grad_(True)
     targets = torch.randint(0, int(extra.get("classes", max(outputs, 2))), (7,))
-    reference = per_sample_loss(out, targets, loss)
+    reference = loss.per_sample(out, targets)
     expected, = torch.autograd.grad(reference.sum(), out)
-    values, gradient = per_sample_loss_and_gradient(out.detach(), targets, loss)
+    values, gradient = loss.per_sample_and_gradient(out.detach(), targets)
     assert torch.allclose(values, reference.detach(), rtol=1e-12, atol=1e-12)
     assert torch.allclose(gradient, expected, rtol=1e-12, atol=1e-12)
 

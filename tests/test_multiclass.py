@@ -14,19 +14,21 @@ from pexp.config import ConfigError
 from pexp.figures import FIGURES
 from pexp.figures.base import make_figure
 from pexp.figures.compose import compose_experiment
+from pexp.losses import Loss
 from pexp.models import build_model, simplex_targets
-from pexp.train.loop import as_logits, train, training_step
+from pexp.train.loop import train, training_step
 from pexp.train.optim import SummedMomentum
 from pexp.train.perturb import (active_layers, best_directions, direction_starts, extreme_perturbations,
                                 output_directions, output_jacobian)
 from pexp.train.reference import one_at_a_time_direction, one_at_a_time_perturbation
 
 EPS, PIECES, ROUNDS = 0.05, 4, 3
-MSE = OmegaConf.create({"name": "mse"})
+MSE = Loss.from_config(OmegaConf.create({"name": "mse"}))
 
 
 def simplex_loss(classes: int):
-    return OmegaConf.create({"name": "simplex", "classes": classes, "outputs": classes - 1, "direction_rounds": ROUNDS})
+    return Loss.from_config(OmegaConf.create({"name": "simplex", "classes": classes, "outputs": classes - 1,
+                                              "direction_rounds": ROUNDS}))
 
 
 def small_pe_net(outputs: int, dtype=torch.float64):
@@ -47,7 +49,7 @@ def test_targets_are_equidistant_at_unit_distance(classes):
 
 def test_nearest_target_logits_pick_the_nearest_target():
     model = small_pe_net(9)
-    logits = as_logits(model.eval(), simplex_loss(10))
+    logits = simplex_loss(10).as_logits(model.eval())
     x = torch.rand(6, 3, 32, 32, dtype=torch.float64) * 2 - 1
     with torch.no_grad():
         nearest = torch.cdist(model(x), simplex_targets(10, torch.float64)).argmin(1)

@@ -128,7 +128,7 @@ def test_training_stops_at_the_target_accuracy(tmp_path):
 
 
 def test_first_layer_penalty_readings():
-    from pexp.train.loop import first_layer_norm
+    from pexp.losses import first_layer_norm
 
     model = build_model(OmegaConf.create(dict(name="mlp", widths=[4], outputs=1)), (3,))
     weight, bias = model.affine("fc1").weight, model.affine("fc1").bias

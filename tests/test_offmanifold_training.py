@@ -83,16 +83,17 @@ def test_first_layer_penalty_adds_its_gradient():
     from omegaconf import OmegaConf
 
     from pexp.models import build_model
-    from pexp.train.loop import per_sample_loss, training_step
+    from pexp.losses import Loss
+    from pexp.train.loop import training_step
 
-    loss = OmegaConf.create(dict(name="logistic", outputs=1))
+    loss = Loss.from_config(OmegaConf.create(dict(name="logistic", outputs=1)))
     x, y = torch.randn(5, 3, dtype=torch.float64), torch.tensor([0, 1, 0, 1, 1])
     torch.manual_seed(0)
     model = build_model(OmegaConf.create(dict(name="mlp", widths=[7], outputs=1)), (3,)).double()
     reference = build_model(OmegaConf.create(dict(name="mlp", widths=[7], outputs=1)), (3,)).double()
     reference.load_state_dict(model.state_dict())
     first = reference.affine("fc1").weight
-    objective = per_sample_loss(reference(x), y, loss).mean() + 0.8 * first.norm()
+    objective = loss.per_sample(reference(x), y).mean() + 0.8 * first.norm()
     gradient = torch.autograd.grad(objective, first)[0]
     expected = first.detach() - 0.1 * gradient
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

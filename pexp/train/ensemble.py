@@ -4,8 +4,8 @@ Every member is an ordinary run: it is built, seeded, resumed and finished by th
 (``start_run``, ``log_row``, ``save_progress``, ``finish_run`` of :mod:`pexp.train.loop`) and writes its own run
 directory, so caches, resumes and figures see nothing new. Only the epochs are batched: the members' weights are
 stacked along a new first dimension, each affine layer runs as one batched matmul over all members, each member's
-loss is the loop's ``per_sample_loss_and_gradient`` on its own data (the backward pass is written out: autograd's
-per-node overhead dominates nets this small), and the update is the optimisers' own
+loss is its :class:`pexp.losses.Loss`'s ``per_sample_and_gradient`` on its own data (the backward pass is written
+out: autograd's per-node overhead dominates nets this small), and the update is the optimisers' own
 :func:`pexp.train.optim.momentum_update` with one learning rate, momentum and weight decay per member. A member
 that reaches its target margin (or its epoch cap) stops changing and is written out as the single run would be.
 
@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 
 from pexp.config import resolve_device, validate_training
 from pexp.data import Dataset
+from pexp.losses import PENALTY_FORMS, Loss
 from pexp.models import EntryNet, score
 from pexp.runs import RunDir, training_run_dir
-from pexp.train.loop import (LossSpec, _model_readable, decision_threshold, epochs_since_log, finish_run, log_row,
-                             per_sample_loss_and_gradient, save_progress, start_run, stop_rule, train,
-                             training_margin)
+from pexp.train.loop import (_model_readable, epochs_since_log, finish_run, log_row, save_progress, start_run,
+                             stop_rule, train, training_margin)
 from pexp.train.optim import (LrSchedule, keeps_momentum, momentum_buffers, momentum_update, set_momentum_buffers,
                               update_rule)
 from pexp.train.perturb import eps_at_epoch
@@ -78,6 +78,7 @@ class Member:
     rows: list[dict]
     summed_loss: float = 0.0  # since its last log row
     seconds: float = 0.0      # its share of the ensemble's wall time since its last log row
+    loss: Loss = field(init=False)
     loss_key: str = field(init=False)
     epochs: int = field(init=False)
     log_every: int = field(init=False)
@@ -85,7 +86,7 @@ class Member:
     target: float | None = field(init=False)
 
     def __post_init__(self) -> None:  # read once: the config is slow to read in the epoch loop
-        self.loss_key = OmegaConf.to_yaml(self.cfg.loss)
+        self.loss, self.loss_key = Loss.from_config(self.cfg.loss), OmegaConf.to_yaml(self.cfg.loss)
         self.epochs, self.target = int(self.cfg.train.epochs), self.cfg.train.get("target_margin")
         self.log_every = int(self.cfg.train.get("log_every", 1))
         self.checkpoint_every = int(self.cfg.train.get("checkpoint_every", 1))
@@ -154,8 +155,8 @@ def _done_already(member: Member) -> bool:
     if member.start_epoch >= member.epochs:
         return True
     x, y = member.data.train.x, member.data.train.y
-    return member.target is not None and float(training_margin(member.model, x, y, decision_threshold(
-        member.cfg.loss))) >= member.target
+    return member.target is not None and \
+        float(training_margin(member.model, x, y, member.loss.decision_threshold)) >= member.target
 
 
 def _activation_backward(activation: nn.Module, gradient: torch.Tensor, z: torch.Tensor,
@@ -226,22 +227,22 @@ class Ensemble:
         self.divisor = divisors.pop() if len(divisors) == 1 else per_member(
             [1.0 if m.reduction == "sum" else float(n) for m in members])
         self.penalties: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # form: (members, strengths)
-        for form in ("norm", "norm_with_bias", "half_squared"):
+        for form in PENALTY_FORMS:
             chosen = [(i, float(m.cfg.optim.first_layer_penalty)) for i, m in enumerate(members)
                       if m.cfg.optim.get("first_layer_penalty", 0.0) and m.cfg.optim.get("penalty_form", "norm") == form]
             if chosen:
                 self.penalties[form] = (torch.tensor([i for i, _ in chosen], dtype=torch.long, device=self.device),
                                         per_member([p for _, p in chosen]))
-        self.losses: list[tuple[slice, LossSpec]] = []
+        self.losses: list[tuple[slice, Loss]] = []
         for i, member in enumerate(members):
             if self.losses and members[self.losses[-1][0].start].loss_key == member.loss_key:
                 self.losses[-1] = (slice(self.losses[-1][0].start, i + 1), self.losses[-1][1])
             else:
-                self.losses.append((slice(i, i + 1), LossSpec.of(member.cfg.loss)))
+                self.losses.append((slice(i, i + 1), member.loss))
         targets = [m.target for m in members]
         self.has_target = any(t is not None for t in targets)
         self.target = per_member([math.inf if t is None else float(t) for t in targets])
-        self.threshold = per_member([decision_threshold(m.cfg.loss) for m in members])
+        self.threshold = per_member([m.loss.decision_threshold for m in members])
         self.sign = (2 * self.y - 1).to(dtype)
 
     def forward(self, x: torch.Tensor, keep: list | None = None) -> torch.Tensor:
@@ -294,8 +295,7 @@ class Ensemble:
             outputs = self.forward(self.x, kept)
             totals, gradients = [], []
             for part, loss in self.losses:
-                values, gradient = per_sample_loss_and_gradient(outputs[part].flatten(0, 1),
-                                                                self.y[part].flatten(), loss)
+                values, gradient = loss.per_sample_and_gradient(outputs[part].flatten(0, 1), self.y[part].flatten())
                 totals.append(values.view(part.stop - part.start, -1).sum(1))
                 gradients.append(gradient.view(outputs[part].shape))
             totals = torch.cat(totals)
@@ -326,7 +326,7 @@ class Ensemble:
 
     def _penalty_gradient(self, grads: list[torch.Tensor], form: str, index: torch.Tensor,
                           strength: torch.Tensor) -> None:
-        """Adds the gradient of strength_m * ``first_layer_norm`` (the loop's, of that ``form``) of members
+        """Adds the gradient of strength_m * :func:`pexp.losses.first_layer_norm` (of that ``form``) of members
         ``index``: lambda W1 / ||W1|| (norm), lambda [W1, b1] / ||[W1, b1]|| (norm_with_bias; 0 at 0, as autograd),
         lambda W1 (half_squared)."""
         weight = self.params[0][index]

@@ -4,140 +4,39 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from pexp.config import ConfigError, resolve_device, validate_training
 from pexp.data import Dataset, load_dataset
-from pexp.models import AsLogits, EntryNet, NearestTarget, build_model, predict, score, simplex_targets
+from pexp.losses import Loss, first_layer_norm
+from pexp.models import EntryNet, build_model, predict, score
 from pexp.runs import RunDir, torch_save, training_run_dir, write_csv, write_json, write_text
 from pexp.train.optim import LrSchedule, build_optimizer
 from pexp.train.perturb import active_layers, eps_at_epoch, extreme_perturbations, output_directions
 
 
-LOSSES = ("mse", "ce", "logistic", "simplex")
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """A loss config read once (reading a DictConfig costs tens of microseconds: too much per step)."""
-
-    name: str
-    divisor: float = 1.0
-    low: float = 0.0   # the squared-error targets of classes 0 and 1
-    high: float = 1.0
-    classes: int = 2   # simplex: the number of classes (equidistant unit-distance targets in R^(classes-1))
-    direction_rounds: int = 0
-
-    @staticmethod
-    def of(loss: DictConfig | LossSpec) -> LossSpec:
-        if isinstance(loss, LossSpec):
-            return loss
-        low, high = (float(value) for value in loss.get("targets", (0.0, 1.0)))
-        return LossSpec(str(loss.name), float(loss.get("output_divisor", 1)), low, high,
-                        int(loss.get("classes", 2)), int(loss.get("direction_rounds", 0)))
-
-
-def per_sample_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: DictConfig | LossSpec) -> torch.Tensor:
-    """One value per sample, on the outputs divided by ``loss.output_divisor`` (default 1):
-    mse: (f - t_y)^2 with t = ``loss.targets`` (default 0/1); ce: cross-entropy on logits;
-    logistic: binary cross-entropy of sigmoid(f) against the 0/1 target; simplex: ||f - z_y||^2 with z the
-    ``loss.classes`` equidistant unit-distance targets of PE section 7.1 (two classes: (f - y)^2, the mse)."""
-    loss = LossSpec.of(loss)
-    if loss.divisor != 1:
-        outputs = outputs / loss.divisor
-    if loss.name == "simplex":
-        return ((outputs - simplex_targets(loss.classes, outputs.dtype).to(outputs.device)[targets]) ** 2).sum(1)
-    if loss.name == "mse":  # the targets are made on the device (a tensor from a list would copy from the host)
-        values = torch.where(targets.bool(), outputs.new_full((), loss.high), outputs.new_full((), loss.low))
-        return (outputs[:, 0] - values) ** 2
-    if loss.name == "logistic":
-        return F.binary_cross_entropy_with_logits(outputs[:, 0], targets.to(outputs.dtype), reduction="none")
-    return F.cross_entropy(outputs, targets, reduction="none")
-
-
-def per_sample_loss_and_gradient(outputs: torch.Tensor, targets: torch.Tensor,
-                                 loss: DictConfig | LossSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`per_sample_loss` and, in closed form, its gradient with respect to ``outputs`` (one row per sample;
-    the toy ensemble's hand-written backward pass starts from it; equal to autograd, tested)."""
-    loss = LossSpec.of(loss)
-    values = per_sample_loss(outputs, targets, loss)
-    scaled = outputs / loss.divisor if loss.divisor != 1 else outputs
-    if loss.name == "simplex":
-        gradient = 2 * (scaled - simplex_targets(loss.classes, scaled.dtype).to(scaled.device)[targets])
-    elif loss.name in ("mse", "logistic"):  # one output: d/df of (f - t_y)^2, of BCE(sigmoid(f), y)
-        column = 2 * (scaled[:, 0] - torch.where(targets.bool(), scaled.new_full((), loss.high),
-                                                 scaled.new_full((), loss.low))) if loss.name == "mse" \
-            else torch.sigmoid(scaled[:, 0]) - targets.to(scaled.dtype)
-        gradient = F.pad(column[:, None], (0, scaled.shape[1] - 1))
-    else:
-        gradient = torch.softmax(scaled, 1) - F.one_hot(targets, scaled.shape[1]).to(scaled.dtype)
-    return values, gradient / loss.divisor if loss.divisor != 1 else gradient
-
-
-def decision_threshold(loss: DictConfig) -> float:
-    """Where a one-output model's decision flips, on the raw output: the midpoint of the squared-error targets
-    (0.5 for 0/1) times the output divisor; 0 for the logistic loss; 0.5 for the simplex loss (two classes: targets
-    0 and 1; with more, the nearest target decides: :func:`as_logits`)."""
-    if loss.name == "simplex":
-        return 0.5 * float(loss.get("output_divisor", 1))
-    if loss.name == "mse":
-        low, high = loss.get("targets", (0.0, 1.0))
-        return float(loss.get("output_divisor", 1)) * (low + high) / 2
-    return 0.0
-
-
-def as_logits(model: torch.nn.Module, loss: DictConfig) -> torch.nn.Module:
-    """The model as logits for the margin search and error counts: minus the squared distances to the target
-    vectors (simplex loss: argmax = nearest target), else :class:`AsLogits` at :func:`decision_threshold`."""
-    if loss.name == "simplex":
-        return NearestTarget(model, simplex_targets(int(loss.classes)) * float(loss.get("output_divisor", 1)))
-    return AsLogits(model, decision_threshold(loss))
-
-
-def judged_model(model: torch.nn.Module, loss: DictConfig) -> torch.nn.Module:
-    """What error counts judge: the nearest-target logits for the simplex loss, else the model itself."""
-    return as_logits(model, loss) if loss.name == "simplex" else model
-
-
-PENALTY_FORMS = ("norm", "norm_with_bias", "half_squared")
-
-
-def first_layer_norm(model: EntryNet, form: str) -> torch.Tensor:
-    """The first affine layer's penalised size (paper OM, fig3 (c)): norm = ||W1||_F (the paper's text),
-    norm_with_bias = ||[W1, b1]||_F (the authors' code), half_squared = ||W1||_F^2 / 2 (the paper's definition of
-    L2 regularisation, lambda/2 ||w||^2)."""
-    layer = model.affine(model.layer_names[0])
-    if form == "norm_with_bias" and layer.bias is not None:
-        return torch.cat([layer.weight.flatten(), layer.bias.flatten()]).norm()
-    if form == "half_squared":
-        return layer.weight.pow(2).sum() / 2
-    return layer.weight.norm()
-
-
 def training_step(model: EntryNet, optimizer: torch.optim.Optimizer, reduction: str, x: torch.Tensor,
-                  y: torch.Tensor, loss: DictConfig | LossSpec, eps: float, pieces: int, active: list[bool],
+                  y: torch.Tensor, loss: Loss, eps: float, pieces: int, active: list[bool],
                   first_layer_penalty: float = 0.0, penalty_form: str = "norm") -> torch.Tensor:
     """One update; returns the summed loss of the batch (detached). With perturbations (Algorithm 1) each
     sample's loss is the sum of its losses at the argmax- and argmin-perturbed forward passes.
     ``first_layer_penalty`` adds that times :func:`first_layer_norm` of the first affine layer (``penalty_form``)."""
     if any(active) and eps > 0:
-        spec = LossSpec.of(loss)
-        directions = output_directions(model, x, active, spec.direction_rounds) \
-            if spec.name == "simplex" else None  # PE section 7.1: one output direction v_i per sample
+        directions = None if loss.direction_rounds is None else \
+            output_directions(model, x, active, loss.direction_rounds)  # PE section 7.1: one v_i per sample
         perturbations = extreme_perturbations(model, x, eps, pieces, active, directions)
-        losses = per_sample_loss(model(torch.cat([x, x]), perturbations), torch.cat([y, y]), loss)
+        losses = loss.per_sample(model(torch.cat([x, x]), perturbations), torch.cat([y, y]))
     elif any(active):  # Algorithm 1 at radius 0: both perturbed passes are the clean pass
-        losses = 2 * per_sample_loss(model(x), y, loss)
+        losses = 2 * loss.per_sample(model(x), y)
     else:
-        losses = per_sample_loss(model(x), y, loss)
+        losses = loss.per_sample(model(x), y)
     total = losses.sum()
     objective = total if reduction == "sum" else total / x.shape[0]
     if first_layer_penalty:
@@ -262,7 +161,8 @@ def log_row(cfg: DictConfig, run: RunDir, model: EntryNet, data: Dataset, done: 
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"training loss became {mean_loss} by epoch {done} of run {run.path}; "
                                  f"lower optim.lr or check the data")
-    threshold, judged = decision_threshold(cfg.loss), judged_model(model, cfg.loss)
+    loss = Loss.from_config(cfg.loss)
+    threshold, judged = loss.decision_threshold, loss.judged_model(model)
     return dict(epoch=done, eps=eps, loss=mean_loss,
                 train_error=float(error_rate(judged, data.train.x, data.train.y, threshold).float().mean()),
                 test_error=float(error_rate(judged, data.test.x, data.test.y, threshold).float().mean()),
@@ -337,7 +237,8 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
         data = replace(data, train=replace(data.train, x=data.train.x.contiguous(memory_format=torch.channels_last)))
     keep_states = bool(cfg.train.get("keep_states", False))  # every epoch's weights, for per-epoch evaluators
     x_train, y_train = data.train.x, data.train.y
-    threshold = decision_threshold(cfg.loss)
+    loss = Loss.from_config(cfg.loss)  # read once: a DictConfig access costs tens of microseconds
+    threshold = loss.decision_threshold
     active = active_layers(model, cfg.perturb.layers)
     epochs, n = int(cfg.train.epochs), len(y_train)
     batch_size = int(cfg.train.batch_size or n)  # null: full batch
@@ -346,12 +247,10 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     penalty = float(cfg.optim.get("first_layer_penalty", 0.0))  # OM fig3 (c): + this x ||W_1|| in the loss
     penalty_form = str(cfg.optim.get("penalty_form", "norm"))
     rule, schedule = stop_rule(cfg), LrSchedule.of(cfg.optim)
-    judged = judged_model(model, cfg.loss)
-    if cfg.loss.name == "simplex" and int(y_train.max()) >= int(cfg.loss.classes):
-        raise ConfigError(f"loss.classes={cfg.loss.classes} is not allowed for data {cfg.data.name} with "
-                          f"{int(y_train.max()) + 1} classes: must be at least that")
+    judged = loss.judged_model(model)
+    loss.check_labels(y_train, cfg.data.name)
     # read once: a DictConfig access costs tens of microseconds, too much per epoch of a toy run
-    loss, pieces, progress = LossSpec.of(cfg.loss), int(cfg.perturb.pieces), bool(cfg.train.progress)
+    pieces, progress = int(cfg.perturb.pieces), bool(cfg.train.progress)
     eps_max, ramp_steps, seed = float(cfg.perturb.eps), int(cfg.perturb.ramp_steps), int(cfg.seed)
     if start_epoch and rule.checked(start_epoch) and target_reached(rule, model, data, threshold, judged):
         start_epoch = epochs  # it had stopped at its target when interrupted: nothing left to train
@@ -399,9 +298,9 @@ def _train_locked(cfg: DictConfig, run: RunDir) -> None:
 def finish_run(cfg: DictConfig, run: RunDir, model: EntryNet, data: Dataset, rows: list[dict],
                extra: dict | None = None) -> dict:
     """model.pt, metrics.json (plus ``extra``) and the COMPLETE marker of a run whose training is done."""
-    threshold, target = decision_threshold(cfg.loss), cfg.train.get("target_margin")
-    x_train, y_train = data.train.x, data.train.y
-    judged = judged_model(model, cfg.loss)
+    loss, target = Loss.from_config(cfg.loss), cfg.train.get("target_margin")
+    threshold, x_train, y_train = loss.decision_threshold, data.train.x, data.train.y
+    judged = loss.judged_model(model)
     test_wrong = error_rate(judged, data.test.x, data.test.y, threshold).cpu()
     lossless = data.test.extras.get("lossless", torch.ones_like(test_wrong))
     metrics = dict(

@@ -11,9 +11,9 @@ from pexp.data import load_dataset
 from pexp.eval.evaluators.common import _search_settings
 from pexp.eval.geometry import exact_margins_2d
 from pexp.eval.margin import minimal_perturbation
+from pexp.losses import Loss
 from pexp.models import AsLogits, EntryNet, score
 from pexp.runs import RunDir
-from pexp.train.loop import decision_threshold
 
 
 def boundary_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
@@ -24,7 +24,7 @@ def boundary_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out
     affine model (distance to its hyperplane) and for a one-hidden-layer (leaky) ReLU network (its linear
     regions, :func:`exact_margins_2d`); other networks take the search's value (inf: censored at eps_max)."""
     data = load_dataset(cfg.data)
-    threshold = decision_threshold(cfg.loss)
+    threshold = Loss.from_config(cfg.loss).decision_threshold
     x, y = data.train.x, data.train.y
     if x.shape[1] != 2:
         raise ConfigError(f"eval=boundary is for 2D data: data.name={cfg.data.name!r} has {x.shape[1]} features")

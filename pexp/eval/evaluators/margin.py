@@ -10,9 +10,9 @@ from omegaconf import DictConfig
 from pexp.data import load_dataset
 from pexp.eval.evaluators.common import _search_settings, _subset, run_of
 from pexp.eval.margin import STAGES, minimal_perturbation
+from pexp.losses import Loss
 from pexp.models import EntryNet
 from pexp.runs import RunDir, write_csv
-from pexp.train.loop import as_logits
 
 
 def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
@@ -24,7 +24,7 @@ def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: 
     both left unflipped; NaN where it did not run, inf where it found nothing), and ``stage``: which of them gave
     the margin (:data:`pexp.eval.margin.STAGES`)."""
     data = load_dataset(cfg.data)
-    logits = as_logits(model, cfg.loss)  # one output: (threshold, f); simplex loss: minus distances to targets
+    logits = Loss.from_config(cfg.loss).as_logits(model)  # one output: (threshold, f); simplex: minus distances
     frames = []
     for name, split, n in (("train", data.train, eval_cfg.n_train), ("test", data.test, eval_cfg.n_test)):
         part = out / f"{name}.csv"  # each split is kept as soon as it is done, so an interruption loses less

@@ -14,9 +14,9 @@ from pexp.eval.evaluators.boundary import trace_boundary
 from pexp.eval.evaluators.common import _search_settings, _subset
 from pexp.eval.geometry import offmanifold_distance
 from pexp.eval.margin import minimal_perturbation
+from pexp.losses import Loss
 from pexp.models import AsLogits, EntryNet
 from pexp.runs import RunDir
-from pexp.train.loop import decision_threshold
 
 
 def complement_basis(subspace: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ def offmanifold_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, 
     data = load_dataset(cfg.data)
     if data.subspace is None:
         raise ConfigError(f"eval=offmanifold needs a data set with a known subspace: data.name={cfg.data.name!r}")
-    threshold = decision_threshold(cfg.loss)
+    threshold = Loss.from_config(cfg.loss).decision_threshold
     x, y = data.train.x, data.train.y
     distance = offmanifold_distance(model, x, complement_basis(data.subspace), max_distance=eval_cfg.max_distance,
                                     tolerance=eval_cfg.tolerance, threshold=threshold)
@@ -84,7 +84,7 @@ def projected_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, ou
     split = data.test if eval_cfg.get("split", "train") == "test" else data.train
     index = torch.arange(min(int(eval_cfg.n_points), len(split)))
     points = split.subset(index)
-    logits = AsLogits(model, decision_threshold(cfg.loss))
+    logits = AsLogits(model, Loss.from_config(cfg.loss).decision_threshold)
     directions = {"unrestricted": None, "subspace": data.subspace, "complement": complement_basis(data.subspace)}
     bounds = NO_BOX if eval_cfg.get("bounds") is None else tuple(map(float, eval_cfg.bounds))
     search = _search_settings(eval_cfg, progress)
