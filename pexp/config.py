@@ -45,7 +45,7 @@ class RootConfig:
     sweep: Any = UNSET  # offmanifold-fig4: the factors and seeds `make sweep-init` trains
 
 
-store(RootConfig, "base_config")
+store(RootConfig, "config")
 
 
 def _get(cfg: DictConfig, key: str) -> Any:

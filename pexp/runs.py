@@ -43,7 +43,7 @@ def hashable(cfg: Any) -> Any:
     """A config as plain, resolved data for a hash. A key left unset (``???``: an optional key its schema declares,
     pexp.schema.UNSET) is left out as if absent, so declaring optional keys in a schema moves no hash."""
     if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
-        return _unset_dropped(OmegaConf.to_container(cfg, resolve=True))
+        return _unset_dropped(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     return cfg
 
 

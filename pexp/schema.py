@@ -23,17 +23,20 @@ from typing import Any, Callable, Iterator
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from pexp.errors import ConfigError
 
 UNSET: Any = MISSING  # an optional key: absent until a config sets it
 
 
+SCHEMA_PREFIX = "base_"  # a schema's name in its group, beside the group's options (which never start so)
+
+
 def store(node: type, name: str, group: str | None = None) -> None:
-    """Register ``node`` as ``<group>/<name>`` in Hydra's ConfigStore (the YAML options name it in their
+    """Register ``node`` as ``<group>/base_<name>`` in Hydra's ConfigStore (the YAML options name it in their
     defaults list)."""
-    ConfigStore.instance().store(group=group, name=name, node=node)
+    ConfigStore.instance().store(group=group, name=SCHEMA_PREFIX + name, node=node)
 
 
 # The rules no schema can state (a value allowed only with another), by the group whose code owns them.
@@ -172,19 +175,15 @@ def check_fields(cfg: DictConfig, *keys: str) -> None:
                     raise ConfigError(f"{prefix}{name}={_shown(value)!r} is not allowed: {requirement(meta)}")
 
 
-def schema_error_line(cause: OmegaConfBaseException, override: str | None = None) -> str | None:
-    """One line for OmegaConf's error about a typed field (a value of the wrong type, a name its Enum lacks, a key
-    its schema lacks), naming the value and what is allowed; None for any other error."""
+def schema_error_line(cause: OmegaConfBaseException) -> str | None:
+    """One line for OmegaConf's error about a typed field (a value of another type, a name its Enum lacks), naming
+    the value and what the field allows; None for any other error."""
     full_key = getattr(cause, "full_key", None)
     kind = getattr(cause, "object_type", None)
     if not full_key or not dataclasses.is_dataclass(kind):
         return None
     specs = {f.name: f for f in dataclasses.fields(kind)}
     name = str(cause.key)
-    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and name not in specs:
-        shown = override or full_key
-        return (f"{shown} is not allowed: {full_key.rpartition('.')[0] or 'the config'} has no key {name!r} "
-                f"(its keys: {', '.join(specs)})")
     if not isinstance(cause, ValidationError) or name not in specs:
         return None
     spec, value = specs[name], _shown(cause.value)

@@ -261,7 +261,7 @@ class LinearConfig:
 
 for _schema, _name in ((PeNetConfig, "pe_net"), (RichnessCnnConfig, "richness_cnn"), (MlpConfig, "mlp"),
                        (LinearConfig, "linear")):
-    store(_schema, f"base_{_name}", "model")
+    store(_schema, _name, "model")
 
 
 def layer_names(model: DictConfig) -> list[str] | None:
@@ -332,11 +332,11 @@ class InitConfig:
     output_signs: Any = flag()
     rng_order: Optional[InitRngOrder] = UNSET  # with network, seed, epochs: replay_pe_fig1_authors
     network: Optional[InitNetwork] = UNSET
-    seed: Optional[int] = integer(ge=0, null=True)
-    epochs: Optional[int] = integer(ge=1, null=True)
+    seed: Optional[int] = UNSET  # ${seed} and ${train.epochs}, checked there
+    epochs: Optional[int] = UNSET
 
 
-store(InitConfig, "base_init", "init")
+store(InitConfig, "init", "init")
 
 
 @cross_check("init")

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from pexp.config import ConfigError, resolve_device, validate_training
 from pexp.data import Dataset, load_dataset
 from pexp.models import AsLogits, EntryNet, NearestTarget, build_model, predict, score, simplex_targets
-from pexp.runs import RunDir, torch_save, training_run_dir, write_csv, write_json, write_text
+from pexp.runs import RunDir, hashable, torch_save, training_run_dir, write_csv, write_json, write_text
 from pexp.schema import UNSET, cross_check, flag, integer, number, store
 from pexp.train.optim import LrSchedule, build_optimizer
 from pexp.train.perturb import active_layers, eps_at_epoch, extreme_perturbations, output_directions
@@ -232,7 +232,7 @@ def start_run(cfg: DictConfig, run: RunDir,
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg.model, data.input_shape, cfg.init).to(device)
     optimizer, reduction = build_optimizer(cfg.optim, model.parameters())
-    write_text(run / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(run / "config.yaml", OmegaConf.to_yaml(hashable(cfg)))  # without the unset keys
     if bool(cfg.train.get("keep_states", False)) and not state_path(run, 0).exists():
         torch_save(state_path(run, 0), model.state_dict())  # epoch 0: the init (the same on every attempt)
     state = _load_checkpoint(run / "checkpoint.pt")
@@ -307,7 +307,7 @@ class TrainConfig:
     channels_last: Any = flag()  # faster convolutions on some CPUs (hashed)
 
 
-store(TrainConfig, "base_train", "train")
+store(TrainConfig, "train", "train")
 
 
 @cross_check("train")

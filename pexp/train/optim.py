@@ -50,7 +50,7 @@ class OptimConfig:
     lr_step_factor: Any = number(gt=0, null=True)
 
 
-store(OptimConfig, "base_optim", "optim")
+store(OptimConfig, "optim", "optim")
 
 
 def _add_scaled(target: torch.Tensor, other: torch.Tensor, factor: Hyper, inplace: bool = True) -> torch.Tensor:

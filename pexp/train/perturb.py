@@ -28,7 +28,7 @@ class PerturbConfig:
     ramp_steps: int = integer(4, ge=1)  # eps rises in this many equal stages over the epochs
 
 
-store(PerturbConfig, "base_perturb", "perturb")
+store(PerturbConfig, "perturb", "perturb")
 
 
 @cross_check("perturb")
