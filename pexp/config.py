@@ -99,31 +99,9 @@ def validate_training(cfg: DictConfig) -> None:
         raise ConfigError("device='cuda' is not allowed here: no CUDA device is available (use auto or cpu)")
 
 
-def check_list(cfg: DictConfig, key: str, *, low: int, length: int | None = None, distinct: bool = False,
-               high: int | None = None) -> None:
-    """A list of integers >= ``low`` (and <= ``high``), of ``length`` items when given, distinct if asked."""
-    meta = {"kind": "integers", "ge": low, "le": high, "length": length, "distinct": distinct}
-    value = _get(cfg, key)
-    if not allowed(value, meta):
-        shown = list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else value
-        raise ConfigError(f"{key}={shown!r} is not allowed: {requirement(meta)}")
-
-
 def _validate_data(cfg: DictConfig) -> None:
-    """The data set's own numbers."""
+    """A data set's name (each option's schema declares the rest)."""
     check_choice(cfg, "data.name", sorted(DATASETS))
-    check_number(cfg, "data.n_train", low=1, integer=True, optional=True)
-    check_number(cfg, "data.n_test", low=1, integer=True, optional=True)
-    if OmegaConf.select(cfg, "data.rng_order") is not None:
-        check_choice(cfg, "data.rng_order", ["authors", "pexp"])
-    if cfg.data.name in ("cifar2", "cifar10"):
-        check_list(cfg, "data.classes", low=0, high=9, length=2 if cfg.data.name == "cifar2" else None,
-                   distinct=True)
-    if cfg.data.name.startswith("synthetic_"):
-        check_number(cfg, "data.rank", low=1, high=3 * 32 * 32, integer=True)
-        for key in ("class_std", "spread", "noise"):
-            check_number(cfg, f"data.{key}", low=0)
-        check_number(cfg, "data.separation")
 
 
 EVALUATORS = ("margin", "boundary", "pca", "offmanifold", "projected", "dataset_pca", "active", "tangent", "bound")
