@@ -98,12 +98,12 @@ def hydra_error_line(error: Exception, job: Sequence[str]) -> str:
     return line
 
 
-def compose_config(overrides: Sequence[str]) -> DictConfig:
-    """The composed config of ``overrides`` (no hydra node); what Hydra cannot compose raises a ConfigError with
-    the line :func:`preflight` prints."""
+def compose_config(overrides: Sequence[str], hydra: bool = False) -> DictConfig:
+    """The composed config of ``overrides`` (with the hydra node if asked); what Hydra cannot compose raises a
+    ConfigError with the line :func:`preflight` prints."""
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
+            return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
     except HydraException as error:
         raise ConfigError(hydra_error_line(error, overrides)) from error
 
@@ -147,20 +147,18 @@ def preflight(arguments: Sequence[str], check: Check) -> None:
     overrides = [item for item in arguments if not item.startswith("-")]
     job: list[str] | None = None  # the sweep job being checked, named in the line of a multirun
     try:
-        jobs = _jobs(overrides, multirun)
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            for job in jobs:
-                cfg = compose(config_name="config", overrides=job, return_hydra_config=True)
-                _check_launcher(cfg)
-                with open_dict(cfg):
-                    cfg.pop("hydra")
-                check(cfg, [item for item in job if not _is_hydra(item)])
+        for job in _jobs(overrides, multirun):
+            cfg = compose_config(job, hydra=True)
+            _check_launcher(cfg)
+            with open_dict(cfg):
+                cfg.pop("hydra")
+            check(cfg, [item for item in job if not _is_hydra(item)])
     except (ConfigError, DataError) as error:
         _fail(str(error), job if multirun else None)
-    except HydraException as error:
-        _fail(hydra_error_line(error, job or overrides), job if multirun else None)
-    except OmegaConfBaseException as error:
-        _fail(_flatten(str(error)), job if multirun else None)
+    except HydraException as error:  # a sweep that cannot be read
+        _fail(hydra_error_line(error, overrides))
+    except OmegaConfBaseException as error:  # a value read while checking (e.g. an interpolation into a typed key)
+        _fail(schema_error_line(error) or _flatten(str(error)), job if multirun else None)
     except Exception:  # noqa: BLE001 - anything else is left to Hydra to report
         return
 

@@ -19,10 +19,9 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pexp.data import DATASETS
 from pexp.errors import ConfigError, DataError  # noqa: F401 - defined at the bottom layer, named here for the rest
 from pexp.models import layer_names  # noqa: F401 - the check of init.layers reads the models' names from it
-from pexp.schema import UNSET, allowed, check_groups, flag, integer, requirement, store
+from pexp.schema import UNSET, allowed, check_groups, cross_check, flag, integer, requirement, store
 
 
 class Device(StrEnum):
@@ -46,6 +45,12 @@ class RootConfig:
 
 
 store(RootConfig, "config")
+
+
+@cross_check("")
+def check_device(cfg: DictConfig) -> None:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' is not allowed here: no CUDA device is available (use auto or cpu)")
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -94,14 +99,6 @@ def validate_training(cfg: DictConfig) -> None:
             raise ConfigError(f"model.outputs={outputs!r} is not allowed with loss ce: must be an integer >= 2")
     elif outputs != 1:
         raise ConfigError(f"model.outputs={outputs!r} is not allowed with loss {cfg.loss.name}: must be 1")
-    _validate_data(cfg)
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' is not allowed here: no CUDA device is available (use auto or cpu)")
-
-
-def _validate_data(cfg: DictConfig) -> None:
-    """A data set's name (each option's schema declares the rest)."""
-    check_choice(cfg, "data.name", sorted(DATASETS))
 
 
 EVALUATORS = ("margin", "boundary", "pca", "offmanifold", "projected", "dataset_pca", "active", "tangent", "bound")

@@ -108,7 +108,8 @@ def requirement(meta: dict) -> str:
     if kind == "integers":
         what = f"a list of {meta['length']} " if meta.get("length") else "a non-empty list of "
         what += f"{'distinct ' if meta.get('distinct') else ''}integers >= {meta['ge']}"
-        return "must be " + what + (f" and <= {meta['le']}" if meta.get("le") is not None else "")
+        return "must be " + what + (f" and <= {meta['le']}" if meta.get("le") is not None else "") + (
+            " or null" if meta.get("null") else "")
     text = f"must be {'an integer' if kind == 'integer' else 'a number'} {_bounds(meta)}".rstrip()
     return text + (" or null" if meta.get("null") else "")
 
