@@ -152,8 +152,7 @@ def _fields(node: DictConfig) -> dict[str, dataclasses.Field]:
 def _typed_nodes(node: DictConfig, prefix: str) -> Iterator[tuple[str, DictConfig]]:
     yield prefix, node
     for key in node:
-        if not OmegaConf.is_missing(node, key) and isinstance(node._get_node(key), DictConfig) \
-                and node._get_node(key)._is_none() is False:
+        if not OmegaConf.is_missing(node, key) and isinstance(node[key], DictConfig):
             yield from _typed_nodes(node[key], f"{prefix}{key}.")
 
 
