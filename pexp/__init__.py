@@ -8,3 +8,7 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # the same names; Hydra checks them against those schemas (as wanted) and would say so at every start of a job.
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_\w+' is validated against ConfigStore schema",
                         category=UserWarning)
+
+# Each config group's schema registers itself in Hydra's ConfigStore beside the code it configures (pexp.schema):
+# importing the training loop imports them all, before anything composes a config.
+from pexp import train  # noqa: E402,F401

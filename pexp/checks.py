@@ -2,12 +2,12 @@
 that checks its own part of a config."""
 from __future__ import annotations
 
-import numbers
 from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
 from pexp.errors import ConfigError
+from pexp.schema import allowed, requirement
 
 
 def get_required(cfg: DictConfig, key: str) -> Any:
@@ -31,22 +31,10 @@ def check_bool(cfg: DictConfig, key: str) -> None:
 def check_number(cfg: DictConfig, key: str, *, low: float | None = None, high: float | None = None,
                  low_open: bool = False, high_open: bool = False, integer: bool = False,
                  optional: bool = False) -> None:
+    """A number (an integer when asked) within the bounds, phrased as the schemas' fields are
+    (:func:`pexp.schema.requirement`): for the groups that check their values in code."""
+    meta = {"kind": "integer" if integer else "number", "null": optional, "ge": None if low_open else low,
+            "gt": low if low_open else None, "le": None if high_open else high, "lt": high if high_open else None}
     value = get_required(cfg, key)
-    if value is None and optional:
-        return
-    kind = "an integer" if integer else "a number"
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if ok and integer:
-        ok = float(value).is_integer()
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        bounds = []
-        if low is not None:
-            bounds.append(f"{'>' if low_open else '>='} {low}")
-        if high is not None:
-            bounds.append(f"{'<' if high_open else '<='} {high}")
-        extra = " or null" if optional else ""
-        raise ConfigError(f"{key}={value!r} is not allowed: must be {kind} {' and '.join(bounds)}{extra}".rstrip())
+    if not allowed(value, meta):
+        raise ConfigError(f"{key}={value!r} is not allowed: {requirement(meta)}")

@@ -8,16 +8,21 @@ allow) into one line on stderr and exit status 2, before any training, evaluatio
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import shutil
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from pexp import CONF_DIR
 from pexp.errors import ConfigError, DataError
+from pexp.schema import SCHEMA_PREFIX, schema_error_line
 
 # A job's check: its composed config (no hydra node) and its overrides (no hydra ones); raises ConfigError.
 Check = Callable[[DictConfig, Sequence[str]], None]
@@ -44,7 +49,8 @@ def _missing_option(error: Exception, job: Sequence[str]) -> str:
         if path.startswith(key + "/"):
             group, value = key, path[len(key) + 1:]
             break
-    options = list(getattr(error, "options", None) or group_options(group))
+    options = [option for option in getattr(error, "options", None) or group_options(group)
+               if not option.startswith(SCHEMA_PREFIX)]
     if not options:
         return f"{group}={value} is not allowed: no such config ({path}.yaml)"
     return f"{group}={value} is not allowed: choose one of {', '.join(options)}"
@@ -77,20 +83,29 @@ def _flatten(text: str) -> str:
 
 def hydra_error_line(error: Exception, job: Sequence[str]) -> str:
     """One line naming the value and what is allowed, for an error Hydra raises while composing ``job``."""
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-
     cause = error.__cause__
     if isinstance(error, MissingConfigException) and getattr(error, "missing_cfg_file", None):
         return _missing_option(error, job)
     if isinstance(error, OverrideParseException):
         return f"the override {error.override!r} cannot be read: {_flatten(error.message)}"
-    if isinstance(error, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException) \
-            and "not in struct" in str(cause) and getattr(cause, "full_key", None):
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
         return _missing_key(cause, job)
+    if isinstance(cause, ValidationError) and schema_error_line(cause):
+        return schema_error_line(cause)  # a typed field given a value of another type, an Enum a name it lacks
     line = _flatten(str(error))
     if isinstance(cause, Exception) and _flatten(str(cause)) not in line:
         line += f" ({_flatten(str(cause))})"
     return line
+
+
+def compose_config(overrides: Sequence[str], hydra: bool = False) -> DictConfig:
+    """The composed config of ``overrides`` (with the hydra node if asked); what Hydra cannot compose raises a
+    ConfigError with the line :func:`preflight` prints."""
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+    except HydraException as error:
+        raise ConfigError(hydra_error_line(error, overrides)) from error
 
 
 def installed(module: str) -> bool:
@@ -110,13 +125,14 @@ def _check_launcher(cfg: DictConfig) -> None:
 
 
 def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The jobs of a command line: itself, or each job of a ``-m`` sweep (the cartesian product of its comma
+    lists, in Hydra's basic sweeper's order)."""
     if not multirun:
         return [overrides]
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    choices = [[f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()] if o.is_sweep_override()
+               else [f"{o.get_key_element()}={o.get_value_element_as_str()}"]
+               for o in OverridesParser.create().parse_overrides(overrides)]
+    return [list(job) for job in itertools.product(*choices)]
 
 
 def preflight(arguments: Sequence[str], check: Check) -> None:
@@ -127,27 +143,22 @@ def preflight(arguments: Sequence[str], check: Check) -> None:
     flags = [item for item in arguments if item.startswith("-")]
     if any(flag not in (*MULTIRUN, "-r", "--run") for flag in flags):
         return
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-
     multirun = any(flag in MULTIRUN for flag in flags)
     overrides = [item for item in arguments if not item.startswith("-")]
     job: list[str] | None = None  # the sweep job being checked, named in the line of a multirun
     try:
-        jobs = _jobs(overrides, multirun)
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            for job in jobs:
-                cfg = compose(config_name="config", overrides=job, return_hydra_config=True)
-                _check_launcher(cfg)
-                with open_dict(cfg):
-                    cfg.pop("hydra")
-                check(cfg, [item for item in job if not _is_hydra(item)])
+        for job in _jobs(overrides, multirun):
+            cfg = compose_config(job, hydra=True)
+            _check_launcher(cfg)
+            with open_dict(cfg):
+                cfg.pop("hydra")
+            check(cfg, [item for item in job if not _is_hydra(item)])
     except (ConfigError, DataError) as error:
         _fail(str(error), job if multirun else None)
-    except HydraException as error:
-        _fail(hydra_error_line(error, job or overrides), job if multirun else None)
-    except OmegaConfBaseException as error:
-        _fail(_flatten(str(error)), job if multirun else None)
+    except HydraException as error:  # a sweep that cannot be read
+        _fail(hydra_error_line(error, overrides))
+    except OmegaConfBaseException as error:  # a value read while checking (e.g. an interpolation into a typed key)
+        _fail(schema_error_line(error) or _flatten(str(error)), job if multirun else None)
     except Exception:  # noqa: BLE001 - anything else is left to Hydra to report
         return
 

@@ -11,139 +11,56 @@ import numbers
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pexp.checks import check_bool, check_choice, check_number, get_required as _get
-from pexp.data import DATASETS
 from pexp.errors import ConfigError, DataError  # noqa: F401 - defined at the bottom layer, named here for the rest
-from pexp.losses import PENALTY_FORMS, validate_loss
-from pexp.models import MODELS
+from pexp.losses import validate_loss
+from pexp.models import layer_names  # noqa: F401 - the check of init.layers reads the models' names from it
+from pexp.schema import UNSET, check_groups, cross_check, flag, integer, store
 
 
-def validate_training(cfg: DictConfig) -> None:
-    """Check the data, model, loss, perturb, init, optim and train groups of a training config."""
-    check_choice(cfg, "data.name", sorted(DATASETS))
-    check_number(cfg, "data.n_train", low=1, integer=True, optional=True)
-    check_number(cfg, "data.n_test", low=1, integer=True, optional=True)
-    check_choice(cfg, "model.name", sorted(MODELS))
-    validate_loss(cfg)  # the loss owns its rule (pexp.losses)
-    if cfg.model.name == "mlp":
-        if not isinstance(cfg.model.get("batch_norm", False), bool):
-            raise ConfigError(f"model.batch_norm={cfg.model.batch_norm!r} is not allowed: must be true or false")
-        check_number(cfg, "model.dropout", low=0, high=1, high_open=True, optional=True)
-    if not isinstance(cfg.train.get("keep_states", False), bool):
-        raise ConfigError(f"train.keep_states={cfg.train.keep_states!r} is not allowed: must be true or false")
-    check_choice(cfg, "perturb.layers", ["none", "all", "first"])
-    check_number(cfg, "perturb.eps", low=0)
-    check_number(cfg, "perturb.pieces", low=1, integer=True)
-    check_number(cfg, "perturb.ramp_steps", low=1, integer=True)
-    check_number(cfg, "init.factor", low=0, low_open=True)
-    layers = _get(cfg, "init.layers")
-    if not (layers == "all" or OmegaConf.is_list(layers) or isinstance(layers, list)):
-        raise ConfigError(f"init.layers={layers!r} is not allowed: must be 'all' or a list of layer names")
-    if _get(cfg, "init.scheme") is not None:
-        check_choice(cfg, "init.scheme", ["default", "normal_fan_in"])
-    check_number(cfg, "init.first_std", low=0, low_open=True, optional=True)
-    if _get(cfg, "init.rng_order") is not None:
-        check_choice(cfg, "init.rng_order", ["authors_pe_fig1"])
-        check_choice(cfg, "init.network", ["ce", "se"])
-    if OmegaConf.select(cfg, "data.rng_order") is not None:
-        check_choice(cfg, "data.rng_order", ["authors", "pexp"])
-    check_number(cfg, "optim.first_layer_penalty", low=0, optional=True)
-    if _get(cfg, "optim.penalty_form") is not None:
-        check_choice(cfg, "optim.penalty_form", PENALTY_FORMS)
-    if _get(cfg, "optim.reduction") is not None:
-        check_choice(cfg, "optim.reduction", ["mean", "sum"])
-    check_choice(cfg, "optim.name", ["summed_momentum", "sgd"])
-    check_number(cfg, "optim.lr", low=0, low_open=True)
-    check_number(cfg, "optim.momentum", low=0, high=1, high_open=True)
-    check_number(cfg, "optim.weight_decay", low=0)
-    if _get(cfg, "optim.lr_milestones") is not None:  # the learning-rate schedule (pexp.train.optim.LrSchedule)
-        check_list(cfg, "optim.lr_milestones", low=1, distinct=True)
-    check_number(cfg, "optim.lr_milestone_factor", low=0, low_open=True, optional=True)
-    check_number(cfg, "optim.lr_step_every", low=1, integer=True, optional=True)
-    check_number(cfg, "optim.lr_step_factor", low=0, low_open=True, optional=True)
-    check_number(cfg, "train.epochs", low=1, integer=True)
-    check_number(cfg, "train.batch_size", low=1, integer=True, optional=True)
-    check_number(cfg, "train.log_every", low=1, integer=True, optional=True)
-    check_number(cfg, "train.target_margin", low=0, low_open=True, optional=True)
-    check_number(cfg, "train.target_accuracy", low=0, low_open=True, high=1, optional=True)
-    if _get(cfg, "train.target_split") is not None:
-        check_choice(cfg, "train.target_split", ["train", "test"])
-    check_number(cfg, "train.target_check_every", low=1, integer=True, optional=True)
-    check_number(cfg, "train.target_check_first", low=1, integer=True, optional=True)
-    check_number(cfg, "train.checkpoint_every", low=1, integer=True, optional=True)
-    log_every, checkpoint_every = cfg.train.get("log_every") or 1, cfg.train.get("checkpoint_every") or 1
-    if checkpoint_every % log_every:
-        raise ConfigError(f"train.checkpoint_every={checkpoint_every} is not allowed: must be a multiple of "
-                          f"train.log_every={log_every}")
-    check_number(cfg, "seed", low=0, integer=True)
-    if cfg.perturb.layers == "none" and cfg.perturb.eps > 0:
-        raise ConfigError(f"perturb.eps={cfg.perturb.eps!r} is not allowed with perturb.layers=none (nothing would be "
-                          f"perturbed): use perturb=all_layers or perturb=first_layer, or perturb.eps=0")
-    _validate_model_and_data(cfg)
-    check_choice(cfg, "device", ["auto", "cpu", "cuda"])
+class Device(StrEnum):
+    auto = "auto"  # CUDA when present
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class RootConfig:
+    """The root config's own keys (conf/config.yaml); the groups have their own schemas beside their code."""
+
+    run_name: str = "default"
+    seed: int = integer(1, ge=0)
+    device: Device = Device.auto
+    run: Optional[str] = None
+    fig: Optional[str] = None
+    seeds: Any = None
+    synthetic: Any = flag(False)
+    crosscheck: Any = flag(False)  # evaluate, eval=margin: also check the margins with another library's attacks
+    sweep: Any = UNSET  # offmanifold-fig4: the factors and seeds `make sweep-init` trains
+
+
+store(RootConfig, "config")
+
+
+@cross_check("")
+def check_device(cfg: DictConfig) -> None:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' is not allowed here: no CUDA device is available (use auto or cpu)")
 
 
-def check_list(cfg: DictConfig, key: str, *, low: int, length: int | None = None, distinct: bool = False,
-               high: int | None = None) -> None:
-    """A list of integers >= ``low`` (and <= ``high``), of ``length`` items when given, distinct if asked."""
-    value = _get(cfg, key)
-    items = list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else None
-    ok = items is not None and len(items) > 0 and all(
-        isinstance(item, int) and not isinstance(item, bool) and item >= low and (high is None or item <= high)
-        for item in items)
-    ok = ok and (length is None or len(items) == length) and (not distinct or len(set(items)) == len(items))
-    if not ok:
-        what = f"a list of {length} " if length else "a non-empty list of "
-        what += f"{'distinct ' if distinct else ''}integers >= {low}" + (f" and <= {high}" if high is not None else "")
-        shown = items if items is not None else value
-        raise ConfigError(f"{key}={shown!r} is not allowed: must be {what}")
-
-
-def layer_names(model: DictConfig) -> list[str] | None:
-    """The affine layers' names of the model a config builds (None for a model this check does not know)."""
-    if model.name in ("pe_net", "richness_cnn"):
-        return ["conv1", "conv2", "fc1", "fc2", "fc3"]
-    if model.name == "mlp":
-        return [f"fc{i + 1}" for i in range(len(model.widths) + 1)]
-    if model.name == "linear":
-        return ["fc1"]
-    return None
-
-
-def _validate_model_and_data(cfg: DictConfig) -> None:
-    """The model's and the data set's own numbers, and init.layers against the model's layer names."""
-    model = cfg.model
-    if "size" in model:
-        check_number(cfg, "model.size", low=1, integer=True)
-    if "widths" in model:
-        check_list(cfg, "model.widths", low=1, length=4 if model.name == "richness_cnn" else None)
-    if "negative_slope" in model:
-        check_number(cfg, "model.negative_slope", low=0)
-    if "hidden_bias_scale" in model:
-        check_number(cfg, "model.hidden_bias_scale")
-    names = layer_names(model)
-    layers = _get(cfg, "init.layers")
-    if names is not None and layers != "all":
-        for name in layers:
-            if name != "first" and name not in names:
-                raise ConfigError(f"init.layers entry {name!r} is not allowed for model {model.name}: choose from "
-                                  f"all, first, {', '.join(names)}")
-    if cfg.data.name in ("cifar2", "cifar10"):
-        check_list(cfg, "data.classes", low=0, high=9, length=2 if cfg.data.name == "cifar2" else None,
-                   distinct=True)
-    if cfg.data.name.startswith("synthetic_"):
-        check_number(cfg, "data.rank", low=1, high=3 * 32 * 32, integer=True)
-        for key in ("class_std", "spread", "noise"):
-            check_number(cfg, f"data.{key}", low=0)
-        check_number(cfg, "data.separation")
+def validate_training(cfg: DictConfig) -> None:
+    """Check the root keys and the data, model, loss, perturb, init, optim and train groups of a training config:
+    their schemas' declared fields, then the rules their code registered, then the loss against the model."""
+    check_groups(cfg, "", "data", "model", "perturb", "init", "optim", "train")
+    validate_loss(cfg)  # the loss owns its rule (pexp.losses)
 
 
 EVALUATORS = ("margin", "boundary", "pca", "offmanifold", "projected", "dataset_pca", "active", "tangent", "bound")

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 COMPLETE = "COMPLETE"
 LOCK = ".lock"
@@ -34,10 +34,19 @@ NOT_HASHED = {"data.root", "data.download", "data.verify_checksums", "data.base.
               "data.base.verify_checksums", "train.progress", "train.log_every", "train.checkpoint_every"}
 
 
-def _plain(cfg: Any) -> Any:
+def _unset_dropped(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {key: _unset_dropped(value) for key, value in tree.items() if value != MISSING}
+    return [_unset_dropped(value) for value in tree] if isinstance(tree, list) else tree
+
+
+def hashable(cfg: Any) -> Any:
+    """A config as plain, resolved data for a hash. A key left unset (``???``: an optional key its schema declares,
+    pexp.schema.UNSET) is left out as if absent, so declaring optional keys in a schema moves no hash."""
     if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
+        return _unset_dropped(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     return cfg
+
 
 
 def _drop(tree: dict, dotted: set[str], prefix: str = "") -> dict:
@@ -52,13 +61,13 @@ def _drop(tree: dict, dotted: set[str], prefix: str = "") -> dict:
 
 def config_hash(tree: Mapping[str, Any], length: int = 12) -> str:
     """A short stable hash of a (resolved) config tree."""
-    text = json.dumps(_plain(tree), sort_keys=True, default=str)
+    text = json.dumps(hashable(tree), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def run_identity(cfg: DictConfig) -> dict:
     """The part of a training config that identifies a run (what is hashed)."""
-    tree = {key: _plain(cfg[key]) for key in RUN_KEYS}
+    tree = {key: hashable(cfg[key]) for key in RUN_KEYS}
     return _drop(tree, NOT_HASHED)
 
 

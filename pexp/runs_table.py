@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from omegaconf import OmegaConf
 
 from pexp import CONF_DIR
-from pexp.runs import COMPLETE, LOCK, NOT_HASHED, RUN_KEYS, RunDir
+from pexp.runs import COMPLETE, LOCK, NOT_HASHED, RUN_KEYS, RunDir, hashable
 
 CONFIG = "config.yaml"
 SWAPPABLE = ("data", "model", "loss", "perturb", "init", "optim")  # groups shown as `group=option` when swapped
@@ -112,7 +112,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def _identity(cfg: Any) -> dict[str, Any]:
     """The hashed part of a config (what makes a run), flattened to dotted keys."""
-    tree = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    tree = hashable(cfg)
     flat = _flatten({key: tree.get(key) for key in RUN_KEYS if key in tree})
     return {key: value for key, value in flat.items() if key not in NOT_HASHED}
 
@@ -192,8 +192,9 @@ class Experiments:
     def options(self, group: str) -> dict[str, dict[str, Any]]:
         """The options of a config group, each as its own YAML says (flattened)."""
         if group not in self._options:
-            self._options[group] = {path.stem: _flatten(OmegaConf.to_container(OmegaConf.load(path)))
-                                    for path in sorted((Path(CONF_DIR) / group).glob("*.yaml"))}
+            self._options[group] = {path.stem: _flatten({key: value for key, value in OmegaConf.to_container(
+                OmegaConf.load(path)).items() if key != "defaults"})  # its schema and the options it extends
+                for path in sorted((Path(CONF_DIR) / group).glob("*.yaml"))}
         return self._options[group]
 
     def explain(self, run: dict[str, Any], experiment: str | None) -> list[str]:

@@ -4,10 +4,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pexp import CONF_DIR
+from pexp.cli import compose_config
 from pexp.config import ConfigError, layer_names, validate_eval, validate_training
 from pexp.data import load_dataset
 from pexp.figures.compose import STAND_INS
@@ -20,8 +20,7 @@ OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((Path(CONF_
 
 
 def compose_with(overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose_config(overrides)  # a value of a type or name its schema does not allow: ConfigError
 
 
 def test_every_group_has_options():
@@ -86,12 +85,11 @@ def test_richness_fig2_experiments_differ_only_in_perturbed_layers():
     ("init.layers=[conv9]", "init.layers entry 'conv9' is not allowed for model pe_net: choose from all, first, conv1"),
 ])
 def test_invalid_values_are_named_with_what_is_allowed(override, message):
-    cfg = compose_with([override])
     if message is None:
-        validate_training(cfg)
+        validate_training(compose_with([override]))
         return
     with pytest.raises(ConfigError) as error:
-        validate_training(cfg)
+        validate_training(compose_with([override]))
     assert message in str(error.value) and "\n" not in str(error.value)
 
 

@@ -84,6 +84,6 @@ def test_crosscheck_needs_a_margin_evaluation(tmp_path):
                            "data=synthetic_cifar2", "crosscheck=true", f"paths.output_dir={tmp_path}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-        "error: crosscheck=true is not allowed with eval=pca: true needs eval=margin (or a margin eval option), "
-        "else false"]
+        "error: crosscheck=true is not allowed with eval=pca: it checks margins, give eval=margin (or a margin "
+        "eval option)"]
     assert not (tmp_path / "runs").exists()

@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from pexp.errors import ConfigError, DataError
+from pexp.schema import cross_check
 
 
 @dataclass
@@ -68,8 +69,7 @@ def _limit(split: Split, n: int | None) -> Split:
 
 def load_dataset(cfg: DictConfig) -> Dataset:
     """Build the data set named by ``cfg.name`` (a data config group)."""
-    if cfg.name not in DATASETS:
-        raise ConfigError(f"data.name={cfg.name!r} is not allowed: choose one of {', '.join(sorted(DATASETS))}")
+    check_name(cfg)
     data = DATASETS[cfg.name](cfg)
     return Dataset(_limit(data.train, cfg.get("n_train")), _limit(data.test, cfg.get("n_test")), data.source,
                    data.subspace)
@@ -87,3 +87,14 @@ def _registry() -> dict[str, Callable[[DictConfig], Dataset]]:
 
 
 DATASETS = _registry()
+
+
+def check_name(data: DictConfig) -> None:
+    """The data set's name against the registry (each option's schema declares the rest of its keys)."""
+    if data.name not in DATASETS:
+        raise ConfigError(f"data.name={data.name!r} is not allowed: choose one of {', '.join(sorted(DATASETS))}")
+
+
+@cross_check("data")
+def _check_data(cfg: DictConfig) -> None:
+    check_name(cfg.data)

@@ -1,6 +1,8 @@
 """CIFAR-10 from torchvision's on-disk layout (``<root>/cifar-10-batches-py``), checksums verified by default."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Optional
 import hashlib
 import pickle
 import warnings
@@ -12,6 +14,32 @@ import torchvision
 from omegaconf import DictConfig
 
 from pexp.data import Dataset, Split, data_root, locate_files
+from pexp.schema import flag, integer, integers, store
+
+
+@dataclass
+class CifarConfig:
+    """data=cifar10 (conf/data/cifar10.yaml); data=cifar2 is two of its classes."""
+
+    name: str = "cifar10"
+    root: Optional[str] = None  # this when given, else $PEXP_DATA, else ./data
+    classes: Any = integers(list(range(10)), ge=0, le=9, distinct=True)  # CIFAR-10 labels; position = target
+    verify_checksums: Any = flag(True)  # false accepts a non-official copy with a warning
+    download: Any = flag(True)  # try torchvision's download when the files are absent
+    n_train: Optional[int] = integer(None, ge=1, null=True)  # null: all
+    n_test: Optional[int] = integer(None, ge=1, null=True)
+
+
+@dataclass
+class Cifar2Config(CifarConfig):
+    """data=cifar2 (conf/data/cifar2.yaml): two CIFAR-10 classes."""
+
+    name: str = "cifar2"
+    classes: Any = integers([0, 7], ge=0, le=9, length=2, distinct=True)
+
+
+store(CifarConfig, "cifar10", "data")
+store(Cifar2Config, "cifar2", "data")
 from pexp.errors import DataError
 
 FOLDER = "cifar-10-batches-py"

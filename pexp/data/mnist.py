@@ -5,7 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import warnings
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -13,6 +16,43 @@ from omegaconf import DictConfig
 
 from pexp.data import Dataset, Split, data_root, locate_files
 from pexp.errors import DataError
+from pexp.schema import UNSET, flag, integer, store
+
+
+@dataclass
+class MnistConfig:
+    """data=mnist (conf/data/mnist.yaml)."""
+
+    name: str = "mnist"
+    root: Optional[str] = None
+    digits: Any = None  # null: all ten digits; else a list, relabelled 0..k-1 by position
+    verify_checksums: Any = flag(True)
+    download: Any = flag(True)
+    n_train: Optional[int] = integer(None, ge=1, null=True)
+    n_test: Optional[int] = integer(None, ge=1, null=True)
+
+
+class Projection(StrEnum):
+    linear = "linear"  # x V V^T
+    affine = "affine"  # mean + (x - mean) V V^T
+    none = "none"  # the images unprojected
+
+
+@dataclass
+class MnistPcaConfig:
+    """data=mnist_pca32 and its variants (conf/data/mnist_pca32*.yaml, synthetic_mnist_pca32.yaml)."""
+
+    name: str = "mnist_pca32"
+    components: int = integer(32, ge=1)
+    projection: Projection = Projection.linear
+    positive: Any = None  # null: the ten digits; else the digits that make target 1
+    n_train: Optional[int] = integer(None, ge=1, null=True)
+    n_test: Optional[int] = integer(None, ge=1, null=True)
+    base: Any = UNSET  # the data config of the images projected (mnist or synthetic_mnist)
+
+
+store(MnistConfig, "mnist", "data")
+store(MnistPcaConfig, "mnist_pca32", "data")
 
 FOLDER = Path("MNIST") / "raw"
 FILES = {  # name -> MD5 of the official uncompressed IDX file

@@ -2,11 +2,36 @@
 classes separated along the first patterns. Never used unless asked for; figures made from them say so."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Optional
+
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from pexp.data import Dataset, Split
+from pexp.schema import UNSET, integer, number, store
+
+
+@dataclass
+class SyntheticConfig:
+    """data=synthetic_cifar2, synthetic_cifar10, synthetic_mnist: offline stand-ins (conf/data/synthetic_*.yaml)."""
+
+    name: str = "synthetic_cifar2"
+    n_train: int = integer(10000, ge=1)
+    n_test: int = integer(2000, ge=1)
+    classes: Optional[int] = integer(ge=2, null=True)  # default 2
+    shape: Any = UNSET  # default [3, 32, 32]
+    range: Any = UNSET  # default [-1.0, 1.0]
+    rank: int = integer(8, ge=1, le=3 * 32 * 32)  # dimension of the pattern subspace
+    separation: Any = number(3.0)  # distance of the two class means along the first pattern
+    class_std: Any = number(0.5, ge=0)
+    spread: Any = number(1.5, ge=0)
+    noise: Any = number(0.02, ge=0)
+    seed: int = integer(0, ge=0)
+
+
+store(SyntheticConfig, "synthetic", "data")
 
 
 def _patterns(rank: int, shape: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:

@@ -6,12 +6,81 @@ integer targets; the test split is the training split except for :func:`sphere`.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import DictConfig
 
 from pexp.data import Dataset, Split
+from pexp.schema import UNSET, integer, number, store
+
+
+class GridPlane(StrEnum):
+    z05 = "z05"  # the grid at z = 0.5 (offmanifold-fig3)
+    xy = "xy"  # the x-y plane (offmanifold-fig5)
+
+
+class RngOrder(StrEnum):
+    authors = "authors"  # the authors' pe-fig1 script's draws
+    pexp = "pexp"
+
+
+class SphereLabels(StrEnum):
+    random = "random"
+    halfspace = "halfspace"
+
+
+@dataclass
+class Diagonal7Config:
+    """data=diagonal7."""
+
+    name: str = "diagonal7"
+
+
+@dataclass
+class Grid25Config:
+    """data=grid25."""
+
+    name: str = "grid25"
+    plane: GridPlane = GridPlane.z05
+
+
+@dataclass
+class PeFig1Config:
+    """data=pe_fig1."""
+
+    name: str = "pe_fig1"
+    seed: int = integer(1, ge=0)
+    rng_order: Optional[RngOrder] = UNSET  # default pexp
+
+
+@dataclass
+class PeFig2Config:
+    """data=pe_fig2."""
+
+    name: str = "pe_fig2"
+    variant: int = integer(1, ge=1, le=2)
+
+
+@dataclass
+class SphereConfig:
+    """data=sphere28: see sphere."""
+
+    name: str = "sphere"
+    dim: int = integer(28, ge=1)
+    ambient: int = integer(784, ge=1)
+    radius: Any = number(28.0, gt=0)
+    labels: SphereLabels = SphereLabels.random
+    n_train: int = integer(1000, ge=1)
+    n_test: int = integer(200, ge=1)
+    seed: int = integer(0, ge=0)
+
+
+for _schema, _name in ((Diagonal7Config, "diagonal7"), (Grid25Config, "grid25"), (PeFig1Config, "pe_fig1"),
+                       (PeFig2Config, "pe_fig2"), (SphereConfig, "sphere")):
+    store(_schema, _name, "data")
 
 GRID_PLANES = {"z05": 0.5, "xy": 0.0}  # grid25: cfg.plane -> height z of the data plane in R^3
 
@@ -108,7 +177,7 @@ def grid25(cfg: DictConfig) -> Dataset:
     return _toy(x, (i + j) % 2, subspace=subspace, extras={"offset": offset.contiguous()})
 
 
-SPHERE_LABELS = ("random", "halfspace")
+SPHERE_LABELS = tuple(SphereLabels)
 
 
 def sphere(cfg: DictConfig) -> Dataset:

@@ -1,13 +1,16 @@
 """Networks with a perturbation entry point before every affine layer (Algorithm 1 of Nar & Sastry)."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Callable, Optional, Sequence
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 from torch import nn
 
 from pexp.errors import ConfigError
+from pexp.schema import UNSET, cross_check, flag, integer, integers, number, store
 
 Perturbations = Sequence[torch.Tensor | None]
 
@@ -211,6 +214,66 @@ def linear(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
 
 MODELS: dict[str, Callable[[DictConfig, Sequence[int]], EntryNet]] = {"pe_net": pe_net, "richness_cnn": richness_cnn, "mlp": mlp,
                                                                       "linear": linear}
+ModelName = StrEnum("ModelName", {name: name for name in sorted(MODELS)})
+
+
+@dataclass
+class PeNetConfig:
+    """model=pe_net (conf/model/pe_net.yaml)."""
+
+    name: ModelName = ModelName.pe_net
+    size: int = integer(2, ge=1)  # width multiplier s
+    outputs: int = 1
+    negative_slope: Any = number(0.01, ge=0)
+
+
+@dataclass
+class RichnessCnnConfig:
+    """model=richness_cnn (conf/model/richness_cnn.yaml)."""
+
+    name: ModelName = ModelName.richness_cnn
+    widths: Any = integers([6, 18, 120, 84], ge=1, length=4)
+    outputs: int = 1
+    negative_slope: Any = number(0.01, ge=0)
+
+
+@dataclass
+class MlpConfig:
+    """model=mlp and model=toy_mlp (conf/model/mlp.yaml, toy_mlp.yaml); the keys after outputs are absent unless
+    set (defaults: biases, no batch norm, no dropout, hidden biases x1)."""
+
+    name: ModelName = ModelName.mlp
+    widths: Any = integers([100, 100, 100, 100], ge=1)
+    outputs: int = 1
+    hidden_bias_scale: Any = number(null=True)
+    bias: Any = flag()
+    batch_norm: Any = flag()
+    dropout: Any = number(ge=0, lt=1, null=True)
+
+
+@dataclass
+class LinearConfig:
+    """model=linear (conf/model/linear.yaml)."""
+
+    name: ModelName = ModelName.linear
+    outputs: int = 1
+
+
+for _schema, _name in ((PeNetConfig, "pe_net"), (RichnessCnnConfig, "richness_cnn"), (MlpConfig, "mlp"),
+                       (LinearConfig, "linear")):
+    store(_schema, _name, "model")
+
+
+def layer_names(model: DictConfig) -> list[str] | None:
+    """The affine layers' names of the model a config builds, without building it (None for a model this does
+    not know)."""
+    if model.name in ("pe_net", "richness_cnn"):
+        return ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    if model.name == "mlp":
+        return [f"fc{i + 1}" for i in range(len(model.widths) + 1)]
+    if model.name == "linear":
+        return ["fc1"]
+    return None
 
 
 def build_model(cfg: DictConfig, input_shape: Sequence[int], init: DictConfig | None = None) -> EntryNet:
@@ -244,7 +307,56 @@ def replay_pe_fig1_authors(cfg: DictConfig, input_shape: Sequence[int], init: Di
             torch.empty((), dtype=torch.int64).random_()
 
 
-INIT_SCHEMES = ("default", "normal_fan_in")
+class InitScheme(StrEnum):
+    default = "default"  # PyTorch's
+    normal_fan_in = "normal_fan_in"  # every weight N(0, 1/fan_in), the paper OM authors' code
+
+
+class InitRngOrder(StrEnum):
+    authors_pe_fig1 = "authors_pe_fig1"  # replay_pe_fig1_authors
+
+
+class InitNetwork(StrEnum):
+    ce = "ce"
+    se = "se"
+
+
+@dataclass
+class InitConfig:
+    """The init group (conf/init/*.yaml): see init_weights; the keys after layers are absent unless set."""
+
+    factor: Any = number(1.0, gt=0)  # weights of `layers` are divided by this
+    layers: Any = "all"  # all | a list of affine layer names ('first': the first affine layer)
+    scheme: Optional[InitScheme] = UNSET
+    first_std: Any = number(gt=0, null=True)
+    output_signs: Any = flag()
+    rng_order: Optional[InitRngOrder] = UNSET  # with network, seed, epochs: replay_pe_fig1_authors
+    network: Optional[InitNetwork] = UNSET
+    seed: Optional[int] = UNSET  # ${seed} and ${train.epochs}, checked there
+    epochs: Optional[int] = UNSET
+
+
+store(InitConfig, "init", "init")
+
+
+@cross_check("init")
+def check_init(cfg: DictConfig) -> None:
+    """What the schema cannot say: init.layers against the model's layer names, the network to replay."""
+    layers = cfg.init.layers
+    if not (layers == "all" or isinstance(layers, (list, ListConfig))):
+        raise ConfigError(f"init.layers={layers!r} is not allowed: must be 'all' or a list of layer names")
+    names = layer_names(cfg.model)
+    if names is not None and layers != "all":
+        for name in layers:
+            if name != "first" and name not in names:
+                raise ConfigError(f"init.layers entry {name!r} is not allowed for model {cfg.model.name}: choose "
+                                  f"from all, first, {', '.join(names)}")
+    if cfg.init.get("rng_order") is not None and cfg.init.get("network") is None:
+        raise ConfigError(f"init.network=None is not allowed with init.rng_order={cfg.init.rng_order}: choose one "
+                          f"of {', '.join(InitNetwork)}")
+
+
+INIT_SCHEMES = tuple(InitScheme)
 
 
 def init_weights(model: EntryNet, init: DictConfig) -> None:

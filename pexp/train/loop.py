@@ -4,9 +4,10 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import pandas as pd
 import torch
@@ -17,7 +18,8 @@ from pexp.config import ConfigError, resolve_device, validate_training
 from pexp.data import Dataset, load_dataset
 from pexp.losses import Loss, first_layer_norm
 from pexp.models import EntryNet, build_model, predict, score
-from pexp.runs import RunDir, torch_save, training_run_dir, write_csv, write_json, write_text
+from pexp.runs import RunDir, hashable, torch_save, training_run_dir, write_csv, write_json, write_text
+from pexp.schema import UNSET, cross_check, flag, integer, number, store
 from pexp.train.optim import LrSchedule, build_optimizer
 from pexp.train.perturb import active_layers, eps_at_epoch, extreme_perturbations, output_directions
 
@@ -130,7 +132,7 @@ def start_run(cfg: DictConfig, run: RunDir,
     model = build_model(cfg.model, data.input_shape, cfg.init).to(device)
     run.count_passes(model)  # recorded with the sitting (sittings.json, COMPLETE)
     optimizer, reduction = build_optimizer(cfg.optim, model.parameters())
-    write_text(run / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(run / "config.yaml", OmegaConf.to_yaml(hashable(cfg)))  # without the unset keys
     if bool(cfg.train.get("keep_states", False)) and not state_path(run, 0).exists():
         torch_save(state_path(run, 0), model.state_dict())  # epoch 0: the init (the same on every attempt)
     state = _load_checkpoint(run / "checkpoint.pt")
@@ -183,6 +185,41 @@ def save_progress(run: RunDir, model: EntryNet, optimizer: torch.optim.Optimizer
                                            epoch=done, log=rows))
     write_csv(run / "train_log.csv", pd.DataFrame(rows))
     run.record_sitting()
+
+
+class TargetSplit(StrEnum):
+    train = "train"
+    test = "test"
+
+
+@dataclass
+class TrainConfig:
+    """The train group (conf/train/default.yaml); the keys after checkpoint_every are absent unless set."""
+
+    epochs: int = integer(40, ge=1)
+    batch_size: Optional[int] = integer(50, ge=1, null=True)  # null: full batch
+    progress: Any = flag(True)  # tqdm bars (progress, log_every, checkpoint_every are not part of the run hash)
+    log_every: Optional[int] = integer(1, ge=1, null=True)  # epochs between rows of train_log.csv
+    checkpoint_every: Optional[int] = integer(1, ge=1, null=True)  # a multiple of log_every
+    target_margin: Any = number(gt=0, null=True)  # the stop rule: stop_rule
+    target_accuracy: Any = number(gt=0, le=1, null=True)
+    target_split: Optional[TargetSplit] = UNSET
+    target_check_every: Optional[int] = integer(ge=1, null=True)
+    target_check_first: Optional[int] = integer(ge=1, null=True)
+    keep_states: Any = flag()  # every epoch's weights, for the per-epoch evaluators
+    channels_last: Any = flag()  # faster convolutions on some CPUs (hashed)
+
+
+store(TrainConfig, "train", "train")
+
+
+@cross_check("train")
+def check_train(cfg: DictConfig) -> None:
+    """What the schema cannot say: checkpoints fall on logged epochs."""
+    log_every, checkpoint_every = cfg.train.get("log_every") or 1, cfg.train.get("checkpoint_every") or 1
+    if checkpoint_every % log_every:
+        raise ConfigError(f"train.checkpoint_every={checkpoint_every} is not allowed: must be a multiple of "
+                          f"train.log_every={log_every}")
 
 
 class StopRule(NamedTuple):

@@ -3,12 +3,54 @@ single-run optimisers and the batched toy ensemble (``pexp.train.ensemble``) sha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from enum import StrEnum
+from typing import Any, Iterable, Optional
 
 import torch
 from omegaconf import DictConfig
 
+from pexp.schema import UNSET, integer, integers, number, store
+
 Hyper = float | torch.Tensor  # a float, or one value per ensemble member (broadcastable to the parameter)
+
+
+class OptimName(StrEnum):
+    summed_momentum = "summed_momentum"  # the authors' rule on the summed gradient (SummedMomentum)
+    sgd = "sgd"  # torch.optim.SGD
+
+
+class PenaltyForm(StrEnum):
+    """The first layer's penalty (times ``first_layer_penalty``): its weights' norm, the norm with the biases,
+    or half the squared norm."""
+
+    norm = "norm"
+    norm_with_bias = "norm_with_bias"
+    half_squared = "half_squared"
+
+
+class Reduction(StrEnum):
+    mean = "mean"
+    sum = "sum"
+
+
+@dataclass
+class OptimConfig:
+    """The optim group (conf/optim/*.yaml); the optional keys below are absent unless a config sets them."""
+
+    name: OptimName = OptimName.summed_momentum
+    lr: Any = number(1e-3, gt=0)
+    momentum: Any = number(0.9, ge=0, lt=1)
+    weight_decay: Any = number(0.0, ge=0)
+    first_layer_penalty: Any = number(ge=0, null=True)  # default 0: no penalty
+    penalty_form: Optional[PenaltyForm] = UNSET  # default norm
+    reduction: Optional[Reduction] = UNSET  # sgd's batch loss: its mean (default) or its sum
+    lr_milestones: Any = integers(ge=1, distinct=True, null=True)  # the schedule: LrSchedule
+    lr_milestone_factor: Any = number(gt=0, null=True)
+    lr_step_every: Optional[int] = integer(ge=1, null=True)
+    lr_step_factor: Any = number(gt=0, null=True)
+
+
+store(OptimConfig, "optim", "optim")
 
 
 def _add_scaled(target: torch.Tensor, other: torch.Tensor, factor: Hyper, inplace: bool = True) -> torch.Tensor:

@@ -1,9 +1,42 @@
 """Algorithm 1 of Nar & Sastry, batched: per-sample worst-case perturbations before the affine layers."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
 import torch
 
+from pexp.errors import ConfigError
 from pexp.models import EntryNet, score
+from pexp.schema import cross_check, integer, number, store
+
+
+class PerturbedLayers(StrEnum):
+    none = "none"
+    all = "all"
+    first = "first"
+
+
+@dataclass
+class PerturbConfig:
+    """The perturb group (conf/perturb/*.yaml)."""
+
+    layers: PerturbedLayers = PerturbedLayers.none
+    eps: Any = number(0.0, ge=0)  # l_inf radius of each perturbation
+    pieces: int = integer(4, ge=1)  # signed-gradient steps of size eps/pieces
+    ramp_steps: int = integer(4, ge=1)  # eps rises in this many equal stages over the epochs
+
+
+store(PerturbConfig, "perturb", "perturb")
+
+
+@cross_check("perturb")
+def check_perturb(cfg: Any) -> None:
+    """What the schema cannot say: a radius with nothing to perturb."""
+    if cfg.perturb.layers == "none" and cfg.perturb.eps > 0:
+        raise ConfigError(f"perturb.eps={cfg.perturb.eps!r} is not allowed with perturb.layers=none (nothing would "
+                          f"be perturbed): use perturb=all_layers or perturb=first_layer, or perturb.eps=0")
 
 
 def active_layers(model: EntryNet, layers: str) -> list[bool]:

@@ -6,7 +6,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pexp.data import Split
-from pexp.runs import RunDir, config_hash
+from pexp.runs import RunDir, config_hash, hashable
 
 NOT_HASHED = ("batch_size", "progress")
 RESULTS = "results.csv"
@@ -14,7 +14,7 @@ RESULTS = "results.csv"
 
 def eval_dir(run: RunDir, eval_cfg: DictConfig) -> RunDir:
     """``<run>/eval/<name>-<hash of the eval config>``."""
-    tree = {k: v for k, v in OmegaConf.to_container(eval_cfg, resolve=True).items() if k not in NOT_HASHED}
+    tree = {k: v for k, v in hashable(eval_cfg).items() if k not in NOT_HASHED}
     return RunDir(run / "eval" / f"{eval_cfg.name}-{config_hash(tree)}")
 
 
