@@ -24,7 +24,8 @@ from pexp.data import load_dataset
 from pexp.eval.evaluate import evaluate
 from pexp.eval.evaluators.common import eval_dir
 from pexp.runs import RunDir, write_csv
-from pexp.train.loop import as_logits, load_trained
+from pexp.losses import Loss
+from pexp.train.loop import load_trained
 
 CROSSCHECK = "crosscheck.csv"  # written into the margin evaluation's folder, beside results.csv
 
@@ -108,7 +109,7 @@ def crosscheck_margins(run: RunDir, eval_cfg: DictConfig, device: str = "auto", 
     results = evaluate(run, eval_cfg, device, progress)
     model, cfg = load_trained(run, resolve_device(device))
     data = load_dataset(cfg.data)
-    logits = as_logits(model, cfg.loss)
+    logits = Loss.from_config(cfg.loss).as_logits(model)
     bounds = tuple(float(b) for b in eval_cfg.get("bounds") or (-1.0, 1.0))
     frames = []
     for name, split in (("train", data.train), ("test", data.test)):
