@@ -544,27 +544,6 @@ class MarginSearch:
         raise NotImplementedError
 
 
-@register(SEARCHES, "walk")
-class Walk(MarginSearch):
-    """Paper OM's authors' attack: from zero, steps of fixed length ``walk_step`` along the normalised gradient, no
-    ball, each point stopped at its first flip, its norm there the result (``inf`` when ``steps`` steps or the norm
-    cap ``eps_max`` pass without a flip); ``end``: where each walk ended (0 when misclassified)."""
-
-    needs = ("walk_step",)
-
-    def __init__(self, settings: SearchSettings):
-        super().__init__(settings)
-        self.attack = PGD(settings, stepsize=float(settings.walk_step), cap=float(settings.eps_max))
-
-    def search(self, points: _Points) -> None:
-        index = points.open
-        radius = torch.full((len(index),), math.inf, dtype=points.x.dtype, device=points.device)
-        flipped, size, points.end[index] = self.attack(points, index, radius)
-        points.best[index] = torch.where(flipped & (size <= self.settings.eps_max), size, points.best[index])
-        points.end[points.wrong] = 0.0
-        points.pgd = points.best.clone()
-
-
 class _Grid:
     """Each point's bracket on the grid 0, resolution, ..., ``top`` resolution (>= eps_max): ``low``, the largest
     grid index known to fail, and ``high``, the smallest known to succeed (``top + 1``: none yet), bisected while
@@ -660,6 +639,27 @@ class Bisect(MarginSearch):
             grid.reopen(left)
             points.apgd[left] = math.inf
             grid.bisect(self.last_stage, points.apgd, "APGD stage", False)
+
+
+@register(SEARCHES, "walk")
+class Walk(MarginSearch):
+    """Paper OM's authors' attack: from zero, steps of fixed length ``walk_step`` along the normalised gradient, no
+    ball, each point stopped at its first flip, its norm there the result (``inf`` when ``steps`` steps or the norm
+    cap ``eps_max`` pass without a flip); ``end``: where each walk ended (0 when misclassified)."""
+
+    needs = ("walk_step",)
+
+    def __init__(self, settings: SearchSettings):
+        super().__init__(settings)
+        self.attack = PGD(settings, stepsize=float(settings.walk_step), cap=float(settings.eps_max))
+
+    def search(self, points: _Points) -> None:
+        index = points.open
+        radius = torch.full((len(index),), math.inf, dtype=points.x.dtype, device=points.device)
+        flipped, size, points.end[index] = self.attack(points, index, radius)
+        points.best[index] = torch.where(flipped & (size <= self.settings.eps_max), size, points.best[index])
+        points.end[points.wrong] = 0.0
+        points.pgd = points.best.clone()
 
 
 def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
