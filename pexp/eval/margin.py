@@ -258,7 +258,8 @@ def _setting(default: Any, kind: str, *, choices: Sequence[str] | Callable[[], I
 def _problem(key: str, value: Any, rule: Mapping[str, Any], values: Mapping[str, Any]) -> str | None:
     """What ``value`` of setting ``key`` breaks of its ``rule`` (None: nothing); ``values``: all the settings."""
     kind = rule["kind"]
-    needed = key in SEARCHES[values["search"]].needs if values["search"] in SEARCHES else False
+    search = SEARCHES.get(values["search"]) if isinstance(values["search"], str) else None
+    needed = search is not None and key in search.needs
     optional = rule["optional"] and not needed
     if value is None and optional:
         return None
