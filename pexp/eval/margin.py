@@ -243,24 +243,28 @@ def register(registry: dict[str, type], name: str) -> Callable[[type], type]:
     return add
 
 
-def _setting(default: Any, kind: str, *, choices: Sequence[str] | Callable[[], Iterable[str]] = (),
-             low: float | None = None, low_open: bool = False, high: str | None = None, optional: bool = False,
-             null_is_default: bool = False, config: bool = True) -> Any:
-    """One setting of the search and what it allows. ``kind``: ``choice`` (one of ``choices``, a sequence or a
-    function giving the registered names), ``bool``, ``integer`` or ``number`` (``>= low``, ``> low`` when
-    ``low_open``, ``<= `` the setting named ``high``), ``bounds`` ([low, high], low < high). ``optional``: null is
-    allowed (unless the chosen search ``needs`` it); ``null_is_default``: null in an eval config means the default;
-    ``config``: read from an eval config (else only set by the caller)."""
-    return field(default=default, metadata=dict(kind=kind, choices=choices, low=low, low_open=low_open, high=high,
-                                                optional=optional, null_is_default=null_is_default, config=config))
+# what a setting's declared type allows: one of its ``choices`` (a ``str`` setting), true or false, an integer or
+# a number in its range, or a box [low, high]
+_KINDS = {"str": "choice", "str | None": "choice", "bool": "bool", "int": "integer", "float": "number",
+          "float | None": "number", "tuple[float, float]": "bounds"}
 
 
-def _problem(key: str, value: Any, rule: Mapping[str, Any], values: Mapping[str, Any]) -> str | None:
-    """What ``value`` of setting ``key`` breaks of its ``rule`` (None: nothing); ``values``: all the settings."""
-    kind = rule["kind"]
+def _setting(default: Any, *, choices: Sequence[str] | Callable[[], Iterable[str]] = (), low: float | None = None,
+             low_open: bool = False, high: str | None = None, null_is_default: bool = False,
+             config: bool = True) -> Any:
+    """One setting of the search and what it allows beyond its type: ``choices`` (a sequence, or a function giving
+    the registered names), ``>= low`` (``> low`` when ``low_open``), ``<=`` the setting named ``high``. A type
+    ``| None`` allows null (unless the chosen search ``needs`` the setting); ``null_is_default``: null in an eval
+    config means the default; ``config``: read from an eval config (else only set by the caller)."""
+    return field(default=default, metadata=dict(choices=choices, low=low, low_open=low_open, high=high,
+                                                null_is_default=null_is_default, config=config))
+
+
+def _problem(setting: dataclasses.Field, value: Any, values: Mapping[str, Any]) -> str | None:
+    """What ``value`` breaks of its ``setting``'s declaration (None: nothing); ``values``: all the settings."""
+    kind, rule = _KINDS[setting.type], setting.metadata
     search = SEARCHES.get(values["search"]) if isinstance(values["search"], str) else None
-    needed = search is not None and key in search.needs
-    optional = rule["optional"] and not needed
+    optional = setting.type.endswith("| None") and not (search is not None and setting.name in search.needs)
     if value is None and optional:
         return None
     if kind == "choice":
@@ -292,7 +296,7 @@ def _check(values: Mapping[str, Any], prefix: str) -> None:
     """Every setting against its declaration, in the order declared: the first bad one raises one line
     ``<prefix><key>=<value> is not allowed: <what is>``."""
     for item in fields(SearchSettings):
-        problem = _problem(item.name, values[item.name], item.metadata, values)
+        problem = _problem(item, values[item.name], values)
         if problem:
             raise ConfigError(f"{prefix}{item.name}={values[item.name]!r} is not allowed: {problem}")
 
@@ -303,31 +307,31 @@ class SearchSettings:
     when built (:class:`pexp.errors.ConfigError`, one line naming the value). :meth:`from_config` reads them from
     an eval config; :meth:`build` makes the search they choose."""
 
-    random_start: bool = _setting(False, "bool")
-    reproject: bool = _setting(False, "bool")
-    eps_max: float = _setting(0.1, "number", low=0, low_open=True)
-    resolution: float = _setting(0.001, "number", low=0, low_open=True, high="eps_max")
-    steps: int = _setting(100, "integer", low=1)
-    rel_stepsize: float = _setting(1 / 25, "number", low=0, low_open=True)
-    objective: str = _setting("margin", "choice", choices=OBJECTIVES, null_is_default=True)
-    search: str = _setting("bisect", "choice", choices=lambda: SEARCHES, null_is_default=True)
-    walk_step: float | None = _setting(None, "number", low=0, low_open=True, optional=True)
-    restarts: int = _setting(0, "integer", low=0, null_is_default=True)
-    first_estimate: str | None = _setting("fmn", "choice", choices=lambda: FIRST_ESTIMATES, optional=True)
-    fmn_steps: int = _setting(200, "integer", low=1)
-    apgd: bool = _setting(True, "bool")
-    apgd_steps: int = _setting(100, "integer", low=1)
-    apgd_restarts: int = _setting(2, "integer", low=1)
-    norm: str = _setting("linf", "choice", choices=tuple(NORMS))
-    bracket: bool = _setting(True, "bool")
-    batch_size: int = _setting(500, "integer", low=1)
-    bounds: tuple[float, float] = _setting((-1.0, 1.0), "bounds", config=False)
-    progress: bool = _setting(False, "bool", config=False)
+    random_start: bool = _setting(False)
+    reproject: bool = _setting(False)
+    eps_max: float = _setting(0.1, low=0, low_open=True)
+    resolution: float = _setting(0.001, low=0, low_open=True, high="eps_max")
+    steps: int = _setting(100, low=1)
+    rel_stepsize: float = _setting(1 / 25, low=0, low_open=True)
+    objective: str = _setting("margin", choices=OBJECTIVES, null_is_default=True)
+    search: str = _setting("bisect", choices=lambda: SEARCHES, null_is_default=True)
+    walk_step: float | None = _setting(None, low=0, low_open=True)
+    restarts: int = _setting(0, low=0, null_is_default=True)
+    first_estimate: str | None = _setting("fmn", choices=lambda: FIRST_ESTIMATES)
+    fmn_steps: int = _setting(200, low=1)
+    apgd: bool = _setting(True)
+    apgd_steps: int = _setting(100, low=1)
+    apgd_restarts: int = _setting(2, low=1)
+    norm: str = _setting("linf", choices=tuple(NORMS))
+    bracket: bool = _setting(True)
+    batch_size: int = _setting(500, low=1)
+    bounds: tuple[float, float] = _setting((-1.0, 1.0), config=False)
+    progress: bool = _setting(False, config=False)
 
     def __post_init__(self) -> None:
         _check({item.name: getattr(self, item.name) for item in fields(self)}, "")
         for item in fields(self):  # the checked values as plain Python numbers
-            value, kind = getattr(self, item.name), item.metadata["kind"]
+            value, kind = getattr(self, item.name), _KINDS[item.type]
             if value is not None and kind in ("integer", "number"):
                 object.__setattr__(self, item.name, int(value) if kind == "integer" else float(value))
         object.__setattr__(self, "bounds", tuple(float(b) for b in self.bounds))
