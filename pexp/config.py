@@ -92,25 +92,11 @@ def _validate_ts_eval(cfg: DictConfig) -> None:
 
 
 def _validate_search(cfg: DictConfig) -> None:
-    """The margin search's own settings (pexp.eval.margin), where the eval config sets them."""
-    from pexp.eval.margin import OBJECTIVES, SEARCHES
+    """The margin search's own settings, where the eval config sets them: checked by the search's settings
+    (pexp.eval.margin.SearchSettings), and the protocol label the results carry."""
+    from pexp.eval.margin import SearchSettings
 
-    if cfg.eval.get("objective") is not None:
-        check_choice(cfg, "eval.objective", OBJECTIVES)
-    if cfg.eval.get("search") is not None:
-        check_choice(cfg, "eval.search", SEARCHES)
-        if cfg.eval.search == "walk":
-            check_number(cfg, "eval.walk_step", low=0, low_open=True)
-    if cfg.eval.get("restarts") is not None:
-        check_number(cfg, "eval.restarts", low=0, integer=True)
-    if cfg.eval.get("first_estimate") is not None:
-        check_choice(cfg, "eval.first_estimate", ["fmn"])
-        check_number(cfg, "eval.fmn_steps", low=1, integer=True)
-    if "apgd" in cfg.eval:
-        check_bool(cfg, "eval.apgd")
-    for key in ("apgd_steps", "apgd_restarts"):
-        if key in cfg.eval:
-            check_number(cfg, f"eval.{key}", low=1, integer=True)
+    SearchSettings.from_config(cfg.eval)
     if cfg.eval.get("protocol") is not None:
         check_choice(cfg, "eval.protocol", ["accurate", "authors"])
 
@@ -124,9 +110,6 @@ def validate_eval(cfg: DictConfig) -> None:
     check_number(cfg, "eval.batch_size", low=1, integer=True)
     if "seed" in cfg.eval:
         check_number(cfg, "eval.seed", low=0, integer=True)
-    for key in ("random_start", "reproject"):
-        if key in cfg.eval:
-            check_bool(cfg, f"eval.{key}")
     if cfg.eval.name == "pca":
         check_number(cfg, "eval.n_train", low=2, integer=True, optional=True)
         return
@@ -139,10 +122,6 @@ def validate_eval(cfg: DictConfig) -> None:
         check_number(cfg, "eval.grid", low=2, integer=True)
         check_number(cfg, "eval.surface_grid", low=2, integer=True, optional=True)
         return
-    check_number(cfg, "eval.eps_max", low=0, low_open=True)
-    check_number(cfg, "eval.resolution", low=0, low_open=True, high=float(cfg.eval.eps_max))
-    check_number(cfg, "eval.steps", low=1, integer=True)
-    check_number(cfg, "eval.rel_stepsize", low=0, low_open=True)
     _validate_search(cfg)
     if cfg.eval.name == "projected":
         check_number(cfg, "eval.n_points", low=1, integer=True)
@@ -158,7 +137,6 @@ def validate_eval(cfg: DictConfig) -> None:
             raise ConfigError(f"eval.modes={modes} is not allowed: must be a non-empty list of "
                               f"{', '.join(PROJECTION_MODES)}")
     if cfg.eval.name == "margin":
-        check_choice(cfg, "eval.norm", ["linf", "l2"])
         check_number(cfg, "eval.n_train", low=1, integer=True, optional=True)
         check_number(cfg, "eval.n_test", low=1, integer=True, optional=True)
     if cfg.eval.name == "boundary":

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pexp.eval.margin import AUTHORS_PROTOCOL, minimal_norm_check, minimal_perturbation
+from pexp.errors import ConfigError
+from pexp.eval.margin import AUTHORS_PROTOCOL, SearchSettings, minimal_norm_check, minimal_perturbation
 
 
 def linear_problem(seed=0, n=64, d=30):
@@ -265,9 +266,9 @@ def test_apgd_keeps_to_the_box_and_to_each_points_radius():
 
 def test_apgd_settings_are_checked():
     model, x, y = linear_problem()
-    with pytest.raises(ValueError, match="apgd='yes' is not allowed: choose one of True, False"):
+    with pytest.raises(ConfigError, match=r"^apgd='yes' is not allowed: must be true or false$"):
         minimal_perturbation(model, x, y, apgd="yes")
-    with pytest.raises(ValueError, match="apgd_steps=0, apgd_restarts=2 are not allowed"):
+    with pytest.raises(ConfigError, match=r"^apgd_steps=0 is not allowed: must be an integer >= 1$"):
         minimal_perturbation(model, x, y, apgd_steps=0)
 
 
@@ -434,7 +435,7 @@ def test_images_are_searched_in_channels_last_and_the_model_is_put_back():
     y = model(x).argmax(1)
     found = minimal_perturbation(model, x, y, eps_max=0.5, resolution=0.001)
     assert model.conv.weight.is_contiguous()  # the caller's model is as it was
-    reference = minimal_perturbation.__wrapped__(model, x, y, eps_max=0.5, resolution=0.001)  # default layout
+    reference = SearchSettings(eps_max=0.5, resolution=0.001).build().run(model, x, y)  # default layout
     gap = torch.where(torch.isinf(found) & torch.isinf(reference), 0.0, (found - reference).abs())
     assert (gap <= 0.001 + 1e-6).float().mean() >= 0.95
     assert torch.isfinite(found).any()

@@ -97,7 +97,7 @@ def test_linear_projection_keeps_mnist_in_the_span_of_the_32_directions():
 
 
 def test_mnist_defaults_are_the_authors_training_and_attack():
-    from pexp.eval.evaluators.common import _search_settings
+    from pexp.eval.margin import SearchSettings
 
     cfg = compose_experiment("om_fig4_mnist")
     assert list(cfg.optim.lr_milestones) == [40, 80] and cfg.optim.lr_milestone_factor == 0.1
@@ -106,7 +106,7 @@ def test_mnist_defaults_are_the_authors_training_and_attack():
     from pexp.train.loop import stop_rule
 
     assert [done for done in range(1, 20) if stop_rule(cfg).checked(done)] == [1, 6, 11, 16]
-    assert _search_settings(cfg.eval, False)["reproject"] is True and cfg.data.projection == "none"
+    assert SearchSettings.from_config(cfg.eval).reproject is True and cfg.data.projection == "none"
     with pytest.raises(ConfigError, match=r"eval.reproject='yes' is not allowed: must be true or false"):
         validate_config(compose_experiment("om_fig4_mnist", ["eval.reproject=yes"]))
 

@@ -1,52 +1,67 @@
 """The one margin search of pexp: the smallest perturbation that flips each point's prediction.
 
-``minimal_perturbation`` runs batched projected gradient steps on every still-open point at once, each point at its
-own radius, and bisects each point's radius over a grid (0, resolution, 2 resolution, ..., eps_max): about
-1 + log2(eps_max / resolution) attacks per point instead of one per grid value. Its settings:
+The search is built from one :class:`SearchSettings` (every setting declared once, with what it allows, checked when
+built; ``SearchSettings.from_config(cfg.eval)`` reads an eval config) as a small object per algorithm, registered
+by name in :data:`SEARCHES`:
 
-- ``objective``: ``"margin"`` (default) ascends the logit difference max_{j != y} z_j - z_y, which never saturates;
-  ``"ce"`` ascends the cross-entropy, whose gradient is exactly zero in float32 once the logit gap passes ~17
-  (the authors' foolbox-2 setting; kept to draw a figure their way).
-- ``random_start``: start each attack from a uniform point of the ball (the authors) or from zero (default).
-  ``restarts`` adds that many attacks from random starts; a radius counts as failed only when every start failed,
-  so a point is declared not flipped within ``eps_max`` only after all of them have.
-- ``first_estimate``: ``"fmn"`` (default) first runs foolbox's fast minimum-norm attack on every point; its
-  adversarial closes the grid above its norm, PGD bisects below it, and the margin is the smaller of the two.
-- ``apgd`` (default on; bisect, unrestricted perturbations): the last stage, run only on the points the earlier ones
-  left unflipped within ``eps_max``, before any is declared censored: torchattacks' APGD (cross-entropy, random
-  starts, adaptive step size and momentum; ``apgd_steps`` steps, ``apgd_restarts`` random starts per radius, a
-  radius failing only when every start failed), first at ``eps_max``, then bisected per point over the same grid
-  below the norm it found. A flat region of the model around a point stops the attacks from zero (PGD, FMN): the
-  gradient there is zero; a random start lands beyond it. The points the earlier stages flipped keep their margins.
-- ``search``: ``"bisect"`` (default) as above; ``"walk"`` is the attack of paper OM's authors: from zero, steps of
-  fixed length ``walk_step`` along the normalised gradient, no ball, stopping each point at its first flip and
-  reporting the norm there (``inf`` when ``steps`` steps or the norm cap ``eps_max`` pass without a flip).
+- ``search``: ``"bisect"`` (default, :class:`Bisect`) runs batched projected gradient steps on every still-open
+  point at once, each point at its own radius, and bisects each point's radius over a grid (0, resolution,
+  2 resolution, ..., eps_max): about 1 + log2(eps_max / resolution) attacks per point instead of one per grid
+  value. ``"walk"`` (:class:`Walk`) is the attack of paper OM's authors: from zero, steps of fixed length
+  ``walk_step`` along the normalised gradient, no ball, stopping each point at its first flip and reporting the
+  norm there (``inf`` when ``steps`` steps or the norm cap ``eps_max`` pass without a flip).
 
-Every attack stops a point at its first flipped iterate and records that iterate's norm, an upper bound on the
-point's margin; a success at radius r therefore also closes the grid above the norm it found. (APGD runs all its
-steps and returns its last flipped iterate, also an upper bound.)
+and composed of parts:
+
+- the attack, :class:`PGD` (and its ``restarts``, :class:`Restarts`): ``objective`` ``"margin"`` (default)
+  ascends the logit difference max_{j != y} z_j - z_y, which never saturates; ``"ce"`` ascends the cross-entropy,
+  whose gradient is exactly zero in float32 once the logit gap passes ~17 (the authors' foolbox-2 setting; kept to
+  draw a figure their way). ``random_start``: start each attack from a uniform point of the ball (the authors) or
+  from zero (default). ``restarts`` adds that many attacks from random starts; a radius counts as failed only when
+  every start failed, so a point is declared not flipped within ``eps_max`` only after all of them have.
+- ``first_estimate`` (bisect, unrestricted perturbations; registered in :data:`FIRST_ESTIMATES`): ``"fmn"``
+  (default, :class:`FMN`) first runs foolbox's fast minimum-norm attack on every point; its adversarial closes the
+  grid above its norm, PGD bisects below it, and the margin is the smaller of the two; null: none.
+- ``apgd`` (default on; bisect, unrestricted perturbations; :class:`APGD`): the last stage, run only on the points
+  the earlier ones left unflipped within ``eps_max``, before any is declared censored: torchattacks' APGD
+  (cross-entropy, random starts, adaptive step size and momentum; ``apgd_steps`` steps, ``apgd_restarts`` random
+  starts per radius, a radius failing only when every start failed), first at ``eps_max``, then bisected per point
+  over the same grid below the norm it found. A flat region of the model around a point stops the attacks from
+  zero (PGD, FMN): the gradient there is zero; a random start lands beyond it. The points the earlier stages
+  flipped keep their margins.
+
+A new search or first estimate is one class registered under its name (``@register(SEARCHES, "name")``) and one
+eval config file that names it. Every attack stops a point at its first flipped iterate and records that
+iterate's norm, an upper bound on the point's margin; a success at radius r therefore also closes the grid above
+the norm it found. (APGD runs all its steps and returns its last flipped iterate, also an upper bound.)
 ``inf`` in the result means "not flipped within eps_max": a censored point, never a measured margin.
+:func:`minimal_perturbation` is the search as one call; the authors' protocol is :data:`AUTHORS_PROTOCOL`, read from
+conf/eval/margin_authors.yaml.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from typing import Sequence
+import numbers
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
+from pexp import CONF_DIR
+from pexp.errors import ConfigError
+
 NORMS = {"linf": math.inf, "l2": 2.0}
 OBJECTIVES = ("margin", "ce")
-SEARCHES = ("bisect", "walk")
-FIRST_ESTIMATES = ("fmn", None)
 # which stage gave each point's margin (``details=True``): already misclassified (0), foolbox's minimal-norm attack,
 # the PGD bisection (or the walk), the APGD stage, or none (inf: censored)
 STAGES = ("misclassified", "fmn", "pgd", "apgd", "censored")
-AUTHORS_PROTOCOL = dict(objective="ce", random_start=True, steps=40, rel_stepsize=1 / 30, restarts=0,
-                        first_estimate=None, apgd=False)
 
 
 def attack_objective(logits: torch.Tensor, y: torch.Tensor, objective: str) -> torch.Tensor:
@@ -210,20 +225,290 @@ def _apgd(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, radius: torch.Ten
     return torch.isfinite(size), size
 
 
+# ---- the settings ------------------------------------------------------------------------------------------------
+# One registry per kind of part: a search or a first estimate is a class registered here under the name an eval
+# config gives it (``search: walk``, ``first_estimate: fmn``); the settings allow exactly the registered names.
+SEARCHES: dict[str, type[MarginSearch]] = {}
+FIRST_ESTIMATES: dict[str, type[FirstEstimate]] = {}
+
+
+def register(registry: dict[str, type], name: str) -> Callable[[type], type]:
+    """A class decorator: ``registry[name] = cls`` (and ``cls.name = name``)."""
+
+    def add(cls: type) -> type:
+        registry[name] = cls
+        cls.name = name
+        return cls
+
+    return add
+
+
+# what a setting's declared type allows: one of its ``choices`` (a ``str`` setting), true or false, an integer or
+# a number in its range, or a box [low, high]
+_KINDS = {"str": "choice", "str | None": "choice", "bool": "bool", "int": "integer", "float": "number",
+          "float | None": "number", "tuple[float, float]": "bounds"}
+
+
+def _setting(default: Any, *, choices: Sequence[str] | Callable[[], Iterable[str]] = (), low: float | None = None,
+             low_open: bool = False, high: str | None = None, null_is_default: bool = False,
+             config: bool = True) -> Any:
+    """One setting of the search and what it allows beyond its type: ``choices`` (a sequence, or a function giving
+    the registered names), ``>= low`` (``> low`` when ``low_open``), ``<=`` the setting named ``high``. A type
+    ``| None`` allows null (unless the chosen search ``needs`` the setting); ``null_is_default``: null in an eval
+    config means the default; ``config``: read from an eval config (else only set by the caller)."""
+    return field(default=default, metadata=dict(choices=choices, low=low, low_open=low_open, high=high,
+                                                null_is_default=null_is_default, config=config))
+
+
+def _problem(setting: dataclasses.Field, value: Any, values: Mapping[str, Any]) -> str | None:
+    """What ``value`` breaks of its ``setting``'s declaration (None: nothing); ``values``: all the settings."""
+    kind, rule = _KINDS[setting.type], setting.metadata
+    search = SEARCHES.get(values["search"]) if isinstance(values["search"], str) else None
+    optional = setting.type.endswith("| None") and not (search is not None and setting.name in search.needs)
+    if value is None and optional:
+        return None
+    if kind == "choice":
+        allowed = list(rule["choices"]() if callable(rule["choices"]) else rule["choices"])
+        return None if value in allowed else f"choose one of {', '.join(map(str, allowed))}"
+    if kind == "bool":
+        return None if isinstance(value, bool) else "must be true or false"
+    if kind == "bounds":
+        ok = isinstance(value, Sequence) and len(value) == 2 and all(
+            isinstance(b, numbers.Real) and not isinstance(b, bool) for b in value) and value[0] < value[1]
+        return None if ok else "must be [low, high] with low < high"
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok and kind == "integer":
+        ok = float(value).is_integer()
+    low, high = rule["low"], None if rule["high"] is None else float(values[rule["high"]])
+    if ok and low is not None:
+        ok = value > low if rule["low_open"] else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if ok:
+        return None
+    limits = ([f"{'>' if rule['low_open'] else '>='} {low}"] if low is not None else []) + \
+        ([f"<= {high}"] if high is not None else [])
+    what = "an integer" if kind == "integer" else "a number"
+    return f"must be {what} {' and '.join(limits)}{' or null' if optional else ''}".rstrip()
+
+
+def _check(values: Mapping[str, Any], prefix: str) -> None:
+    """Every setting against its declaration, in the order declared: the first bad one raises one line
+    ``<prefix><key>=<value> is not allowed: <what is>``."""
+    for item in fields(SearchSettings):
+        problem = _problem(item, values[item.name], values)
+        if problem:
+            raise ConfigError(f"{prefix}{item.name}={values[item.name]!r} is not allowed: {problem}")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Every setting of the margin search, declared once with what it allows (see the module docstring), checked
+    when built (:class:`pexp.errors.ConfigError`, one line naming the value). :meth:`from_config` reads them from
+    an eval config; :meth:`build` makes the search they choose."""
+
+    random_start: bool = _setting(False)
+    reproject: bool = _setting(False)
+    eps_max: float = _setting(0.1, low=0, low_open=True)
+    resolution: float = _setting(0.001, low=0, low_open=True, high="eps_max")
+    steps: int = _setting(100, low=1)
+    rel_stepsize: float = _setting(1 / 25, low=0, low_open=True)
+    objective: str = _setting("margin", choices=OBJECTIVES, null_is_default=True)
+    search: str = _setting("bisect", choices=lambda: SEARCHES, null_is_default=True)
+    walk_step: float | None = _setting(None, low=0, low_open=True)
+    restarts: int = _setting(0, low=0, null_is_default=True)
+    first_estimate: str | None = _setting("fmn", choices=lambda: FIRST_ESTIMATES)
+    fmn_steps: int = _setting(200, low=1)
+    apgd: bool = _setting(True)
+    apgd_steps: int = _setting(100, low=1)
+    apgd_restarts: int = _setting(2, low=1)
+    norm: str = _setting("linf", choices=tuple(NORMS))
+    bracket: bool = _setting(True)
+    batch_size: int = _setting(500, low=1)
+    bounds: tuple[float, float] = _setting((-1.0, 1.0), config=False)
+    progress: bool = _setting(False, config=False)
+
+    def __post_init__(self) -> None:
+        _check({item.name: getattr(self, item.name) for item in fields(self)}, "")
+        for item in fields(self):  # the checked values as plain Python numbers
+            value, kind = getattr(self, item.name), _KINDS[item.type]
+            if value is not None and kind in ("integer", "number"):
+                object.__setattr__(self, item.name, int(value) if kind == "integer" else float(value))
+        object.__setattr__(self, "bounds", tuple(float(b) for b in self.bounds))
+
+    @classmethod
+    def from_config(cls, eval_cfg: Mapping[str, Any], prefix: str = "eval.", **fixed: Any) -> SearchSettings:
+        """The settings an eval config sets (an absent key keeps the default, and so does null where
+        ``null_is_default``), checked with messages naming the config key (``prefix``); ``fixed``: the settings
+        the evaluator sets itself (e.g. ``norm``, ``bounds``, ``progress``)."""
+        values = {item.name: item.default for item in fields(cls)}
+        for item in fields(cls):
+            if item.metadata["config"] and item.name in eval_cfg:
+                value = eval_cfg[item.name]
+                if not (value is None and item.metadata["null_is_default"]):
+                    values[item.name] = value
+        values.update(fixed)
+        _check(values, prefix)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> SearchSettings:
+        return dataclasses.replace(self, **changes)
+
+    def build(self) -> MarginSearch:
+        """The search these settings choose, with its parts."""
+        return SEARCHES[self.search](self)
+
+
+def protocol(name: str) -> dict[str, Any]:
+    """The search settings the eval config file ``conf/eval/<name>.yaml`` sets itself (over the config it
+    extends): the file is the one place a protocol is written."""
+    own = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "eval" / f"{name}.yaml"))
+    return {key: value for key, value in own.items()
+            if key in {item.name for item in fields(SearchSettings) if item.metadata["config"]}}
+
+
+# ---- the parts ---------------------------------------------------------------------------------------------------
+class _Points:
+    """The points of one search, on the model's device: the model (in eval mode), the clean points ``x`` and
+    labels ``y``, the perturbations' ``geometry``, the points already misclassified (``wrong``) and the others
+    (``open``), and per point what has been found: ``best`` (the margin so far), each stage's own record (``pgd``,
+    ``fmn``: the first estimate's, ``apgd``) and ``end`` (where the walk ended)."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: SearchSettings,
+                 directions: torch.Tensor | None):
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        projector = None
+        if directions is not None:
+            if settings.norm != "l2":
+                raise ValueError(f"directions restrict l2 attacks only, not norm={settings.norm!r}")
+            basis = torch.as_tensor(directions, dtype=x.dtype, device=self.device)
+            projector = basis.T @ basis
+        self.geometry = _Geometry(NORMS[settings.norm], settings.bounds, projector, settings.reproject)
+        self.x, self.y = x.to(self.device), y.to(self.device)
+        size = settings.batch_size
+        with torch.no_grad():
+            self.wrong = torch.cat([self.model(self.x[i:i + size]).argmax(1) != self.y[i:i + size]
+                                    for i in range(0, len(self.y), size)])
+        self.best = self.full(math.inf)
+        self.best[self.wrong] = 0.0
+        self.open = torch.nonzero(~self.wrong).flatten()
+        self.fmn, self.apgd, self.end = self.full(math.nan), self.full(math.nan), self.full(math.nan)
+        self.pgd = self.best.clone()
+
+    def full(self, value: float) -> torch.Tensor:
+        return torch.full((len(self.y),), value, dtype=self.x.dtype, device=self.device)
+
+    def result(self, details: bool) -> torch.Tensor | dict[str, torch.Tensor]:
+        if not details:
+            return self.best.cpu()
+        flipped = torch.isfinite(self.best)
+        stage = torch.full((len(self.y),), STAGES.index("censored"), dtype=torch.long, device=self.device)
+        stage[flipped] = STAGES.index("pgd")
+        stage[flipped & (self.best == self.fmn)] = STAGES.index("fmn")
+        stage[flipped & (self.best == self.apgd)] = STAGES.index("apgd")
+        stage[self.wrong] = STAGES.index("misclassified")
+        return dict(margin=self.best.cpu(), pgd=self.pgd.cpu(), fmn=self.fmn.cpu(), apgd=self.apgd.cpu(),
+                    stage=stage.cpu(), end=self.end.cpu())
+
+
+Outcome = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # per point: flipped, the norm found, where it ended
+
+
+class Restarts:
+    """``count`` attacks ``run(chunk, radius, k)`` in batches of ``batch_size``, the k-th one on the points no
+    earlier one flipped: a point fails only when every attack failed."""
+
+    def __init__(self, count: int, batch_size: int):
+        self.count, self.batch_size = count, batch_size
+
+    def __call__(self, run: Callable[[torch.Tensor, torch.Tensor, int], Outcome], index: torch.Tensor,
+                 radius: torch.Tensor) -> Outcome:
+        flipped = torch.zeros(len(index), dtype=torch.bool, device=radius.device)
+        size = torch.full((len(index),), math.inf, dtype=radius.dtype, device=radius.device)
+        end = torch.full((len(index),), math.nan, dtype=radius.dtype, device=radius.device)
+        for k in range(self.count):
+            todo = torch.nonzero(~flipped).flatten()
+            for i in range(0, len(todo), self.batch_size):
+                chunk = todo[i:i + self.batch_size]
+                flipped[chunk], size[chunk], end[chunk] = run(index[chunk], radius[chunk], k)
+        return flipped, size, end
+
+
+class PGD:
+    """The search's gradient attack (:func:`_attack`) on the points ``index`` at their ``radius``: the first one
+    from zero (or a random start), then ``restarts`` more from random starts; steps of ``rel_stepsize`` times the
+    radius, or of the fixed length ``stepsize`` (the walk), a point stopping once its norm passes ``cap``."""
+
+    def __init__(self, settings: SearchSettings, stepsize: float | None = None, cap: float = math.inf):
+        self.settings, self.stepsize, self.cap = settings, stepsize, cap
+        self.restarts = Restarts(1 + settings.restarts, settings.batch_size)
+
+    def __call__(self, points: _Points, index: torch.Tensor, radius: torch.Tensor) -> Outcome:
+        s = self.settings
+
+        def run(chunk: torch.Tensor, r: torch.Tensor, k: int) -> Outcome:
+            step = r * s.rel_stepsize if self.stepsize is None else torch.full_like(r, self.stepsize)
+            return _attack(points.model, points.x[chunk], points.y[chunk], r, step, points.geometry, s.steps,
+                           s.objective, s.random_start or k > 0, self.cap)
+
+        return self.restarts(run, index, radius)
+
+
+class APGD:
+    """The last stage's attack: torchattacks' APGD (:func:`_apgd`, ``apgd_steps`` steps) from ``apgd_restarts``
+    random starts on the points ``index`` at their ``radius``."""
+
+    def __init__(self, settings: SearchSettings):
+        self.steps = settings.apgd_steps
+        self.restarts = Restarts(settings.apgd_restarts, settings.batch_size)
+
+    def __call__(self, points: _Points, index: torch.Tensor, radius: torch.Tensor) -> Outcome:
+        def run(chunk: torch.Tensor, r: torch.Tensor, k: int) -> Outcome:  # noqa: ARG001 - every start random
+            return *_apgd(points.model, points.x[chunk], points.y[chunk], r, points.geometry, self.steps), \
+                torch.full_like(r, math.nan)
+
+        return self.restarts(run, index, radius)
+
+
+class FirstEstimate:
+    """A first upper bound on the margins, before the bisection (``first_estimate: <name>``; registered in
+    :data:`FIRST_ESTIMATES`): called on the open points, per point the norm of an adversarial it found (inf where
+    none). Its value is the ``fmn`` record and stage of the result."""
+
+    name: str
+
+    def __init__(self, settings: SearchSettings):
+        self.settings = settings
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@register(FIRST_ESTIMATES, "fmn")
+class FMN(FirstEstimate):
+    """foolbox's fast minimum-norm attack (:func:`minimal_norm_check`, ``fmn_steps`` steps)."""
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        return minimal_norm_check(model, x, y, norm=s.norm, bounds=s.bounds, steps=s.fmn_steps,
+                                  batch_size=s.batch_size)
+
+
 def _channels_last_on_cpu(search):  # noqa: ANN001, ANN202 - a decorator
     """Convolutions and max-pooling run about 1.3x faster in channels-last memory format on the CPU (measured on
     the PE-net; the same values up to float rounding): batches of images on the CPU are searched in that format,
     and the model's parameters are put back in their own format afterwards."""
 
     @functools.wraps(search)
-    def wrapped(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **settings):  # noqa: ANN202
+    def wrapped(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **options):  # noqa: ANN001, ANN202
         images = [p for p in model.parameters() if p.dim() == 4]
         if x.dim() != 4 or not images or images[0].device.type != "cpu":
-            return search(model, x, y, **settings)
+            return search(self, model, x, y, **options)
         already = all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in images)
         model.to(memory_format=torch.channels_last)
         try:
-            return search(model, x.contiguous(memory_format=torch.channels_last), y, **settings)
+            return search(self, model, x.contiguous(memory_format=torch.channels_last), y, **options)
         finally:
             if not already:
                 model.to(memory_format=torch.contiguous_format)
@@ -231,189 +516,176 @@ def _channels_last_on_cpu(search):  # noqa: ANN001, ANN202 - a decorator
     return wrapped
 
 
-@_channels_last_on_cpu
-def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",
-                         bounds: Sequence[float] = (-1.0, 1.0), eps_max: float = 0.1, resolution: float = 0.001,
-                         steps: int = 100, rel_stepsize: float = 1 / 25, random_start: bool = False,
-                         objective: str = "margin", restarts: int = 0, search: str = "bisect",
-                         walk_step: float | None = None, reproject: bool = False, batch_size: int = 500,
-                         progress: bool = False,
-                         directions: torch.Tensor | None = None, bracket: bool = True,
-                         first_estimate: str | None = "fmn", fmn_steps: int = 200, apgd: bool = True,
-                         apgd_steps: int = 100, apgd_restarts: int = 2,
-                         details: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
-    """For each point, the smallest perturbation norm found that flips the prediction of ``model`` (logits, two
-    or more columns): 0 where the point is already misclassified, ``inf`` where none is found up to ``eps_max``
-    (censored). See the module docstring for the settings; the default is the accurate search (zero start,
-    margin objective, 100 steps of eps/25, then APGD on what is left). The authors' protocol is
-    :data:`AUTHORS_PROTOCOL`.
+# ---- the searches ------------------------------------------------------------------------------------------------
+class MarginSearch:
+    """A margin search (``search: <name>``; registered in :data:`SEARCHES`) built from its settings:
+    ``search(model, x, y)`` gives per point the smallest perturbation norm found that flips the prediction of
+    ``model`` (logits, two or more columns): 0 where already misclassified, ``inf`` where none is found up to
+    ``eps_max`` (censored). ``directions`` (l2 only): (k, d) orthonormal rows; the gradient steps are restricted
+    to their span (with ``reproject``, the perturbation too, after the box has clipped it: paper OM's authors'
+    attack). ``details=True`` returns ``dict(margin, pgd, fmn, apgd, stage, end)`` (see
+    :func:`minimal_perturbation`). A subclass says in ``search(points)`` how it fills ``points.best`` and the
+    stages' records, and in ``needs`` which optional settings it needs."""
 
-    ``bisect``: the result is the norm of the smallest successful iterate, within one ``resolution`` of the
-    smallest grid radius at which the attack succeeds. ``directions`` (l2 only): (k, d) orthonormal rows;
-    the gradient steps are restricted to their span; ``reproject``: after every step the perturbation itself is
-    projected onto the span again once the box has clipped it, then clipped again (paper OM's authors' attack).
-    ``bracket``: probe each point once just below its first upper bound (one PGD stride below the norm the first
-    attack flipped it at; one grid step below FMN's bound), then bisect (fewer rounds; ``False``: plain
-    bisection).
+    name: str
+    needs: tuple[str, ...] = ()
 
-    ``first_estimate="fmn"`` (bisect, unrestricted perturbations): first run foolbox's fast minimum-norm attack
-    (``fmn_steps`` steps) on every point; its adversarial is an upper bound that closes the grid above it, so the
-    PGD bisection only searches below it, and the result is the smaller of the two (both are adversarial examples
-    actually found, so the smaller is the better upper bound on the true margin).
+    def __init__(self, settings: SearchSettings):
+        self.settings = settings
 
-    ``apgd`` (bisect, unrestricted perturbations): on the points neither FMN nor PGD flipped within ``eps_max``,
-    torchattacks' APGD at ``eps_max`` (``apgd_restarts`` random starts of ``apgd_steps`` steps), then the same
-    bisection below the norm it found, with APGD as the attack; the other points are not touched.
+    @_channels_last_on_cpu
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, directions: torch.Tensor | None = None,
+                 details: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        return self.run(model, x, y, directions=directions, details=details)
 
-    ``details=True`` returns ``dict(margin=..., pgd=..., fmn=..., apgd=..., stage=..., end=...)``: the result, each
-    attack's own value (pgd: inf where PGD found nothing below FMN's bound; fmn: NaN where it did not run; apgd:
-    NaN where it did not run, inf where it ran and found nothing), per point the index in :data:`STAGES` of
-    the stage that gave the margin, and ``end``: for the walk, the norm each point's walk ended at (its flip; for
-    a censored point, where its last step left it; 0 when misclassified; NaN for bisect).
-    """
-    if norm not in NORMS:
-        raise ValueError(f"norm={norm!r} is not allowed: choose one of {', '.join(NORMS)}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective={objective!r} is not allowed: choose one of {', '.join(OBJECTIVES)}")
-    if search not in SEARCHES:
-        raise ValueError(f"search={search!r} is not allowed: choose one of {', '.join(SEARCHES)}")
-    if search == "walk" and not (walk_step and walk_step > 0):
-        raise ValueError(f"search='walk' needs walk_step > 0, got walk_step={walk_step!r}")
-    if first_estimate not in FIRST_ESTIMATES:
-        raise ValueError(f"first_estimate={first_estimate!r} is not allowed: choose one of fmn, None")
-    if not isinstance(apgd, bool):
-        raise ValueError(f"apgd={apgd!r} is not allowed: choose one of True, False")
-    if apgd and not (apgd_steps >= 1 and apgd_restarts >= 1):
-        raise ValueError(f"apgd_steps={apgd_steps!r}, apgd_restarts={apgd_restarts!r} are not allowed: both must "
-                         f"be integers >= 1")
-    model = model.eval()
-    device = next(model.parameters()).device
-    projector = None
-    if directions is not None:
-        if norm != "l2":
-            raise ValueError(f"directions restrict l2 attacks only, not norm={norm!r}")
-        basis = torch.as_tensor(directions, dtype=x.dtype, device=device)
-        projector = basis.T @ basis
-    geometry = _Geometry(NORMS[norm], bounds, projector, reproject)
-    x, y = x.to(device), y.to(device)
-    with torch.no_grad():
-        wrong = torch.cat([model(x[i:i + batch_size]).argmax(1) != y[i:i + batch_size]
-                           for i in range(0, len(y), batch_size)])
-    best = torch.full((len(y),), math.inf, dtype=x.dtype, device=device)
-    best[wrong] = 0.0
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, directions: torch.Tensor | None = None,
+            details: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The search in the memory format the points come in (``__call__``: channels-last for images on the CPU)."""
+        points = _Points(model, x, y, self.settings, directions)
+        self.search(points)
+        return points.result(details)
 
-    def attempts(run, points: torch.Tensor, radius: torch.Tensor,  # noqa: ANN001 - run: (points, radius, k)
-                 count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``count`` attacks ``run(points, radius, k)`` in batches, the k-th one on the points no earlier one
-        flipped: a point fails only when every attack failed. Per point: flipped, the norm found, and where its
-        last attack ended."""
-        flipped = torch.zeros(len(points), dtype=torch.bool, device=device)
-        size = torch.full((len(points),), math.inf, dtype=x.dtype, device=device)
-        end = torch.full((len(points),), math.nan, dtype=x.dtype, device=device)
-        for k in range(count):
-            todo = torch.nonzero(~flipped).flatten()
-            for i in range(0, len(todo), batch_size):
-                chunk = todo[i:i + batch_size]
-                flipped[chunk], size[chunk], end[chunk] = run(points[chunk], radius[chunk], k)
-        return flipped, size, end
+    def search(self, points: _Points) -> None:
+        raise NotImplementedError
 
-    def pgd_attack(points: torch.Tensor, radius: torch.Tensor, cap: float = math.inf,
-                   stepsize: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The first PGD attack from zero (or a random start), then ``restarts`` more from random starts; steps of
-        ``rel_stepsize`` times the radius (or ``stepsize``)."""
-        def run(chunk: torch.Tensor, r: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            step = r * rel_stepsize if stepsize is None else torch.full_like(r, stepsize)
-            return _attack(model, x[chunk], y[chunk], r, step, geometry, steps, objective, random_start or k > 0,
-                           cap)
-        return attempts(run, points, radius, 1 + restarts)
 
-    def apgd_attack(points: torch.Tensor, radius: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return attempts(lambda chunk, r, k: (*_apgd(model, x[chunk], y[chunk], r, geometry, apgd_steps),
-                                             torch.full_like(r, math.nan)), points, radius, apgd_restarts)
+class _Grid:
+    """Each point's bracket on the grid 0, resolution, ..., ``top`` resolution (>= eps_max): ``low``, the largest
+    grid index known to fail, and ``high``, the smallest known to succeed (``top + 1``: none yet), bisected while
+    ``searching``. ``stride``: the probe before bisecting. The first attack at eps_max walks out in steps of
+    rel_stepsize * eps_max, so a point it flips has its margin most likely within one such step below the norm
+    found; a first estimate's bound is tight where PGD is weaker, so below it the probe is one grid step (a failure
+    there ends the search, as a failure of that radius would in the bisection)."""
 
-    open_points = torch.nonzero(~wrong).flatten()
-    fmn = torch.full((len(y),), math.nan, dtype=x.dtype, device=device)
-    apgd_found, end = fmn.clone(), fmn.clone()
-    pgd = best.clone()
+    def __init__(self, points: _Points, settings: SearchSettings):
+        self.points, self.settings = points, settings
+        self.top = max(1, math.ceil(settings.eps_max / settings.resolution - 1e-9))
+        n, device = len(points.y), points.device
+        self.low = torch.zeros(n, dtype=torch.long, device=device)
+        self.high = torch.full((n,), self.top + 1, dtype=torch.long, device=device)
+        self.searching = ~points.wrong
+        self.stride = torch.full((n,), max(1, math.ceil(settings.rel_stepsize * self.top)) if settings.bracket
+                                 else 0, dtype=torch.long, device=device)
+        self.guessed = torch.zeros(n, dtype=torch.bool, device=device)
 
-    def result() -> torch.Tensor | dict[str, torch.Tensor]:
-        if not details:
-            return best.cpu()
-        flipped = torch.isfinite(best)
-        stage = torch.full((len(y),), STAGES.index("censored"), dtype=torch.long, device=device)
-        stage[flipped] = STAGES.index("pgd")
-        stage[flipped & (best == fmn)] = STAGES.index("fmn")
-        stage[flipped & (best == apgd_found)] = STAGES.index("apgd")
-        stage[wrong] = STAGES.index("misclassified")
-        return dict(margin=best.cpu(), pgd=pgd.cpu(), fmn=fmn.cpu(), apgd=apgd_found.cpu(), stage=stage.cpu(),
-                    end=end.cpu())
+    def close_above(self, index: torch.Tensor, found: torch.Tensor) -> None:
+        """A first estimate's upper bounds ``found`` of the points ``index``: those within eps_max are margins
+        found, and close the grid above them."""
+        points, s = self.points, self.settings
+        found = found.to(device=points.device, dtype=points.x.dtype)
+        points.fmn[index] = found
+        within = found <= s.eps_max
+        points.best[index] = torch.where(within, found, points.best[index])
+        grid = torch.ceil(found / s.resolution - 1e-6).clamp(min=1, max=self.top + 1).to(torch.long)
+        self.high[index] = torch.where(within, grid, self.high[index])
+        if s.bracket:
+            self.stride[index] = torch.where(within, 1, self.stride[index])
 
-    if search == "walk":
-        radius = torch.full((len(open_points),), math.inf, dtype=x.dtype, device=device)
-        flipped, size, end[open_points] = pgd_attack(open_points, radius, cap=float(eps_max),
-                                                     stepsize=float(walk_step))
-        best[open_points] = torch.where(flipped & (size <= eps_max), size, best[open_points])
-        end[wrong] = 0.0
-        pgd = best.clone()
-        return result()
+    def reopen(self, index: torch.Tensor) -> None:
+        """A fresh bracket for a stronger attack: the earlier attacks' failures bound nothing for it."""
+        self.low[index], self.high[index], self.stride[index], self.searching[index] = 0, self.top + 1, 0, True
 
-    grid_top = max(1, math.ceil(eps_max / resolution - 1e-9))
-    low = torch.zeros(len(y), dtype=torch.long, device=device)                  # largest grid index known to fail
-    high = torch.full((len(y),), grid_top + 1, dtype=torch.long, device=device)  # smallest known to succeed
-    searching = ~wrong
-    # the probe before bisecting: the first attack at eps_max walks out in steps of rel_stepsize * eps_max, so a
-    # point it flips has its margin most likely within one such step below the norm found; FMN's bound is tight
-    # where PGD is weaker, so below it the probe is one grid step (a failure there ends the search, as a failure
-    # of that radius would in the bisection)
-    stride = torch.full((len(y),), max(1, math.ceil(rel_stepsize * grid_top)) if bracket else 0,
-                        dtype=torch.long, device=device)
-    if first_estimate == "fmn" and projector is None and len(open_points):
-        found = minimal_norm_check(model, x[open_points], y[open_points], norm=norm, bounds=bounds, steps=fmn_steps,
-                                   batch_size=batch_size).to(device=device, dtype=x.dtype)
-        fmn[open_points] = found
-        within = found <= eps_max
-        best[open_points] = torch.where(within, found, best[open_points])
-        grid = torch.ceil(found / resolution - 1e-6).clamp(min=1, max=grid_top + 1).to(torch.long)
-        high[open_points] = torch.where(within, grid, high[open_points])
-        if bracket:
-            stride[open_points] = torch.where(within, 1, stride[open_points])
-    guessed = torch.zeros(len(y), dtype=torch.bool, device=device)
-
-    def bisect(attack, record: torch.Tensor, description: str, probe: bool) -> None:  # noqa: ANN001
-        """With ``attack(points, radius)``: round 1 attacks every searching point at eps_max (a point not flipped
-        there stays inf); then each point's radius is bisected between the largest grid radius known to fail and
-        the smallest known to succeed (after the probe, where ``stride`` sets one). Each flip also lowers
+    def bisect(self, attack: Callable[[_Points, torch.Tensor, torch.Tensor], Outcome], record: torch.Tensor,
+               description: str, probe: bool) -> None:
+        """With ``attack(points, index, radius)``: round 1 attacks every searching point at eps_max (a point not
+        flipped there stays inf); then each point's radius is bisected between the largest grid radius known to
+        fail and the smallest known to succeed (after the probe, where ``stride`` sets one). Each flip also lowers
         ``best`` and the attack's own ``record``."""
-        rounds = 1 + math.ceil(math.log2(grid_top)) + int(probe)
-        bar = tqdm(total=rounds, desc=description, unit="round", disable=not progress, leave=False)
+        points, resolution, top = self.points, self.settings.resolution, self.top
+        low, high, stride, searching, guessed, best = (self.low, self.high, self.stride, self.searching,
+                                                       self.guessed, points.best)
+        rounds = 1 + math.ceil(math.log2(top)) + int(probe)
+        bar = tqdm(total=rounds, desc=description, unit="round", disable=not self.settings.progress, leave=False)
         while True:
             todo = torch.nonzero(searching & (high - low > 1)).flatten()
             if len(todo) == 0:
                 break
-            middle = torch.where(high[todo] > grid_top, grid_top, (low[todo] + high[todo]) // 2)
+            middle = torch.where(high[todo] > top, top, (low[todo] + high[todo]) // 2)
             guess = (high[todo] - stride[todo]).clamp(min=0)
-            use_guess = ~guessed[todo] & (high[todo] <= grid_top) & (guess > low[todo]) & (stride[todo] > 0)
+            use_guess = ~guessed[todo] & (high[todo] <= top) & (guess > low[todo]) & (stride[todo] > 0)
             middle = torch.where(use_guess, guess, middle)
-            guessed[todo] |= high[todo] <= grid_top
-            flipped, size, _ = attack(todo, middle.to(x.dtype) * resolution)
+            guessed[todo] |= high[todo] <= top
+            flipped, size, _ = attack(points, todo, middle.to(points.x.dtype) * resolution)
             best[todo] = torch.where(flipped, torch.minimum(best[todo], size), best[todo])
             record[todo] = torch.where(flipped, torch.minimum(record[todo], size), record[todo])
             # a flip of norm s at radius r shows that every grid radius >= s succeeds
             found = torch.ceil(best[todo] / resolution - 1e-6).clamp(min=1).to(torch.long)
             high[todo] = torch.where(flipped, torch.minimum(middle, torch.minimum(found, high[todo])), high[todo])
             low[todo] = torch.where(flipped, low[todo], middle)
-            searching[todo] &= high[todo] <= grid_top
+            searching[todo] &= high[todo] <= top
             bar.update(1)
         bar.close()
 
-    bisect(pgd_attack, pgd, "margin search", bracket)
-    left = torch.nonzero(~wrong & torch.isinf(best)).flatten()  # censored so far
-    if apgd and projector is None and len(left):
-        # a fresh bracket for APGD: the earlier attacks' failures bound nothing for a stronger attack
-        low[left], high[left], stride[left], searching[left] = 0, grid_top + 1, 0, True
-        apgd_found[left] = math.inf
-        bisect(apgd_attack, apgd_found, "APGD stage", False)
-    return result()
+
+@register(SEARCHES, "bisect")
+class Bisect(MarginSearch):
+    """PGD per radius, each point's radius bisected over the grid (0, resolution, ..., eps_max), after the first
+    estimate (unrestricted perturbations) and before the APGD stage (``apgd``; unrestricted perturbations) on the
+    points still unflipped. The result is the norm of the smallest successful iterate, within one ``resolution``
+    of the smallest grid radius at which the attack succeeds; ``bracket``: probe each point once just below its
+    first upper bound, then bisect (fewer rounds; ``False``: plain bisection)."""
+
+    def __init__(self, settings: SearchSettings):
+        super().__init__(settings)
+        name = settings.first_estimate
+        self.first_estimate = None if name is None else FIRST_ESTIMATES[name](settings)
+        self.attack = PGD(settings)
+        self.last_stage = APGD(settings) if settings.apgd else None
+
+    def search(self, points: _Points) -> None:
+        grid = _Grid(points, self.settings)
+        unrestricted = points.geometry.projector is None
+        if self.first_estimate is not None and unrestricted and len(points.open):
+            grid.close_above(points.open, self.first_estimate(points.model, points.x[points.open],
+                                                              points.y[points.open]))
+        grid.bisect(self.attack, points.pgd, "margin search", self.settings.bracket)
+        left = torch.nonzero(~points.wrong & torch.isinf(points.best)).flatten()  # censored so far
+        if self.last_stage is not None and unrestricted and len(left):
+            grid.reopen(left)
+            points.apgd[left] = math.inf
+            grid.bisect(self.last_stage, points.apgd, "APGD stage", False)
+
+
+@register(SEARCHES, "walk")
+class Walk(MarginSearch):
+    """Paper OM's authors' attack: from zero, steps of fixed length ``walk_step`` along the normalised gradient, no
+    ball, each point stopped at its first flip, its norm there the result (``inf`` when ``steps`` steps or the norm
+    cap ``eps_max`` pass without a flip); ``end``: where each walk ended (0 when misclassified)."""
+
+    needs = ("walk_step",)
+
+    def __init__(self, settings: SearchSettings):
+        super().__init__(settings)
+        self.attack = PGD(settings, stepsize=float(settings.walk_step), cap=float(settings.eps_max))
+
+    def search(self, points: _Points) -> None:
+        index = points.open
+        radius = torch.full((len(index),), math.inf, dtype=points.x.dtype, device=points.device)
+        flipped, size, points.end[index] = self.attack(points, index, radius)
+        points.best[index] = torch.where(flipped & (size <= self.settings.eps_max), size, points.best[index])
+        points.end[points.wrong] = 0.0
+        points.pgd = points.best.clone()
+
+
+def minimal_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                         directions: torch.Tensor | None = None, details: bool = False,
+                         **settings: Any) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The margin search with :class:`SearchSettings` ``settings`` (their defaults: the accurate search, FMN,
+    then PGD from zero on the margin objective, 100 steps of eps/25, then APGD on what is left; the authors'
+    protocol is :data:`AUTHORS_PROTOCOL`): per point the smallest perturbation norm found that flips the
+    prediction of ``model``; see :class:`MarginSearch`.
+
+    ``details=True`` returns ``dict(margin=..., pgd=..., fmn=..., apgd=..., stage=..., end=...)``: the result, each
+    attack's own value (pgd: inf where PGD found nothing below the first estimate's bound; fmn: the first
+    estimate's, NaN where it did not run; apgd: NaN where it did not run, inf where it ran and found nothing), per
+    point the index in :data:`STAGES` of the stage that gave the margin, and ``end``: for the walk, the norm each
+    point's walk ended at (its flip; for a censored point, where its last step left it; 0 when misclassified; NaN
+    for bisect)."""
+    return SearchSettings(**settings).build()(model, x, y, directions=directions, details=details)
+
+
+# The authors' margin protocol: the settings conf/eval/margin_authors.yaml sets over the accurate search.
+AUTHORS_PROTOCOL = protocol("margin_authors")
 
 
 def minimal_norm_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",

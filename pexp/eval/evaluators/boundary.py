@@ -8,9 +8,8 @@ from omegaconf import DictConfig
 
 from pexp.config import ConfigError
 from pexp.data import load_dataset
-from pexp.eval.evaluators.common import _search_settings
 from pexp.eval.geometry import exact_margins_2d
-from pexp.eval.margin import minimal_perturbation
+from pexp.eval.margin import SearchSettings
 from pexp.losses import Loss
 from pexp.models import AsLogits, EntryNet, score
 from pexp.runs import RunDir
@@ -29,8 +28,8 @@ def boundary_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out
     if x.shape[1] != 2:
         raise ConfigError(f"eval=boundary is for 2D data: data.name={cfg.data.name!r} has {x.shape[1]} features")
     torch.manual_seed(int(eval_cfg.seed))
-    searched = minimal_perturbation(AsLogits(model, threshold), x, y, norm="l2", bounds=(-1e6, 1e6),
-                                    **_search_settings(eval_cfg, progress)).double()
+    search = SearchSettings.from_config(eval_cfg, norm="l2", bounds=(-1e6, 1e6), progress=progress).build()
+    searched = search(AsLogits(model, threshold), x, y).double()
     if len(model.blocks) == 1:  # affine model: the exact distance to its hyperplane
         layer = model.blocks[0].affine
         w = (layer.weight[0] if layer.out_features == 1 else layer.weight[1] - layer.weight[0]).detach().double()

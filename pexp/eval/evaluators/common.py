@@ -1,5 +1,4 @@
-"""What every evaluator shares: its cache directory beside the run, the run it belongs to, seeded subsets
-and the margin search settings of an eval config."""
+"""What every evaluator shares: its cache directory beside the run, the run it belongs to, seeded subsets."""
 from __future__ import annotations
 
 import torch
@@ -21,19 +20,6 @@ def eval_dir(run: RunDir, eval_cfg: DictConfig) -> RunDir:
 def run_of(out: RunDir) -> RunDir:
     """The run an evaluation directory (:func:`eval_dir`) belongs to."""
     return RunDir(out.path.parent.parent)
-
-
-SEARCH_KEYS = ("eps_max", "resolution", "steps", "rel_stepsize", "random_start", "objective", "restarts", "search",
-               "walk_step", "reproject", "first_estimate", "fmn_steps", "apgd", "apgd_steps", "apgd_restarts",
-               "batch_size")
-
-
-def _search_settings(eval_cfg: DictConfig, progress: bool) -> dict:
-    """The keyword arguments of ``minimal_perturbation`` an eval config sets (the others keep its defaults)."""
-    settings = {key: eval_cfg[key] for key in SEARCH_KEYS if eval_cfg.get(key) is not None}
-    if "first_estimate" in eval_cfg:  # null is a setting here: no first estimate
-        settings["first_estimate"] = eval_cfg.first_estimate
-    return dict(**settings, progress=progress)
 
 
 def _subset_index(size: int, n: int | None, seed: int) -> tuple[torch.Tensor, bool]:

@@ -8,8 +8,8 @@ import torch
 from omegaconf import DictConfig
 
 from pexp.data import load_dataset
-from pexp.eval.evaluators.common import _search_settings, _subset, run_of
-from pexp.eval.margin import STAGES, minimal_perturbation
+from pexp.eval.evaluators.common import _subset, run_of
+from pexp.eval.margin import STAGES, SearchSettings
 from pexp.losses import Loss
 from pexp.models import EntryNet
 from pexp.runs import RunDir, write_csv
@@ -17,14 +17,15 @@ from pexp.runs import RunDir, write_csv
 
 def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
                    progress: bool) -> pd.DataFrame:
-    """Margins (``minimal_perturbation``) of a random train subset and of the test set: columns split, index,
-    target, margin (inf: not flipped within eps_max), censored, eps_max, lossless, protocol, each attack's own
-    value: ``pgd`` (the PGD bisection; inf where it found nothing at or below FMN's bound), ``fmn`` (foolbox's
-    minimal-norm attack, the first estimate; NaN where it did not run) and ``apgd`` (the APGD stage on the points
-    both left unflipped; NaN where it did not run, inf where it found nothing), and ``stage``: which of them gave
-    the margin (:data:`pexp.eval.margin.STAGES`)."""
+    """Margins (the margin search the eval config sets) of a random train subset and of the test set: columns
+    split, index, target, margin (inf: not flipped within eps_max), censored, eps_max, lossless, protocol, each
+    attack's own value: ``pgd`` (the PGD bisection; inf where it found nothing at or below FMN's bound), ``fmn``
+    (foolbox's minimal-norm attack, the first estimate; NaN where it did not run) and ``apgd`` (the APGD stage on
+    the points both left unflipped; NaN where it did not run, inf where it found nothing), and ``stage``: which
+    of them gave the margin (:data:`pexp.eval.margin.STAGES`)."""
     data = load_dataset(cfg.data)
     logits = Loss.from_config(cfg.loss).as_logits(model)  # one output: (threshold, f); simplex: minus distances
+    search = SearchSettings.from_config(eval_cfg, progress=progress).build()
     frames = []
     for name, split, n in (("train", data.train, eval_cfg.n_train), ("test", data.test, eval_cfg.n_test)):
         part = out / f"{name}.csv"  # each split is kept as soon as it is done, so an interruption loses less
@@ -32,8 +33,7 @@ def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: 
             subset, index = _subset(split, n, int(eval_cfg.seed))
             torch.manual_seed(int(eval_cfg.seed))
             started = time.perf_counter()
-            found = minimal_perturbation(logits, subset.x, subset.y, norm=eval_cfg.norm, details=True,
-                                         **_search_settings(eval_cfg, progress))
+            found = search(logits, subset.x, subset.y, details=True)
             margins = found["margin"]
             seconds = time.perf_counter() - started
             lossless = subset.extras.get("lossless", torch.ones(len(subset), dtype=torch.bool))

@@ -11,9 +11,9 @@ from omegaconf import DictConfig
 from pexp.config import ConfigError
 from pexp.data import Dataset, load_dataset
 from pexp.eval.evaluators.boundary import trace_boundary
-from pexp.eval.evaluators.common import _search_settings, _subset
+from pexp.eval.evaluators.common import _subset
 from pexp.eval.geometry import offmanifold_distance
-from pexp.eval.margin import minimal_perturbation
+from pexp.eval.margin import SearchSettings
 from pexp.losses import Loss
 from pexp.models import AsLogits, EntryNet
 from pexp.runs import RunDir
@@ -72,7 +72,7 @@ NO_BOX = (-math.inf, math.inf)  # eval.bounds=null: the inputs are not clipped
 def projected_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
                       progress: bool) -> pd.DataFrame:  # noqa: ARG001
     """offmanifold-fig4: for the first ``n_points`` points of ``split`` (train | test), the l2 size of the
-    perturbation the margin search (:func:`minimal_perturbation` with the eval config's search settings; the
+    perturbation the margin search (:class:`pexp.eval.margin.SearchSettings` of the eval config; the
     authors' walk in conf/eval/projected.yaml) needs to flip the label, with the perturbation unrestricted,
     restricted to the data subspace, or to its orthogonal complement. Columns: mode, index, target, distance
     (0: misclassified already; inf: not flipped within the search, censored), misclassified, censored, end (the
@@ -87,15 +87,14 @@ def projected_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, ou
     logits = AsLogits(model, Loss.from_config(cfg.loss).decision_threshold)
     directions = {"unrestricted": None, "subspace": data.subspace, "complement": complement_basis(data.subspace)}
     bounds = NO_BOX if eval_cfg.get("bounds") is None else tuple(map(float, eval_cfg.bounds))
-    search = _search_settings(eval_cfg, progress)
+    search = SearchSettings.from_config(eval_cfg, norm="l2", bounds=bounds, progress=progress).build()
     with torch.no_grad():  # every point misclassified already (an untrained smoke net): all distances are 0
         nothing_to_attack = bool((logits(points.x).argmax(1) != points.y).all())
     frames = []
     for mode in eval_cfg.modes:
         torch.manual_seed(int(eval_cfg.seed))
         found = dict(margin=torch.zeros(len(points)), end=torch.zeros(len(points))) if nothing_to_attack else \
-            minimal_perturbation(logits, points.x, points.y, norm="l2", bounds=bounds, directions=directions[mode],
-                                 details=True, **search)
+            search(logits, points.x, points.y, directions=directions[mode], details=True)
         distance = found["margin"].double()
         frames.append(pd.DataFrame(dict(mode=mode, index=index.numpy(), target=points.y.numpy(),
                                         distance=distance.numpy(), misclassified=(distance == 0).numpy(),
