@@ -23,6 +23,7 @@ from pexp.config import resolve_device
 from pexp.data import load_dataset
 from pexp.eval.evaluate import evaluate
 from pexp.eval.evaluators.common import eval_dir
+from pexp.eval.margin import SearchSettings
 from pexp.runs import RunDir, write_csv
 from pexp.losses import Loss
 from pexp.train.loop import load_trained
@@ -110,7 +111,7 @@ def crosscheck_margins(run: RunDir, eval_cfg: DictConfig, device: str = "auto", 
     model, cfg = load_trained(run, resolve_device(device))
     data = load_dataset(cfg.data)
     logits = Loss.from_config(cfg.loss).as_logits(model)
-    bounds = tuple(float(b) for b in eval_cfg.get("bounds") or (-1.0, 1.0))
+    bounds = SearchSettings.from_config(eval_cfg).bounds  # the box the margin search attacked in
     frames = []
     for name, split in (("train", data.train), ("test", data.test)):
         part = results[results.split == name]
