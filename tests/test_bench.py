@@ -83,6 +83,7 @@ def test_bench_all_times_each_figure_from_scratch_on_smoke_configs(tmp_path):
         leftover.write_text("from the first run")
 
 
+@pytest.mark.slow
 def test_bench_refuses_to_replace_a_folder_it_did_not_make(tmp_path):
     """A from-scratch folder that holds someone else's files stops the bench at start-up (exit 2) and is kept."""
     kept = tmp_path / "bench/all/mine.txt"
