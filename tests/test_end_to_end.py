@@ -99,6 +99,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny, tmp_path, monkeypatch
     assert log["epoch"].tolist() == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_train_evaluate_figure(tiny, tmp_path):
     def cli(*args):
         result = subprocess.run([sys.executable, "-m", *args, *tiny], cwd=ROOT, capture_output=True, text=True,

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -52,6 +53,7 @@ def test_linear_boundary_margin_is_exact(tmp_path):
         assert nearest.min() <= margins.min() + span / 50
 
 
+@pytest.mark.slow
 def test_eps_multirun_composes_and_the_figure_finds_its_runs(tmp_path, tiny, capsys):
     result = subprocess.run(
         [sys.executable, "-m", "pexp.train", "-m", "experiment=pe_alg1", "perturb.eps=0.005,0.01,0.02",
