@@ -24,6 +24,7 @@ from conftest import ROOT
 SHORT = ["train.epochs=3000", "train.log_every=1000", "train.checkpoint_every=1000", "train.progress=false"]
 
 
+@pytest.mark.slow
 def test_pe_fig1_and_pe_fig2_claims_hold_on_shortened_runs(tmp_path):
     overrides = [*SHORT, f"paths.output_dir={tmp_path}"]
     fig1 = json.loads(make_figure(FIGURES["pe-fig1"], overrides, tmp_path / "f", progress=False)

@@ -15,6 +15,7 @@ from pexp.figures.base import make_figure, multirun_commands, requested_seeds
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_two_seeds_draw_a_band_judge_each_seed_and_reuse_the_runs(tiny, tmp_path, capsys, monkeypatch):
     import pexp.figures.margins as margins
 
