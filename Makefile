@@ -16,7 +16,7 @@ JOBS    ?= $(shell nproc)
 # share the cores; passive waiting costs little when they do not. Numbers are unchanged. Override from the shell.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test smoke reproduce reproduce-fig2 reproduce-all report browser sweep-eps sweep-init bench clean-smoke runs
+.PHONY: install test test-fast smoke reproduce reproduce-fig2 reproduce-all report browser sweep-eps sweep-init bench clean-smoke runs
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest
+
+# The quick loop: the suite without the tests marked slow (whole command-line runs, trainings of many seconds).
+test-fast: install
+	$(PY) -m pytest -m "not slow"
 
 # Every figure from tiny configs: synthetic stand-ins for CIFAR-10, shortened toys (outputs/smoke/figures),
 # then the report page outputs/smoke/report/index.html. The per-figure smoke overrides live in the script.
@@ -86,10 +90,10 @@ sweep-init: install
 	done
 	$(PY) -m pexp.figures fig=offmanifold-fig4 $(ARGS)
 
-# Speed of the batched pieces against their references, one table + outputs/bench/bench.json (~10 min here);
-# ARGS="--quick" for seconds, ARGS="--full-e2e" to time make reproduce-fig2 from scratch (see --help).
+# Speed of the batched pieces against their references (benchmarks/bench.py): one table + outputs/bench/bench.json
+# (~10 min here); ARGS="--quick" for seconds, ARGS="--full-e2e" to time make reproduce-fig2 from scratch (see --help).
 bench: install
-	$(PY) scripts/bench.py $(ARGS)
+	$(PY) benchmarks/bench.py $(ARGS)
 
 clean-smoke:
 	rm -rf outputs/smoke

@@ -49,6 +49,7 @@ def test_batched_perturbations_equal_one_at_a_time(layers):
 
 
 @pytest.mark.parametrize("layers", ["all", "first"])
+@pytest.mark.slow
 def test_batched_updates_equal_one_at_a_time(layers):
     model = small_pe_net()
     reference = copy.deepcopy(model)

@@ -36,6 +36,7 @@ def run_cli(module, *args):
      "error: train.epochs=0 is not allowed: must be an integer >= 1 (in pe-fig1's run ce/seed1) (sweep job: "
      "fig=pe-fig1 train.epochs=0"),
 ])
+@pytest.mark.slow
 def test_the_issue_cases_are_one_line_exit_2_before_any_work(tmp_path, module, args, line):
     out = tmp_path / "outputs"
     result = run_cli(module, *args, f"paths.output_dir={out}")

@@ -193,6 +193,7 @@ def run_cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_bad_value_is_one_line_and_exit_2(tmp_path):
     result = run_cli("pexp.train", "perturb.eps=-1", f"paths.output_dir={tmp_path}")
     assert result.returncode == 2
@@ -200,6 +201,7 @@ def test_cli_bad_value_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing was started
 
 
+@pytest.mark.slow
 def test_cli_unknown_group_option_names_it_and_the_choices(tmp_path):
     result = run_cli("pexp.train", "model=resnet", f"paths.output_dir={tmp_path}")
     assert result.returncode == 2
@@ -207,12 +209,14 @@ def test_cli_unknown_group_option_names_it_and_the_choices(tmp_path):
                                      "richness_cnn, toy_mlp")
 
 
+@pytest.mark.slow
 def test_cli_unknown_figure_id(tmp_path):
     result = run_cli("pexp.figures", "fig=fig99", f"paths.output_dir={tmp_path}")
     assert result.returncode == 2
     assert "fig='fig99' is not allowed: choose one of richness-fig2" in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_multirun_is_validated_before_any_job_starts(tmp_path):
     result = run_cli("pexp.train", "-m", "experiment=pe_alg1", "perturb.eps=0.005,abc", "seed=1,2",
                      f"paths.output_dir={tmp_path}")

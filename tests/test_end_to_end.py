@@ -18,6 +18,7 @@ from pexp.train.loop import train
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_figure_writes_four_files_and_reuses_runs(tiny, tmp_path, capsys):
     figures_dir = tmp_path / "figures"
     paths = make_figure(FIGURES["richness-fig2"], tiny, figures_dir, progress=False)
@@ -55,6 +56,7 @@ def without_accuracies(measured):
     return {key: without_accuracies(value) for key, value in measured.items() if "accuracy" not in key}
 
 
+@pytest.mark.slow
 def test_figure_is_redrawn_from_its_csv_alone(tiny, tmp_path):
     paths = make_figure(FIGURES["richness-fig2"], tiny, tmp_path / "a", progress=False)
     table = pd.read_csv(paths["csv"])
@@ -99,6 +101,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny, tmp_path, monkeypatch
     assert log["epoch"].tolist() == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_train_evaluate_figure(tiny, tmp_path):
     def cli(*args):
         result = subprocess.run([sys.executable, "-m", *args, *tiny], cwd=ROOT, capture_output=True, text=True,

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -23,6 +24,7 @@ from conftest import ROOT
 SHORT = ["train.epochs=3000", "train.log_every=1000", "train.checkpoint_every=1000", "train.progress=false"]
 
 
+@pytest.mark.slow
 def test_pe_fig1_and_pe_fig2_claims_hold_on_shortened_runs(tmp_path):
     overrides = [*SHORT, f"paths.output_dir={tmp_path}"]
     fig1 = json.loads(make_figure(FIGURES["pe-fig1"], overrides, tmp_path / "f", progress=False)
@@ -52,6 +54,7 @@ def test_linear_boundary_margin_is_exact(tmp_path):
         assert nearest.min() <= margins.min() + span / 50
 
 
+@pytest.mark.slow
 def test_eps_multirun_composes_and_the_figure_finds_its_runs(tmp_path, tiny, capsys):
     result = subprocess.run(
         [sys.executable, "-m", "pexp.train", "-m", "experiment=pe_alg1", "perturb.eps=0.005,0.01,0.02",

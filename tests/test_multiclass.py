@@ -247,6 +247,7 @@ def test_bad_multiclass_settings_are_one_line_errors(tmp_path):
         train(cfg)
 
 
+@pytest.mark.slow
 def test_pe_multiclass_figure_end_to_end_on_synthetic_data(tmp_path):
     overrides = ["synthetic=true", "data.n_train=150", "data.n_test=60", "model.size=1", "train.epochs=2",
                  "train.batch_size=25", "train.progress=false", "eval.n_train=20", "eval.n_test=20",

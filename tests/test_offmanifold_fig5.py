@@ -130,6 +130,7 @@ def test_when_every_paper_run_converges_its_distances_are_judged():
     assert larger["measured"]["b"]["median_distance"] == pytest.approx(0.2) and not larger["holds"]
 
 
+@pytest.mark.slow
 def test_the_figure_is_made_with_both_settings(tmp_path):
     overrides = [f"paths.output_dir={tmp_path}", "train.progress=false", "model.widths=[8]", "train.epochs=20",
                  "train.log_every=10", "train.checkpoint_every=10", "++eval.surface_grid=3", "eval.tolerance=0.05"]

@@ -71,6 +71,7 @@ def no_temporaries(folder: Path) -> bool:
     return not list(folder.glob(".*.tmp*"))
 
 
+@pytest.mark.slow
 def test_sigkill_during_training_then_rerun_gives_the_uninterrupted_numbers(tmp_path, capsys):
     reference = train(compose_experiment("pe_fig1_ce", toy(tmp_path / "reference")))
     overrides = toy(tmp_path / "killed")
@@ -108,6 +109,7 @@ def test_corrupted_checkpoint_and_model_are_detected_and_redone(tmp_path):
     assert_same_run(reference, run)
 
 
+@pytest.mark.slow
 def test_two_processes_asking_for_one_run_train_it_once(tmp_path):
     overrides = toy(tmp_path / "outputs")
     first, second = (start("pexp.train", "experiment=pe_fig1_ce", *overrides) for _ in range(2))
@@ -119,6 +121,7 @@ def test_two_processes_asking_for_one_run_train_it_once(tmp_path):
     assert pd.read_csv(run / "train_log.csv")["epoch"].tolist() == list(range(100, 2001, 100))
 
 
+@pytest.mark.slow
 def test_sigkill_during_evaluation_is_not_taken_as_finished(tiny, tmp_path):
     slow = [*tiny, "data.n_test=200", "eval.n_test=200", "eval.steps=20", "eval.resolution=0.001"]
     cfg = compose_experiment("richness_fig2_all", slow)
@@ -133,6 +136,7 @@ def test_sigkill_during_evaluation_is_not_taken_as_finished(tiny, tmp_path):
     pd.testing.assert_frame_equal(results, evaluate(untouched, cfg.eval, "cpu", progress=False))
 
 
+@pytest.mark.slow
 def test_sigkill_during_figure_writing_leaves_no_finished_looking_figure(tiny, tmp_path):
     make_figure(FIGURES["richness-fig2"], tiny, tmp_path / "first", progress=False)  # runs and evaluations made
     figures = tmp_path / "outputs" / "figures"
@@ -185,6 +189,7 @@ def test_unwritable_runs_folder_is_one_line_exit_2(tmp_path, capsys):
     assert (tmp_path / "a-file").read_text() == "not a folder"
 
 
+@pytest.mark.slow
 def test_output_dir_under_a_file_stops_every_entry_point_before_hydra(tmp_path, capsys):
     (tmp_path / "a-file").write_text("x")
     bad = f"paths.output_dir={tmp_path / 'a-file' / 'out'}"

@@ -3,6 +3,8 @@ import importlib.util
 import subprocess
 import sys
 
+import pytest
+
 from pexp.figures import FIGURES
 
 from conftest import ROOT
@@ -44,6 +46,7 @@ def test_a_failing_figure_does_not_stop_the_others_and_the_report_is_still_writt
     assert "pe-fig1: FAILED (exit 1)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_dry_run_lists_the_commands():
     result = subprocess.run([sys.executable, "scripts/reproduce_all.py", "--dry-run", "--smoke", "seed=2"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)

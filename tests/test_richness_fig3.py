@@ -3,6 +3,7 @@ synthetic stand-in."""
 import json
 
 import pandas as pd
+import pytest
 
 from pexp.figures import FIGURES
 from pexp.figures.base import make_figure
@@ -13,6 +14,7 @@ TINY_PCA = ["data=synthetic_cifar2", "data.n_train=120", "data.n_test=60", "mode
             "train.batch_size=20", "train.progress=false", "eval.n_train=60"]
 
 
+@pytest.mark.slow
 def test_richness_fig3_end_to_end_on_synthetic_data(tmp_path, capsys):
     overrides = [*TINY_PCA, f"paths.output_dir={tmp_path / 'outputs'}"]
     paths = make_figure(FIGURES["richness-fig3"], overrides, tmp_path / "f", progress=False)

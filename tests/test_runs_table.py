@@ -26,6 +26,7 @@ def rows_by_run(out):
     return {row.path: row for row in list_runs(out / "runs")}
 
 
+@pytest.mark.slow
 def test_finished_partial_locked_and_stale_runs(tmp_path):
     out = tmp_path / "outputs"
     finished = compose_experiment("pe_fig1_ce", [*TOY, "seed=5", "train.epochs=200", f"paths.output_dir={out}"])

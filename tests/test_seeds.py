@@ -15,6 +15,7 @@ from pexp.figures.base import make_figure, multirun_commands, requested_seeds
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_two_seeds_draw_a_band_judge_each_seed_and_reuse_the_runs(tiny, tmp_path, capsys, monkeypatch):
     import pexp.figures.margins as margins
 
@@ -56,6 +57,7 @@ def test_seeds_are_checked_before_any_work():
     assert requested_seeds(FIGURES["pe-fig5"], []) is None
 
 
+@pytest.mark.slow
 def test_seed_multiruns_train_every_run_the_figure_then_reuses(tiny, one_thread, capsys, tmp_path):
     """One multirun over the three experiments and the seeds; it trains exactly the runs the figure looks for."""
     overrides = [*tiny, "seeds=[1,2]"]
@@ -72,6 +74,7 @@ def test_seed_multiruns_train_every_run_the_figure_then_reuses(tiny, one_thread,
     assert capsys.readouterr().out.count("reusing finished run") == 6  # three runs x two seeds, none trained again
 
 
+@pytest.mark.slow
 def test_command_line_seeds_error_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pexp.figures", "fig=pe-fig1", "seeds=[1,2]",
                              f"paths.output_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)

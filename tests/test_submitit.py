@@ -31,6 +31,7 @@ def job_logs(out: Path) -> str:
     return "".join(path.read_text() for path in sorted(out.glob("hydra/multirun/*/*/.submitit/*/*_log.out")))
 
 
+@pytest.mark.slow
 def test_a_two_job_multirun_through_submitit_is_reused_by_the_figure(tmp_path):
     out = tmp_path / "outputs"
     overrides = [*SHORT, f"paths.output_dir={out}"]
@@ -53,6 +54,7 @@ def test_a_two_job_multirun_through_submitit_is_reused_by_the_figure(tmp_path):
     assert sorted(run["run_dir"] for run in meta["runs"]) == sorted(str(run.path) for run in runs.values())
 
 
+@pytest.mark.slow
 def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
     """What SLURM does on preemption (the signal submitit listens to, USR2 by default), sent to a local job once it
     has written a checkpoint: submitit requeues the job, and the run resumes from that checkpoint."""

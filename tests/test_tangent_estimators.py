@@ -151,6 +151,7 @@ def ts_overrides(tmp_path, epochs=2):
             "eval.n_test=30", f"paths.output_dir={tmp_path / 'outputs'}"]
 
 
+@pytest.mark.slow
 def test_figures_and_evaluators_on_a_tiny_run(tmp_path):
     from pexp.eval.evaluate import evaluate
     from pexp.figures.compose import compose_experiment

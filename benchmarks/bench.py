@@ -1,5 +1,6 @@
-"""``make bench``: the speed of pexp's batched pieces against their slow references, measured in one process on
-the same data, printed as one table and written to ``outputs/bench/bench.json``.
+"""``make bench`` (``python benchmarks/bench.py``): the speed of pexp's batched pieces against their slow
+references, measured in one process on the same data, printed as one table and written to ``<out>/bench.json``
+(``--out``, default ``outputs/bench``).
 
 Rows (each a ratio of ours to the reference, except the end-to-end stage times):
 
@@ -10,11 +11,12 @@ Rows (each a ratio of ours to the reference, except the end-to-end stage times):
    grid (``pexp.eval.reference.sweep_margins``): per-point forward-backward passes, wall time, agreement.
 4. Tangent sensitivity: closed form vs the full mixed derivative by autograd.
 5. End to end: the stages of ``make reproduce-fig2``, from the records of finished runs when present, else a
-   measured slice extrapolated to the full figure (labelled so); ``--full-e2e`` times the real thing.
+   measured slice extrapolated to the full figure (labelled so); ``--full-e2e`` times the real thing (into
+   ``<out>/e2e``).
 6. Threads (CPU): batched Algorithm 1 throughput with torch's default threads, with OMP_WAIT_POLICY=PASSIVE, and
    with one thread, each in a fresh process.
 7. Toy ensemble: pe-fig1's twelve runs (shortened) trained together (``pexp.train.ensemble``) vs one at a time.
-8. ``--all`` (hours, not run by default): ``make reproduce-all`` from scratch into outputs/bench/all, each figure's
+8. ``--all`` (hours, not run by default): ``make reproduce-all`` from scratch into ``<out>/all``, each figure's
    training, evaluation (or build) and drawing time and the total; ``--quick --all``: the ``make smoke`` configs;
    ``--figures`` picks figures.
 
@@ -25,30 +27,44 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
+import json
 import math
 import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from common import BATCH, EPS, LR, MOMENTUM, PIECES, pe_net, sync, timed  # beside this script
+from pexp import CONF_DIR
+from pexp.data import load_dataset
+from pexp.eval.evaluate import eval_dir, evaluate
+from pexp.eval.margin import AUTHORS_PROTOCOL, minimal_perturbation
+from pexp.eval.reference import autograd_tangent_sensitivity, sweep_margins
+from pexp.eval.tangent import tangent_sensitivity
+from pexp.figures import FIGURES
+from pexp.figures.base import make_figure
+from pexp.figures.compose import compose_experiment
 from pexp.losses import Loss, SquaredError
 from pexp.models import AsLogits, EntryNet, build_model
-from pexp.runs import write_json
-from pexp.train.loop import recorded_train_seconds, training_step
+from pexp.runs import training_run_dir, write_json
+from pexp.train.ensemble import train_many
+from pexp.train.loop import recorded_train_seconds, train, training_step
 from pexp.train.optim import SummedMomentum
 from pexp.train.perturb import active_layers, eps_at_epoch
 from pexp.train.reference import one_at_a_time_update
 
-EPS, PIECES, BATCH, LR, MOMENTUM = 0.02, 4, 50, 1e-3, 0.9
+HERE = Path(__file__).resolve().parent
 FIG2_MINUTES_TARGET = 45.0
 
 # full / quick sizes
@@ -63,18 +79,21 @@ SIZES = {
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+MARKER = ".made-by-bench"  # in every folder the bench makes from scratch (and so may remove again)
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall seconds of one call (CUDA work included)."""
-    _sync(device)
-    started = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - started
+def foreign_dir(path: Path) -> bool:
+    """Whether ``path`` holds files the bench did not put there: it then never removes it."""
+    return path.exists() and any(path.iterdir()) and not (path / MARKER).exists()
+
+
+def fresh_dir(path: Path) -> Path:
+    """An empty folder at ``path`` for a from-scratch measurement: one the bench made before is removed first."""
+    assert not foreign_dir(path), path  # main refuses these before any work
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    (path / MARKER).touch()
+    return path
 
 
 def row(name: str, ours: float | None, reference: float | None, unit: str, ratio: float | None,
@@ -95,17 +114,8 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def pe_net(size: int, input_shape: Sequence[int], seed: int = 0) -> EntryNet:
-    torch.manual_seed(seed)
-    return build_model(OmegaConf.create(dict(name="pe_net", size=size, outputs=1, negative_slope=0.01)),
-                       input_shape)
-
-
 def load_data(overrides: Sequence[str], n_train: int, n_test: int) -> tuple[object, str]:
     """The cifar2 data of the figure when readable with ``overrides``, else the synthetic stand-in."""
-    from pexp.data import load_dataset
-    from pexp.figures.compose import compose_experiment
-
     for name in ("cifar2", "synthetic_cifar2"):
         # a bench never downloads; the stand-in takes none of the real data's options
         extra = ["data.download=false"] if name == "cifar2" else []
@@ -206,8 +216,6 @@ class CountingModel(nn.Module):
 def bracket_row(logits: torch.nn.Module, data: object, source: str, sizes: dict, device: torch.device) -> dict:
     """The accurate default on many test points (issue target: 2,000 CIFAR points in <= 2 minutes), with the
     one-step-below probe (``bracket``) against plain bisection: seconds per 2,000 points and agreement."""
-    from pexp.eval.margin import AUTHORS_PROTOCOL, minimal_perturbation
-
     n = sizes["bracket_points"]
     x, y = data.test.x[:n].to(device), data.test.y[:n].to(device)
     found, seconds = {}, {}
@@ -237,9 +245,6 @@ def bracket_row(logits: torch.nn.Module, data: object, source: str, sizes: dict,
 
 
 def margin_rows(data: object, source: str, sizes: dict, device: torch.device) -> list[dict]:
-    from pexp.eval.margin import minimal_perturbation
-    from pexp.eval.reference import sweep_margins
-
     loss = SquaredError()
     model = pe_net(sizes["model_size"], data.input_shape, seed=1).to(device)
     optimizer = SummedMomentum(model.parameters(), lr=LR, momentum=MOMENTUM)
@@ -304,9 +309,6 @@ def margin_rows(data: object, source: str, sizes: dict, device: torch.device) ->
 
 # ------------------------------------------------------------------------------------------ row 4: tangent
 def tangent_row(sizes: dict, device: torch.device) -> dict:
-    from pexp.eval.reference import autograd_tangent_sensitivity
-    from pexp.eval.tangent import tangent_sensitivity
-
     torch.manual_seed(0)
     model = build_model(OmegaConf.create(dict(name="mlp", widths=[32, 32, 32], outputs=3)), (1, 8, 8)).double()
     x = torch.randn(sizes["tangent_inputs"], 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -333,8 +335,6 @@ FIG2_RUNS = {"first": "richness_fig2_first", "all": "richness_fig2_all"}
 def _recorded_eval_seconds(out: Path) -> tuple[float, str]:
     """Seconds of a finished margin evaluation: from its COMPLETE marker when recorded there, else the span from
     its lock file's creation to its last split file (file times)."""
-    import json
-
     info = json.loads((out / "COMPLETE").read_text() or "{}")
     if "seconds" in info:
         return float(info["seconds"]), "recorded"
@@ -342,14 +342,11 @@ def _recorded_eval_seconds(out: Path) -> tuple[float, str]:
     return max(ends) - (out / ".lock").stat().st_mtime, "file times"
 
 
-def end_to_end_rows(overrides: Sequence[str], sizes: dict, device: torch.device, full: bool) -> list[dict]:
-    from pexp.eval.evaluate import eval_dir
-    from pexp.figures.compose import compose_experiment
-    from pexp.runs import training_run_dir
-
+def end_to_end_rows(overrides: Sequence[str], sizes: dict, device: torch.device, full: Path | None) -> list[dict]:
+    """``full``: the folder to train, evaluate and draw richness-fig2 in from scratch (``--full-e2e``)."""
     configs = {label: compose_experiment(name, ["eval=margin", *overrides]) for label, name in FIG2_RUNS.items()}
-    if full:
-        return _full_end_to_end(overrides, device)
+    if full is not None:
+        return _full_end_to_end(overrides, device, full)
     runs = {label: training_run_dir(cfg) for label, cfg in configs.items()}
     evals = {label: eval_dir(runs[label], configs[label].eval) for label in configs}
     if all(run.complete for run in runs.values()) and all(out.complete for out in evals.values()):
@@ -368,11 +365,6 @@ def _stage_rows(stages: dict[str, float], how: str, notes: dict[str, str]) -> li
 
 
 def _recorded_end_to_end(configs: dict, runs: dict, evals: dict, overrides: Sequence[str]) -> list[dict]:
-    import json
-
-    from pexp.figures import FIGURES
-    from pexp.figures.base import make_figure
-
     stages, notes = {}, {}
     for label in configs:
         stages[f"train {label}"] = recorded_train_seconds(runs[label].path)
@@ -392,14 +384,11 @@ def _recorded_end_to_end(configs: dict, runs: dict, evals: dict, overrides: Sequ
 
 def _extrapolated_end_to_end(configs: dict, sizes: dict, device: torch.device) -> list[dict]:
     """Time a slice of each stage at full CIFAR size on the synthetic stand-in and scale it to the figure."""
-    from pexp.data import load_dataset
-    from pexp.eval.margin import minimal_perturbation
-
     stages, notes = {}, {}
     n_slice = sizes["slice_samples"]
     for label, cfg in configs.items():
         cfg = copy.deepcopy(cfg)
-        OmegaConf.update(cfg, "data", OmegaConf.load(Path(__file__).parent.parent / "conf/data/synthetic_cifar2.yaml"),
+        OmegaConf.update(cfg, "data", OmegaConf.load(Path(CONF_DIR) / "data/synthetic_cifar2.yaml"),
                          merge=False)
         data = load_dataset(cfg.data)
         torch.manual_seed(int(cfg.seed))
@@ -440,16 +429,9 @@ def _extrapolated_end_to_end(configs: dict, sizes: dict, device: torch.device) -
     return _stage_rows(stages, "extrapolated", notes)
 
 
-def _full_end_to_end(overrides: Sequence[str], device: torch.device) -> list[dict]:
-    """Train, evaluate and draw richness-fig2 from scratch under outputs/bench/e2e (removed first)."""
-    from pexp.eval.evaluate import evaluate
-    from pexp.figures import FIGURES
-    from pexp.figures.base import make_figure
-    from pexp.figures.compose import compose_experiment
-    from pexp.train.loop import train
-
-    root = Path("outputs/bench/e2e")
-    shutil.rmtree(root, ignore_errors=True)
+def _full_end_to_end(overrides: Sequence[str], device: torch.device, root: Path) -> list[dict]:
+    """Train, evaluate and draw richness-fig2 from scratch under ``root`` (see ``fresh_dir``)."""
+    fresh_dir(root)
     overrides = [*overrides, f"paths.output_dir={root}", "train.progress=false"]
     stages = {}
     for label, name in FIG2_RUNS.items():
@@ -474,34 +456,15 @@ THREAD_SETTINGS = {
 }
 
 
-def _throughput_probe(size: int, samples: int) -> None:
-    """Child process: best of 3 batched Algorithm 1 slices; prints samples/s."""
-    loss = SquaredError()
-    model = pe_net(size, (3, 32, 32))
-    optimizer = SummedMomentum(model.parameters(), lr=LR, momentum=MOMENTUM)
-    generator = torch.Generator().manual_seed(0)
-    x, y = torch.rand(samples, 3, 32, 32, generator=generator) * 2 - 1, torch.randint(0, 2, (samples,))
-    active = active_layers(model, "all")
-
-    def slice_() -> None:
-        for first in range(0, samples, BATCH):
-            training_step(model, optimizer, "sum", x[first:first + BATCH], y[first:first + BATCH], loss, EPS,
-                          PIECES, active)
-    slice_()
-    print(samples / min(timed(slice_, torch.device("cpu")) for _ in range(3)))
-
-
 def threads_row(sizes: dict) -> dict:
     """Batched Algorithm 1 throughput under three thread settings, each in a fresh process (OpenMP reads its
     environment once). Busy-waiting OpenMP threads collapse when other processes share the cores."""
-    import subprocess
-
     samples = 2 * BATCH if sizes is SIZES[True] else 10 * BATCH
     results = {}
     for label, env in THREAD_SETTINGS.items():
-        code = f"from pexp.bench import _throughput_probe; _throughput_probe({sizes['model_size']}, {samples})"
-        child = {**os.environ, **env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
+        child = {**os.environ, **env}
+        done = subprocess.run([sys.executable, str(HERE / "throughput_probe.py"), str(sizes["model_size"]),
+                               str(samples)], capture_output=True, text=True, timeout=900,
                               env={key: value for key, value in child.items() if value is not None})
         results[label] = float(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
         print(f"[bench] threads: {label}: {results[label]} samples/s (load {os.getloadavg()[0]:.2f})")
@@ -519,11 +482,6 @@ def ensemble_row(sizes: dict, device: torch.device) -> dict:
     """pe-fig1's twelve runs (six seeds, two losses), shortened to ``ensemble_epochs``, trained one at a time by the
     loop and together by the ensemble, each into a fresh temporary output folder; alternating, best of
     ``ensemble_rounds``. Both ways go through the same run-directory writing (logs, checkpoints, final files)."""
-    from pexp.figures import FIGURES
-    from pexp.figures.compose import compose_experiment
-    from pexp.train.ensemble import train_many
-    from pexp.train.loop import train
-
     figure, epochs = FIGURES["pe-fig1"], sizes["ensemble_epochs"]
     times: dict[str, list[float]] = {"separate": [], "ensemble": []}
     differences = []
@@ -537,7 +495,7 @@ def ensemble_row(sizes: dict, device: torch.device) -> dict:
                         for spec in figure.runs.values()]
                 started = time.perf_counter()
                 runs = [train(cfg) for cfg in cfgs] if how == "separate" else train_many(cfgs)
-                _sync(device)
+                sync(device)
                 times[how].append(time.perf_counter() - started)
                 weights[how] = [torch.load(run / "model.pt", weights_only=False)["state_dict"] for run in runs]
         differences.append(max(float((a[key] - b[key]).abs().max()) for a, b in zip(weights["separate"],
@@ -561,22 +519,25 @@ TOY_FIGURES = ("pe-fig1", "pe-fig2", "offmanifold-fig2", "offmanifold-fig3", "of
 TOY_MINUTES_TARGET = 2.0  # each toy figure from scratch
 
 
-def reproduce_all_rows(figures: Sequence[str] | None, smoke: bool, overrides: Sequence[str]) -> list[dict]:
+def reproduce_all_script() -> object:
+    """``scripts/reproduce_all.py`` of this checkout (``make reproduce-all``), loaded as a module: its figure
+    commands and the runner that makes them."""
+    spec = importlib.util.spec_from_file_location("reproduce_all", HERE.parent / "scripts" / "reproduce_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reproduce_all_rows(figures: Sequence[str] | None, smoke: bool, overrides: Sequence[str],
+                       root: Path) -> list[dict]:
     """Every figure (or ``figures``) made from scratch, as ``make reproduce-all`` makes them (one process per
-    figure), into outputs/bench/all (removed first); each figure's training, evaluation (or build) and drawing
-    wall seconds from its meta.json, and the total. ``smoke``: the ``make smoke`` configs."""
-    import json
-    import subprocess
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    from reproduce_all import figure_commands, run_all
-
-    from pexp.figures import FIGURES
-
-    root = Path("outputs/bench/all").resolve()
-    shutil.rmtree(root, ignore_errors=True)
+    figure), into ``root`` (see ``fresh_dir``); each figure's training, evaluation (or build) and drawing wall
+    seconds from its meta.json, and the total. ``smoke``: the ``make smoke`` configs."""
+    reproduce_all = reproduce_all_script()
+    fresh_dir(root)
     ids = list(figures or FIGURES)
-    commands = figure_commands(ids, smoke, [*overrides, f"paths.output_dir={root}", "train.progress=false"])
+    commands = reproduce_all.figure_commands(ids, smoke, [*overrides, f"paths.output_dir={root}",
+                                                          "train.progress=false"])
     walls: dict[str, float] = {}
 
     def timed_run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
@@ -586,7 +547,8 @@ def reproduce_all_rows(figures: Sequence[str] | None, smoke: bool, overrides: Se
         return done
 
     started = time.perf_counter()
-    failed = set(run_all(commands, [sys.executable, "-c", "pass"], run=timed_run))  # the report is not timed
+    # the report is not timed
+    failed = set(reproduce_all.run_all(commands, [sys.executable, "-c", "pass"], run=timed_run))
     total = time.perf_counter() - started
     rows = []
     for figure_id in ids:
@@ -636,27 +598,38 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds): checks the bench runs")
     parser.add_argument("--full-e2e", action="store_true",
-                        help="row 5: train, evaluate and draw richness-fig2 from scratch (about 30 min here)")
-    parser.add_argument("--out", default="outputs/bench/bench.json", help="where the JSON goes")
+                        help="row 5: train, evaluate and draw richness-fig2 from scratch into <out>/e2e "
+                             "(about 30 min here)")
+    parser.add_argument("--out", default="outputs/bench", type=Path,
+                        help="folder of the results: bench.json, and e2e/ (--full-e2e) and all/ (row 8), each made "
+                             "from scratch (default: %(default)s)")
     parser.add_argument("--runs-from", default=None,
                         help="pexp output folder holding finished richness-fig2 runs for row 5 "
                              "(default: paths.output_dir, i.e. $PEXP_OUTPUT or ./outputs); only read")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
     parser.add_argument("--rows", default="1,2,3,4,5,6,7", help="which rows to run, e.g. 1,2")
     parser.add_argument("--all", action="store_true",
-                        help="row 8: make reproduce-all from scratch into outputs/bench/all, timing each figure's "
+                        help="row 8: make reproduce-all from scratch into <out>/all, timing each figure's "
                              "training, evaluation and drawing (hours; with --quick: the make smoke configs)")
     parser.add_argument("--figures", default=None, help="row 8: only these figure ids (comma-separated)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the data / runs, e.g. "
                                                       "data.verify_checksums=false")
     args = parser.parse_args(argv)
+    out = args.out.resolve()
+    if out.suffix == ".json":
+        parser.error(f"--out={args.out} is a folder (bench.json, e2e/ and all/ go in it), not a .json file")
+    wanted = {int(part) for part in args.rows.split(",") if part}
+    scratch = {key: out / key for key, used in (("e2e", args.full_e2e and 5 in wanted),
+                                                 ("all", args.all or 8 in wanted)) if used}
+    for path in scratch.values():
+        if foreign_dir(path):
+            parser.error(f"{path} holds files the bench did not make: remove it or pass another --out")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     sizes = SIZES[args.quick]
-    wanted = {int(part) for part in args.rows.split(",") if part}
     overrides = list(args.overrides) + ([f"paths.output_dir={args.runs_from}"] if args.runs_from else [])
     result = dict(machine=machine_info(device), mode="quick" if args.quick else "full", sizes=sizes, rows=[])
     started = time.perf_counter()
@@ -668,14 +641,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if 4 in wanted:
         result["rows"].append(tangent_row(sizes, device))
     if 5 in wanted:
-        result["rows"] += end_to_end_rows(overrides, sizes, device, args.full_e2e)
+        result["rows"] += end_to_end_rows(overrides, sizes, device, scratch.get("e2e"))
     if 6 in wanted and device.type == "cpu":
         result["rows"].append(threads_row(sizes))
     if 7 in wanted:
         result["rows"].append(ensemble_row(sizes, device))
     if args.all or 8 in wanted:
         result["rows"] += reproduce_all_rows(args.figures.split(",") if args.figures else None, args.quick,
-                                             args.overrides)
+                                             args.overrides, scratch["all"])
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     result["seconds"] = time.perf_counter() - started
     result["data"] = source
@@ -684,8 +657,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     load = result["machine"]
     print(f"\n{load['cpu_count']} CPUs, {load['torch_threads']} torch threads, device {device}; load average "
           f"{load['loadavg_start'][0]:.2f} at start, {load['loadavg_end'][0]:.2f} at end; {result['seconds']:.0f}s")
-    write_json(args.out, result)
-    print(f"[bench] wrote {args.out}")
+    write_json(out / "bench.json", result)
+    print(f"[bench] wrote {out / 'bench.json'}")
     return result
 
 
