@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from pexp.data import DATASETS
 from pexp.errors import ConfigError, DataError  # noqa: F401 - defined at the bottom layer, named here for the rest
 from pexp.models import MODELS
+from pexp.overrides import Overrides
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -322,18 +323,20 @@ WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ERO
 
 def check_output_dir(arguments: list[str]) -> None:
     """Before Hydra starts (it writes its logs there): the output folder of a command line (its last
-    ``paths.output_dir=`` override, else $PEXP_OUTPUT, else ./outputs) must be a writable folder; else one line
-    on stderr and exit status 2."""
-    folder = next((item.split("=", 1)[1] for item in reversed(arguments) if item.startswith("paths.output_dir=")),
-                  os.environ.get("PEXP_OUTPUT") or "outputs")
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        print(f"error: paths.output_dir={folder} is not a writable folder: {error.strerror or error}",
-              file=sys.stderr)
-        sys.exit(2)
+    ``paths.output_dir`` override, each folder of a multirun's sweep over it, else $PEXP_OUTPUT, else ./outputs)
+    must be a writable folder; else one line on stderr and exit status 2."""
+    given = Overrides.readable(arguments).last("paths.output_dir")
+    folders = [os.environ.get("PEXP_OUTPUT") or "outputs"] if given is None or given.is_delete() else \
+        list(given.sweep_string_iterator()) if given.is_discrete_sweep() else [str(given.value())]
+    for folder in folders:
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            print(f"error: paths.output_dir={folder} is not a writable folder: {error.strerror or error}",
+                  file=sys.stderr)
+            sys.exit(2)
 
 
 def exit_on_user_error(main: Callable[..., Any]) -> Callable[..., Any]:
