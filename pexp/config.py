@@ -24,6 +24,7 @@ from pexp.errors import ConfigError, DataError  # noqa: F401 - defined at the bo
 from pexp.losses import validate_loss
 from pexp.models import layer_names  # noqa: F401 - the check of init.layers reads the models' names from it
 from pexp.schema import UNSET, check_groups, cross_check, flag, integer, store
+from pexp.overrides import Overrides
 
 
 class Device(StrEnum):
@@ -165,18 +166,20 @@ WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ERO
 
 def check_output_dir(arguments: list[str]) -> None:
     """Before Hydra starts (it writes its logs there): the output folder of a command line (its last
-    ``paths.output_dir=`` override, else $PEXP_OUTPUT, else ./outputs) must be a writable folder; else one line
-    on stderr and exit status 2."""
-    folder = next((item.split("=", 1)[1] for item in reversed(arguments) if item.startswith("paths.output_dir=")),
-                  os.environ.get("PEXP_OUTPUT") or "outputs")
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        print(f"error: paths.output_dir={folder} is not a writable folder: {error.strerror or error}",
-              file=sys.stderr)
-        sys.exit(2)
+    ``paths.output_dir`` override, each folder of a multirun's sweep over it, else $PEXP_OUTPUT, else ./outputs)
+    must be a writable folder; else one line on stderr and exit status 2."""
+    given = Overrides.readable(arguments).last("paths.output_dir")
+    folders = [os.environ.get("PEXP_OUTPUT") or "outputs"] if given is None or given.is_delete() else \
+        list(given.sweep_string_iterator()) if given.is_discrete_sweep() else [str(given.value())]
+    for folder in folders:
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            print(f"error: paths.output_dir={folder} is not a writable folder: {error.strerror or error}",
+                  file=sys.stderr)
+            sys.exit(2)
 
 
 def exit_on_user_error(main: Callable[..., Any]) -> Callable[..., Any]:

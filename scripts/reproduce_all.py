@@ -18,6 +18,11 @@ from typing import Callable, Sequence
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hydra.errors import OverrideParseException  # noqa: E402
+
+from pexp.cli import hydra_error_line  # noqa: E402
+from pexp.overrides import Overrides, python_command  # noqa: E402
+
 SMOKE = ["scale=smoke", "paths.output_dir=outputs/smoke", "train.progress=false"]
 SYNTHETIC = ["data=synthetic_cifar2"]  # the CIFAR-10 figures: the offline stand-in
 SHORT = ["train.epochs=3000", "train.log_every=1000", "train.checkpoint_every=1000"]  # toys, shortened
@@ -42,25 +47,23 @@ ONE_THREAD = {"tangent-fig1", "tangent-fig3", "tangent-fig4", "tangent-table2", 
 Command = tuple[str, list[str], dict[str, str]]
 
 
-def figure_commands(ids: Sequence[str], smoke: bool, overrides: Sequence[str]) -> list[Command]:
+def figure_commands(ids: Sequence[str], smoke: bool, overrides: Sequence[str] | Overrides) -> list[Command]:
     """(id, argv, extra environment) of each figure's ``python -m pexp.figures`` run."""
     commands = []
     for figure_id in ids:
         extra = [*SMOKE, *SMOKE_EXTRA.get(figure_id, [])] if smoke else []
         env = {"OMP_NUM_THREADS": "1"} if smoke and figure_id in ONE_THREAD else {}
-        commands.append((figure_id, [sys.executable, "-m", "pexp.figures", f"fig={figure_id}", *extra,
-                                     *overrides], env))
+        commands.append((figure_id, python_command("pexp.figures", [f"fig={figure_id}"], extra, overrides), env))
     return commands
 
 
-def report_command(smoke: bool, overrides: Sequence[str]) -> list[str]:
+def report_command(smoke: bool, overrides: Sequence[str] | Overrides) -> list[str]:
     """``python -m pexp.report`` on the output folder the figures went to (the last paths.* override wins)."""
-    values = dict(item.split("=", 1) for item in [*(SMOKE if smoke else []), *overrides] if "=" in item)
+    given = Overrides([*(SMOKE if smoke else []), *overrides])
     command = [sys.executable, "-m", "pexp.report"]
-    if "paths.output_dir" in values:
-        command += ["--output-dir", values["paths.output_dir"]]
-    if "paths.figures_dir" in values:
-        command += ["--figures", values["paths.figures_dir"]]
+    for key, flag in (("paths.output_dir", "--output-dir"), ("paths.figures_dir", "--figures")):
+        if given.value(key) is not None:
+            command += [flag, str(given.value(key))]
     return command
 
 
@@ -85,7 +88,11 @@ def main(argv: Sequence[str]) -> int:
     from pexp.figures import FIGURES
 
     smoke, dry_run = "--smoke" in argv, "--dry-run" in argv
-    overrides = [item for item in argv if item not in ("--smoke", "--dry-run")]
+    try:
+        overrides = Overrides(item for item in argv if item not in ("--smoke", "--dry-run"))
+    except OverrideParseException as error:
+        print(f"error: {hydra_error_line(error, [])}", file=sys.stderr)
+        return 2
     commands, report = figure_commands(list(FIGURES), smoke, overrides), report_command(smoke, overrides)
     if dry_run:
         for figure_id, command, env in commands:

@@ -228,6 +228,7 @@ def test_fig4_evaluator_three_modes_walk_and_censored_points(tmp_path):
 def test_fig4_figure_takes_the_factors_of_the_runs_found(tmp_path):
     from pexp.figures import FIGURES
     from pexp.figures.base import write_figure
+    from pexp.figures.compose import figure_command
     from pexp.figures.offmanifold import projected_table, sweep_configs
     from pexp.train.loop import train
 
@@ -241,7 +242,7 @@ def test_fig4_figure_takes_the_factors_of_the_runs_found(tmp_path):
     untouched = sweep_configs("om_fig4_sphere", [*overrides, "data.n_train=41"])  # another config: the sweep's grid
     assert len(untouched) == 25
     mnist = [*overrides, "sweep.factors=[0.5]", "sweep.seeds=[1]"]
-    table, metrics = projected_table(mnist, "cpu", False)
+    table, metrics = projected_table(figure_command(mnist), "cpu", False)
     assert set(table.loc[table["dataset"] == "sphere", "factor"]) == {1.0, 3.0}
     assert set(table.loc[table["dataset"] == "mnist", "factor"]) == {0.5}  # none found: the sweep's own grid
     paths = write_figure(FIGURES["offmanifold-fig4"], table, metrics, tmp_path / "figures")

@@ -11,6 +11,7 @@ import pytest
 from pexp.config import ConfigError
 from pexp.figures import FIGURES
 from pexp.figures.base import make_figure, multirun_commands, requested_seeds
+from pexp.figures.compose import figure_command
 
 from conftest import ROOT
 
@@ -53,8 +54,16 @@ def test_seeds_are_checked_before_any_work():
         requested_seeds(FIGURES["pe-fig5"], ["seeds=[1,1]"])
     with pytest.raises(ConfigError, match="only .*richness-fig2"):
         requested_seeds(FIGURES["pe-fig1"], ["seeds=[1,2]"])
-    assert requested_seeds(FIGURES["pe-fig5"], ["seeds=1,2,3"]) == [1, 2, 3]
+    assert requested_seeds(FIGURES["pe-fig5"], ["seeds=[1,2,3]"]) == [1, 2, 3]
     assert requested_seeds(FIGURES["pe-fig5"], []) is None
+
+
+def test_seeds_are_the_composed_configs():
+    """The seeds are read from the root config the command line composes, not from its text."""
+    cfg = figure_command(["fig=pe-fig5", "seeds=[3,1]"]).cfg
+    assert list(cfg.seeds) == [3, 1]
+    assert requested_seeds(FIGURES["pe-fig5"], figure_command([], cfg)) == [3, 1]
+    assert requested_seeds(FIGURES["pe-fig5"], figure_command(["seeds=[2]"], cfg)) == [3, 1]
 
 
 @pytest.mark.slow

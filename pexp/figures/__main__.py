@@ -2,6 +2,9 @@
 ``<figures_dir>/<id>.{png,pdf,csv,claims.json}``. ``python -m pexp.figures --list`` lists the ids."""
 from __future__ import annotations
 
+import argparse
+import os
+import subprocess
 import sys
 from typing import Sequence
 
@@ -12,6 +15,7 @@ from omegaconf import DictConfig
 from pexp import CONF_DIR
 from pexp.cli import preflight
 from pexp.config import ConfigError, check_output_dir, exit_on_user_error, validate_config
+from pexp.figures.compose import figure_command
 
 
 def check_job(cfg: DictConfig, overrides: Sequence[str]) -> None:
@@ -22,7 +26,7 @@ def check_job(cfg: DictConfig, overrides: Sequence[str]) -> None:
 
     if cfg.fig not in FIGURES:
         raise ConfigError(f"fig={cfg.fig!r} is not allowed: choose one of {', '.join(FIGURES)}")
-    for label, run_cfg in figure_configs(FIGURES[cfg.fig], overrides).items():
+    for label, run_cfg in figure_configs(FIGURES[cfg.fig], figure_command(overrides, cfg)).items():
         try:
             validate_config(run_cfg)
         except ConfigError as error:
@@ -37,32 +41,35 @@ def main(cfg: DictConfig) -> None:
 
     if cfg.fig not in FIGURES:
         raise ConfigError(f"fig={cfg.fig!r} is not allowed: choose one of {', '.join(FIGURES)}")
-    paths = make_figure(FIGURES[cfg.fig], list(HydraConfig.get().overrides.task), cfg.paths.figures_dir,
-                        cfg.device, progress=bool(cfg.train.progress))
+    paths = make_figure(FIGURES[cfg.fig], figure_command(HydraConfig.get().overrides.task, cfg),
+                        cfg.paths.figures_dir, cfg.device, progress=bool(cfg.train.progress))
     for path in paths.values():
         print(path)
 
 
 def train_seeds(argv: list[str]) -> int:
     """``--train-seeds`` (make reproduce FIG=... SEEDS=...): train a seeded figure's runs for every seed as Hydra
-    multiruns in parallel (one thread per job), before the figure draws them."""
-    import os
-    import subprocess
-
+    multiruns in parallel (one thread per job), before the figure draws them; the command line is checked whole
+    first, as the figure's own."""
     from pexp.figures import FIGURES
     from pexp.figures.base import multirun_commands, requested_seeds
 
-    jobs = next((int(item.split("=", 1)[1]) for item in argv if item.startswith("--jobs=")), os.cpu_count() or 1)
-    overrides = [item for item in argv if not item.startswith("--")]
-    figure_id = next((item.split("=", 1)[1] for item in overrides if item.startswith("fig=")), None)
-    if figure_id not in FIGURES:
-        raise ConfigError(f"fig={figure_id!r} is not allowed: choose one of {', '.join(FIGURES)}")
-    seeds = requested_seeds(FIGURES[figure_id], overrides)
+    flags = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    flags.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    try:
+        known, rest = flags.parse_known_args(argv)
+    except argparse.ArgumentError as error:
+        raise ConfigError(str(error)) from None
+    overrides = [item for item in rest if not item.startswith("--")]
+    preflight(overrides, check_job)
+    command = figure_command(overrides)
+    figure = FIGURES[command.cfg.fig]
+    seeds = requested_seeds(figure, command)
     if seeds is None:
         raise ConfigError("--train-seeds needs seeds=[...]")
-    for command in multirun_commands(FIGURES[figure_id], seeds, overrides, jobs):
-        print(f"[pexp] {' '.join(command[1:])}", flush=True)
-        status = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+    for multirun in multirun_commands(figure, seeds, command, known.jobs):
+        print(f"[pexp] {' '.join(multirun[1:])}", flush=True)
+        status = subprocess.run(multirun, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
         if status:
             return status
     return 0

@@ -16,12 +16,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, ListConfig  # noqa: E402
 
 from pexp.eval.crosscheck import CROSSCHECK  # noqa: E402
 from pexp.eval.evaluate import evaluate  # noqa: E402
 from pexp.eval.evaluators.common import eval_dir  # noqa: E402
-from pexp.figures.compose import compose_experiment  # noqa: E402
+from pexp.figures.compose import STAND_INS, FigureCommand, compose_experiment, figure_command  # noqa: E402
+from pexp.overrides import Overrides, python_command  # noqa: E402
 from pexp.runs import atomic_write, write_csv, write_json, write_text  # noqa: E402
 from pexp.train.ensemble import train_many  # noqa: E402
 from pexp.train.loop import recorded_train_seconds  # noqa: E402
@@ -53,35 +54,36 @@ class Figure:
     evaluator: str
     claims: Callable[[pd.DataFrame, dict[str, dict]], Claims]
     plot: Callable[[pd.DataFrame], plt.Figure]
-    # Figures that need no training run (a data set's spectrum, a formula): ``build(overrides, device, progress)``
+    # Figures that need no training run (a data set's spectrum, a formula): ``build(command, device, progress)``
     # returns the tidy table and a metrics dict, in place of ``runs`` + ``evaluator``.
-    build: Callable[[Sequence[str], str, bool], tuple[pd.DataFrame, dict[str, dict]]] | None = None
+    build: Callable[[FigureCommand, str, bool], tuple[pd.DataFrame, dict[str, dict]]] | None = None
     # Tables (e.g. tangent-table2): also written as ``<id>.md`` from the tidy table.
     markdown: Callable[[pd.DataFrame], str] | None = None
     # ``seeds=[1,2,3]`` on the command line: every run is made once per seed, the plot draws the mean with a
     # min-max band and the claims are judged per seed and on the seeds pooled (:func:`seeded_claims`).
     seeds: bool = False
     beyond: bool = False  # no paper shows it (the report marks it "beyond the paper")
-    # Figures with ``build``: ``configs(overrides)`` gives the composed configs it will use, by label, so that
+    # Figures with ``build``: ``configs(command)`` gives the composed configs it will use, by label, so that
     # they are checked before any work (figures with ``runs``: see :func:`figure_configs`).
-    configs: Callable[[Sequence[str]], dict[str, DictConfig]] | None = None
+    configs: Callable[[FigureCommand], dict[str, DictConfig]] | None = None
 
 
-def run_config(spec: str | Run, evaluator: str, overrides: Sequence[str]) -> DictConfig:
+def run_config(spec: str | Run, evaluator: str, overrides: Overrides) -> DictConfig:
     """The composed config of one run a figure needs: its experiment, ``eval=<evaluator>``, its own overrides,
     then the command line's."""
     spec = spec if isinstance(spec, Run) else Run(spec)
     return compose_experiment(spec.experiment, [f"eval={evaluator}", *spec.overrides, *overrides])
 
 
-def figure_configs(figure: Figure, overrides: Sequence[str]) -> dict[str, DictConfig]:
+def figure_configs(figure: Figure, command: FigureCommand | Sequence[str]) -> dict[str, DictConfig]:
     """Every config ``figure`` trains or evaluates with, by label (what ``python -m pexp.figures`` checks whole
-    before any work)."""
+    before any work, with its seeds)."""
+    command = figure_command(command)
+    seeds = requested_seeds(figure, command)
     if figure.configs is not None:
-        return figure.configs(overrides)
-    evaluator, rest = chosen_evaluator(figure.evaluator, overrides)
-    runs = figure.runs if requested_seeds(figure, overrides) is None else \
-        seeded_runs(figure.runs, requested_seeds(figure, overrides))
+        return figure.configs(command)
+    evaluator, rest = chosen_evaluator(figure.evaluator, command)
+    runs = figure.runs if seeds is None else seeded_runs(figure.runs, seeds)
     return {label: run_config(spec, evaluator, rest) for label, spec in runs.items()}
 
 
@@ -105,36 +107,39 @@ def claim(text: str, measured: object, expected: str, holds: bool, data: str, *,
     return dict(item, **{key: value for key, value in extra.items() if value is not None})
 
 
-def make_figure(figure: Figure, overrides: Sequence[str], figures_dir: Path | str, device: str = "auto",
-                progress: bool = True) -> dict[str, Path]:
-    """Train / evaluate what is missing, then write ``<id>.{csv,claims.json,png,pdf,meta.json}`` atomically."""
+def make_figure(figure: Figure, command: FigureCommand | Sequence[str], figures_dir: Path | str,
+                device: str = "auto", progress: bool = True) -> dict[str, Path]:
+    """Train / evaluate what is missing, then write ``<id>.{csv,claims.json,png,pdf,meta.json}`` atomically.
+    ``command``: the command line (:func:`pexp.figures.compose.figure_command`, or its override strings)."""
     started, stages = time.perf_counter(), {}
-    seeds = requested_seeds(figure, overrides)
+    command = figure_command(command)
+    seeds = requested_seeds(figure, command)
     if figure.build is not None:
-        table, metrics = figure.build(overrides, device, progress)
+        table, metrics = figure.build(command, device, progress)
         stages["build"] = time.perf_counter() - started
     else:
         runs = figure.runs if seeds is None else seeded_runs(figure.runs, seeds)
-        table, metrics = collect_runs(runs, figure.evaluator, overrides, device, progress, stages)
+        table, metrics = collect_runs(runs, figure.evaluator, command, device, progress, stages)
     if seeds is not None:
         figure = replace(figure, claims=partial(seeded_claims, figure.claims, seeds=seeds))
     runs = [entry[RUN_INFO] for entry in metrics.values() if isinstance(entry, dict) and RUN_INFO in entry]
-    return write_figure(figure, table, metrics, figures_dir, meta=dict(overrides=list(overrides), runs=runs,
-                                                                       started=started, stages=stages))
+    return write_figure(figure, table, metrics, figures_dir, meta=dict(overrides=command.overrides.strings(),
+                                                                       runs=runs, started=started, stages=stages))
 
 
 RUN_INFO = "run_info"  # what collect_runs adds to each run's metrics: label, experiment, run dir, hash, times,
 # the evaluation folder the figure read
 
 
-def collect_runs(runs: dict[str, str | Run], evaluator: str, overrides: Sequence[str], device: str = "auto",
-                 progress: bool = True, stages: dict[str, float] | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
+def collect_runs(runs: dict[str, str | Run], evaluator: str, command: FigureCommand | Sequence[str],
+                 device: str = "auto", progress: bool = True,
+                 stages: dict[str, float] | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
     """Train what is missing (a figure's full-batch toy runs together, :func:`pexp.train.ensemble.train_many`),
     then evaluate; the evaluator's results of every run in one table (plus run, data and tag columns) and each
     run's metrics.json by label (plus ``run_info`` for the figure's meta.json). ``stages`` gets the wall seconds
     of training and of evaluation."""
     stages = {} if stages is None else stages
-    evaluator, overrides = chosen_evaluator(evaluator, overrides)
+    evaluator, overrides = chosen_evaluator(evaluator, figure_command(command))
     specs = {label: spec if isinstance(spec, Run) else Run(spec) for label, spec in runs.items()}
     cfgs: dict[str, DictConfig] = {label: run_config(spec, evaluator, overrides) for label, spec in specs.items()}
     started = time.perf_counter()
@@ -160,24 +165,23 @@ def collect_runs(runs: dict[str, str | Run], evaluator: str, overrides: Sequence
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), metrics
 
 
-def requested_seeds(figure: Figure, overrides: Sequence[str]) -> list[int] | None:
-    """The seeds of a ``seeds=[1,2,3]`` (or ``seeds=1,2,3``) override, None without one; a figure that does not
-    take seeds, or a list that is not distinct integers >= 0, is a one-line error."""
+def requested_seeds(figure: Figure, command: FigureCommand | Sequence[str]) -> list[int] | None:
+    """The command line's ``seeds`` (``seeds=[1,2,3]``: the composed config's list), None when not set; a figure
+    that does not take seeds, or seeds that are not distinct integers >= 0, is a one-line error."""
     from pexp.config import ConfigError
 
-    given = [item.split("=", 1)[1] for item in overrides if item.split("=", 1)[0].lstrip("+") == "seeds"]
-    if not given or given[-1] in ("null", "None", ""):
+    command = figure_command(command)
+    seeds = command.cfg.get("seeds")
+    if seeds in (None, "None", ""):  # null, also as Python spells it, or left empty
         return None
+    typed = command.overrides.text("seeds", default=str(seeds))
     if not figure.seeds:
         allowed = ", ".join(sorted(figure_id for figure_id, item in _registry().items() if item.seeds))
-        raise ConfigError(f"seeds={given[-1]} is not allowed for fig={figure.id}: only {allowed} take seeds")
-    text = given[-1].strip("[]() ")
-    try:
-        seeds = [int(part) for part in text.split(",")]
-    except ValueError:
-        seeds = []
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds={given[-1]} is not allowed: give distinct integers >= 0, e.g. seeds=[1,2,3]")
+        raise ConfigError(f"seeds={typed} is not allowed for fig={figure.id}: only {allowed} take seeds")
+    seeds = list(seeds) if isinstance(seeds, ListConfig) else [seeds]
+    if not seeds or not all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds={typed} is not allowed: give distinct integers >= 0, e.g. seeds=[1,2,3]")
     return seeds
 
 
@@ -199,28 +203,28 @@ def seeded_runs(runs: dict[str, str | Run], seeds: Sequence[int]) -> dict[str, R
     return out
 
 
-def multirun_commands(figure: Figure, seeds: Sequence[int], overrides: Sequence[str], jobs: int) -> list[list[str]]:
+def multirun_commands(figure: Figure, seeds: Sequence[int], command: FigureCommand | Sequence[str],
+                      jobs: int) -> list[list[str]]:
     """The ``python -m pexp.train -m ... seed=1,2,3`` Hydra multiruns (joblib launcher, ``jobs`` in parallel) that
     train every run of ``figure`` for each seed, as few as the runs allow; the figure then finds
     them by hash. ``synthetic=true`` becomes the stand-in data set, as :func:`compose_experiment` does it."""
-    import sys
-
-    from pexp.figures.compose import STAND_INS, run_overrides
-
-    kept = [item for item in run_overrides(overrides) if not item.startswith(("eval=", "eval.", "synthetic="))]
+    command = figure_command(command)
+    kept = command.runs.without("eval", "synthetic", under=("eval",))
     # runs of one experiment whose overrides differ in one key's value (pe-fig5's three radii) are one multirun
     # over those values, so that the pool of jobs stays full; the seed varies slowest
     groups: dict[tuple, list[Run]] = {}
     for spec in dict.fromkeys(spec if isinstance(spec, Run) else Run(spec) for spec in figure.runs.values()):
-        pairs = [item.split("=", 1) for item in spec.overrides]
-        plain = all(len(pair) == 2 and not any(c in pair[1] for c in ",[]()") for pair in pairs)
-        groups.setdefault((spec.experiment, tuple(k for k, _ in pairs)) if plain else (spec,), []).append(spec)
+        own = Overrides(spec.overrides)
+        plain = all(not item.is_sweep_override() and not item.is_delete() and not isinstance(item.value(), (list, dict))
+                    for item in own)
+        key = (spec.experiment, tuple(item.get_key_element() for item in own)) if plain else (spec,)
+        groups.setdefault(key, []).append(spec)
     sweeps = []
     for key, specs in groups.items():
         values: dict[str, list[str]] = {}
-        for k, v in (item.split("=", 1) for spec in specs for item in spec.overrides) if len(key) == 2 else ():
-            if v not in values.setdefault(k, []):
-                values[k].append(v)
+        for item in (item for spec in specs for item in Overrides(spec.overrides)) if len(key) == 2 else ():
+            if item.get_value_string() not in values.setdefault(item.get_key_element(), []):
+                values[item.get_key_element()].append(item.get_value_string())
         if len(specs) > 1 and math.prod(map(len, values.values())) == len(specs):  # exactly these runs
             sweeps.append((specs[0], [f"{k}={','.join(v)}" for k, v in values.items()]))
         else:
@@ -228,15 +232,13 @@ def multirun_commands(figure: Figure, seeds: Sequence[int], overrides: Sequence[
     # and experiments swept with the same overrides on the same data are one multirun over the experiments
     merged: dict[tuple, list[str]] = {}
     for spec, swept in sweeps:
-        cfg = compose_experiment(spec.experiment, [*spec.overrides, *overrides])
+        cfg = compose_experiment(spec.experiment, [*spec.overrides, *command.runs])
         data = [f"data={cfg.data.name}"] if cfg.get("synthetic") and cfg.data.name in STAND_INS.values() else []
         merged.setdefault((tuple(swept), tuple(data), str(cfg.data.name)), []).append(spec.experiment)
-    commands = []
-    for (swept, data, _), experiments in merged.items():
-        commands.append([sys.executable, "-m", "pexp.train", "-m", f"experiment={','.join(experiments)}",
-                         f"seed={','.join(map(str, seeds))}", *swept, *kept, *data,
-                         "hydra/launcher=joblib", f"hydra.launcher.n_jobs={int(jobs)}", "train.progress=false"])
-    return commands
+    return [python_command("pexp.train", [f"experiment={','.join(experiments)}", f"seed={','.join(map(str, seeds))}"],
+                           swept, kept, data, ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={int(jobs)}",
+                                               "train.progress=false"], multirun=True)
+            for (swept, data, _), experiments in merged.items()]
 
 
 def _leaves(value: object, prefix: str = "") -> dict[str, float]:
@@ -284,21 +286,20 @@ def seeded_claims(claims: Callable[[pd.DataFrame, dict[str, dict]], Claims], tab
     return out
 
 
-def chosen_evaluator(evaluator: str, overrides: Sequence[str]) -> tuple[str, list[str]]:
+def chosen_evaluator(evaluator: str, command: FigureCommand) -> tuple[str, Overrides]:
     """A figure's eval config, or another option of the same evaluator named on the command line
-    (e.g. ``eval=margin_authors`` for a margin figure): that option and the other overrides."""
+    (e.g. ``eval=margin_authors`` for a margin figure): that option and the overrides for the runs."""
     from pexp import CONF_DIR
     from pexp.config import ConfigError
 
-    picked = [item.split("=", 1)[1] for item in overrides if item.startswith("eval=")]
-    rest = [item for item in overrides if not item.startswith("eval=")]
-    if not picked or picked[-1] == evaluator:
+    picked, rest = command.overrides.value("eval"), command.runs.without("eval")
+    if picked is None or picked == evaluator:
         return evaluator, rest
     options = sorted(path.stem for path in (Path(CONF_DIR) / "eval").glob("*.yaml")
                      if path.stem == evaluator or path.stem.startswith(f"{evaluator}_"))
-    if picked[-1] not in options:
-        raise ConfigError(f"eval={picked[-1]} is not allowed for this figure: choose one of {', '.join(options)}")
-    return picked[-1], rest
+    if picked not in options:
+        raise ConfigError(f"eval={picked} is not allowed for this figure: choose one of {', '.join(options)}")
+    return str(picked), rest
 
 
 def figure_meta(figure: Figure, table: pd.DataFrame, overrides: Sequence[str] = (), runs: Sequence[dict] = (),

@@ -1,29 +1,28 @@
-"""Compose the config of an experiment (a training run a figure needs) with the user's command-line overrides."""
+"""A figure's command line, read once: the root config it composes (``fig``, ``seeds``, ``paths`` ...) and its
+overrides, parsed; and the config of each experiment (a training run a figure needs) with those overrides."""
 from __future__ import annotations
 
 import copy
 import functools
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Iterable
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig
 
 from pexp import CONF_DIR
+from pexp.overrides import Overrides
 
 # Overrides that select what to make, not how: they are not passed on to the runs a figure needs.
 _STEP_KEYS = ("experiment", "run", "fig", "seeds")
 
 
-def run_overrides(overrides: Sequence[str]) -> list[str]:
-    """The overrides of a command line that apply to the runs behind it (drops experiment/run/fig/hydra ones)."""
-    kept = []
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key in _STEP_KEYS or key.startswith("hydra"):
-            continue
-        kept.append(override)
-    return kept
+def run_overrides(overrides: Iterable[str | Override]) -> Overrides:
+    """The overrides of a command line that apply to the runs behind it (drops experiment/run/fig/seeds and
+    hydra ones)."""
+    return Overrides(overrides).without(*_STEP_KEYS, under=("hydra",))
 
 
 # synthetic=true: each real data set is replaced by its offline stand-in (figures made from it say so).
@@ -45,11 +44,37 @@ def _composed(arguments: tuple[str, ...]) -> DictConfig:
         return compose(config_name="config", overrides=list(arguments))
 
 
-def compose_experiment(experiment: str, overrides: Sequence[str] = ()) -> DictConfig:
+def compose_experiment(experiment: str, overrides: Iterable[str | Override] = ()) -> DictConfig:
     """The full config of ``experiment=<name>`` plus ``overrides`` (run-level ones only); with ``synthetic=true``
     its real data set is swapped for the synthetic stand-in."""
-    arguments = [f"experiment={experiment}", *run_overrides(overrides)]
+    arguments = [f"experiment={experiment}", *run_overrides(overrides).strings()]
     cfg = _compose(arguments)
     if cfg.get("synthetic") and cfg.data.name in STAND_INS:
         cfg = _compose([*arguments, f"data={STAND_INS[cfg.data.name]}"])
     return cfg
+
+
+@dataclass(frozen=True)
+class FigureCommand:
+    """``python -m pexp.figures`` 's command line, read once (:func:`figure_command`): its overrides parsed, and
+    the root config they compose, where ``fig``, ``seeds`` and ``paths`` are read."""
+
+    overrides: Overrides
+    given: DictConfig | None = field(default=None, repr=False)  # the root config, when Hydra composed it already
+
+    @functools.cached_property
+    def cfg(self) -> DictConfig:
+        return self.given if self.given is not None else _compose(self.overrides.strings())
+
+    @property
+    def runs(self) -> Overrides:
+        """The overrides that reach every run the figure needs."""
+        return run_overrides(self.overrides)
+
+
+def figure_command(command: FigureCommand | Iterable[str | Override], cfg: DictConfig | None = None) -> FigureCommand:
+    """A figure's command line (override strings, or parsed) read once; ``cfg``: the root config it composes,
+    when at hand (else composed when first asked for)."""
+    if isinstance(command, FigureCommand):
+        return command
+    return FigureCommand(Overrides(command), cfg)

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
 from pexp.eval.geometry import components_for
 from pexp.figures.base import Claims, Run, claim, data_label
+from pexp.figures.compose import FigureCommand, compose_experiment
+from pexp.overrides import Overrides
 from pexp.figures.toys import CLASS_COLORS
 
 SETTINGS = {"a": "(a) vanilla", "b": "(b) smaller initialisation", "c": "(c) weight decay"}
@@ -422,14 +425,14 @@ def plot_projected(table: pd.DataFrame, datasets: dict[str, str]) -> plt.Figure:
 FIG4_EXPERIMENTS = {"sphere": "om_fig4_sphere", "mnist": "om_fig4_mnist"}
 
 
-def sweep_configs(experiment: str, overrides: Sequence[str]) -> list[DictConfig]:
+def sweep_configs(experiment: str, overrides: Iterable[str | Override]) -> list[DictConfig]:
     """The configs of the finished runs of ``experiment`` that this command's overrides describe, whatever their
     init factor and seed (what `make sweep-init` trained: a run counts when composing the experiment with the
     overrides and its own factor and seed gives its directory back); when there are none, the experiment's
     ``sweep.factors`` x ``sweep.seeds``, to be trained."""
-    from pexp.figures.compose import compose_experiment
     from pexp.runs import RunDir, training_run_dir
 
+    overrides = Overrides(overrides)
     base = compose_experiment(experiment, overrides)
     found = []
     for path in sorted((Path(base.paths.runs_dir) / str(base.run_name)).glob("*/config.yaml")):
@@ -445,14 +448,14 @@ def sweep_configs(experiment: str, overrides: Sequence[str]) -> list[DictConfig]
             for factor in base.sweep.factors for seed in base.sweep.seeds]
 
 
-def projected_configs(overrides: Sequence[str]) -> dict[str, DictConfig]:
+def projected_configs(command: FigureCommand) -> dict[str, DictConfig]:
     """offmanifold-fig4's configs by label (what ``python -m pexp.figures`` checks before any work): each data
     set's sweep (:func:`sweep_configs`) with ``eval=projected``."""
     return {f"{dataset}/factor{cfg.init.factor}/seed{cfg.seed}": cfg for dataset, experiment in FIG4_EXPERIMENTS.items()
-            for cfg in sweep_configs(experiment, ["eval=projected", *overrides])}
+            for cfg in sweep_configs(experiment, ["eval=projected", *command.runs])}
 
 
-def projected_table(overrides: Sequence[str], device: str, progress: bool) -> tuple[pd.DataFrame, dict]:
+def projected_table(command: FigureCommand, device: str, progress: bool) -> tuple[pd.DataFrame, dict]:
     """offmanifold-fig4's table: every run of each data set's sweep (:func:`sweep_configs`), trained if missing,
     attacked by ``eval=projected``; tagged with dataset, factor and seed."""
     from pexp.figures.base import collect_runs
@@ -460,8 +463,8 @@ def projected_table(overrides: Sequence[str], device: str, progress: bool) -> tu
     runs = {f"{dataset}/factor{cfg.init.factor}/seed{cfg.seed}":
             Run(experiment, (f"init.factor={cfg.init.factor}", f"seed={cfg.seed}"),
                 (("dataset", dataset), ("factor", float(cfg.init.factor)), ("seed", int(cfg.seed))))
-            for dataset, experiment in FIG4_EXPERIMENTS.items() for cfg in sweep_configs(experiment, overrides)}
-    return collect_runs(runs, "projected", overrides, device, progress)
+            for dataset, experiment in FIG4_EXPERIMENTS.items() for cfg in sweep_configs(experiment, command.runs)}
+    return collect_runs(runs, "projected", command, device, progress)
 
 
 GROWS = 2.0      # "grows strongly": off-subspace mean at the largest factor >= 2 x at the smallest
@@ -548,19 +551,17 @@ def projected_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:  
 PUBLISHED_COMPONENTS = {"cifar10": {0.9: 98, 0.95: 216}, "mnist": {0.9: 86, 0.95: 153}}
 
 
-def dataset_pca_table(overrides: Sequence[str], device: str, progress: bool) -> tuple[pd.DataFrame, dict]:  # noqa: ARG001
+def dataset_pca_table(command: FigureCommand, device: str, progress: bool) -> tuple[pd.DataFrame, dict]:  # noqa: ARG001
     """offmanifold-fig1's table: the spectrum of each data set (cached beside its data config's hash)."""
     from pexp.eval.evaluate import evaluate_data
 
-    frames = [evaluate_data(cfg).assign(dataset=name) for name, cfg in dataset_pca_configs(overrides).items()]
+    frames = [evaluate_data(cfg).assign(dataset=name) for name, cfg in dataset_pca_configs(command).items()]
     return pd.concat(frames, ignore_index=True), {}
 
 
-def dataset_pca_configs(overrides: Sequence[str]) -> dict[str, DictConfig]:
+def dataset_pca_configs(command: FigureCommand) -> dict[str, DictConfig]:
     """offmanifold-fig1's configs, one per data set (no training run)."""
-    from pexp.figures.compose import compose_experiment
-
-    return {name: compose_experiment(f"om_fig1_{name}", overrides) for name in PUBLISHED_COMPONENTS}
+    return {name: compose_experiment(f"om_fig1_{name}", command.runs) for name in PUBLISHED_COMPONENTS}
 
 
 def plot_dataset_pca(table: pd.DataFrame) -> plt.Figure:

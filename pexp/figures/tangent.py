@@ -2,7 +2,6 @@
 label-free estimates of the test loss and accuracy over training (tangent-fig3, tangent-table2)."""
 from __future__ import annotations
 
-from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,7 +11,7 @@ from scipy import stats
 
 from pexp.eval.tangent import ESTIMATORS, mean_absolute_errors, sensitivity_bound
 from pexp.figures.base import Claims, Run, claim, collect_runs, data_label
-from pexp.figures.compose import compose_experiment
+from pexp.figures.compose import FigureCommand, compose_experiment
 
 SPLIT_STYLE = {"train": dict(color="tab:blue"), "test": dict(color="tab:orange")}
 # Thresholds fixed before measuring.
@@ -137,7 +136,7 @@ def bound_table(bound_cfg) -> pd.DataFrame:  # noqa: ANN001 - the eval=bound con
     return pd.DataFrame(rows).assign(data="toy")
 
 
-def fig2_configs(overrides: Sequence[str]) -> dict[str, DictConfig]:
+def fig2_configs(command: FigureCommand) -> dict[str, DictConfig]:
     """tangent-fig2's one config: the bound's settings (``eval=bound``; other evaluators' settings do not apply)."""
     from pathlib import Path
 
@@ -145,15 +144,15 @@ def fig2_configs(overrides: Sequence[str]) -> dict[str, DictConfig]:
 
     from pexp import CONF_DIR
 
-    keys = set(OmegaConf.load(Path(CONF_DIR) / "eval" / "bound.yaml"))
-    own = [o for o in overrides if not o.startswith("eval.") or o.split("=", 1)[0][5:] in keys]
-    return {"bound": compose_experiment("ts_cifar10", ["eval=bound", *own])}
+    keys = {f"eval.{key}" for key in OmegaConf.load(Path(CONF_DIR) / "eval" / "bound.yaml")}
+    others = [item.key_or_group for item in command.runs.under("eval") if item.key_or_group not in keys]
+    return {"bound": compose_experiment("ts_cifar10", ["eval=bound", *command.runs.without(*others)])}
 
 
-def build_fig2(overrides: Sequence[str], device: str, progress: bool) -> tuple[pd.DataFrame, dict]:  # noqa: ARG001
+def build_fig2(command: FigureCommand, device: str, progress: bool) -> tuple[pd.DataFrame, dict]:  # noqa: ARG001
     from pexp.config import validate_eval
 
-    cfg = fig2_configs(overrides)["bound"]
+    cfg = fig2_configs(command)["bound"]
     validate_eval(cfg)
     return bound_table(cfg.eval), {}
 
@@ -279,8 +278,8 @@ def fig3_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:  # noq
     return out
 
 
-def build_fig3(overrides: Sequence[str], device: str, progress: bool) -> tuple[pd.DataFrame, dict]:
-    return collect_runs({"cifar10": TABLE2_RUNS["plain"]}, "tangent", overrides, device, progress)
+def build_fig3(command: FigureCommand, device: str, progress: bool) -> tuple[pd.DataFrame, dict]:
+    return collect_runs({"cifar10": TABLE2_RUNS["plain"]}, "tangent", command, device, progress)
 
 
 def windows_of(last_epoch: int) -> list[int]:
@@ -320,8 +319,8 @@ def whole_run(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["window"] == table.groupby("variant", sort=False)["window"].transform("max")]
 
 
-def build_table2(overrides: Sequence[str], device: str, progress: bool) -> tuple[pd.DataFrame, dict]:
-    estimates, metrics = collect_runs(TABLE2_RUNS, "tangent", overrides, device, progress)
+def build_table2(command: FigureCommand, device: str, progress: bool) -> tuple[pd.DataFrame, dict]:
+    estimates, metrics = collect_runs(TABLE2_RUNS, "tangent", command, device, progress)
     return table2(estimates), metrics
 
 
