@@ -50,6 +50,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from pexp.errors import ConfigError  # noqa: E402
 from pexp.runs import COMPLETE, cpu_model, write_json, write_text  # noqa: E402
 from pexp.train.loop import recorded_train_seconds  # noqa: E402
 from pexp.train.perturb import eps_at_epoch  # noqa: E402
@@ -250,8 +251,8 @@ def account(output_dir: Path | str, throughput: dict | None = None) -> dict:
     output_dir = Path(output_dir)
     metas = sorted((output_dir / "figures").glob("*.meta.json"))
     if not metas:
-        raise SystemExit(f"--output-dir={output_dir} is not allowed: it has no figures/*.meta.json (make a figure "
-                         "or run make reproduce-all first)")
+        raise ConfigError(f"--output-dir={output_dir} is not allowed: it has no figures/*.meta.json (make a figure "
+                          "or run make reproduce-all first)")
     throughput = measure_throughput() if throughput is None else throughput
     figures, users = [], Counter()
     for path in metas:
@@ -394,7 +395,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--bench-dir", default=None,
                         help="where to write accounting.{json,md} (default: <output-dir>/bench)")
     args = parser.parse_args(argv)
-    result = account(args.output_dir)
+    try:
+        result = account(args.output_dir)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     t = result["throughput"]
     print(f"[accounting] {t['cpu']}, {t['threads']} threads: matmul {t['matmul_gflops']:.1f} GFLOP/s, conv2d "
           f"{t['conv_gflops']:.1f} GFLOP/s (load {t['loadavg_start']:.2f}/{t['loadavg_end']:.2f})")

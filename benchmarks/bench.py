@@ -45,7 +45,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from common import BATCH, EPS, LR, MOMENTUM, PIECES, pe_net, sync, timed  # beside this script
+import accounting  # beside this script
+from common import BATCH, EPS, LR, MOMENTUM, PIECES, CountingModel, pe_net, sync, timed  # beside this script
 from pexp import CONF_DIR
 from pexp.data import load_dataset
 from pexp.eval.evaluate import eval_dir, evaluate
@@ -192,27 +193,6 @@ def algorithm1_rows(x: torch.Tensor, y: torch.Tensor, sizes: dict, device: torch
 
 
 # ------------------------------------------------------------------------------------ row 3: margin search
-class CountingModel(nn.Module):
-    """Counts the points that pass through ``model``: with a gradient to the input (a forward-backward pass of
-    an attack step) or without (a check)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.with_gradient = 0
-        self.without_gradient = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad and torch.is_grad_enabled():
-            self.with_gradient += len(x)
-        else:
-            self.without_gradient += len(x)
-        return self.model(x)
-
-    def reset(self) -> None:
-        self.with_gradient = self.without_gradient = 0
-
-
 def bracket_row(logits: torch.nn.Module, data: object, source: str, sizes: dict, device: torch.device) -> dict:
     """The accurate default on many test points (issue target: 2,000 CIFAR points in <= 2 minutes), with the
     one-step-below probe (``bracket``) against plain bisection: seconds per 2,000 points and agreement."""
@@ -609,9 +589,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
     parser.add_argument("--rows", default="1,2,3,4,5,6,7", help="which rows to run, e.g. 1,2")
     parser.add_argument("--all", action="store_true",
-                        help="row 8: make reproduce-all from scratch into <out>/all, timing each figure's "
-                             "training, evaluation and drawing (hours; with --quick: the make smoke configs)")
-    parser.add_argument("--figures", default=None, help="row 8: only these figure ids (comma-separated)")
+                        help="what the figures of a finished reproduce-all took, summed from the seconds every run "
+                             "and evaluation recorded (reused ones with theirs), beside each stage's compute floor; "
+                             "reads --runs-from (default $PEXP_OUTPUT or ./outputs), writes <out>/accounting.{json,md}")
+    parser.add_argument("--figures", default=None, help="row 8 (make reproduce-all from scratch into <out>/all, "
+                                                        "timed; hours): only these figure ids (comma-separated)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the data / runs, e.g. "
                                                       "data.verify_checksums=false")
@@ -619,9 +601,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out = args.out.resolve()
     if out.suffix == ".json":
         parser.error(f"--out={args.out} is a folder (bench.json, e2e/ and all/ go in it), not a .json file")
+    if args.all:
+        return accounting.main(["--output-dir", args.runs_from or os.environ.get("PEXP_OUTPUT") or "outputs",
+                                "--bench-dir", str(out)])
     wanted = {int(part) for part in args.rows.split(",") if part}
     scratch = {key: out / key for key, used in (("e2e", args.full_e2e and 5 in wanted),
-                                                 ("all", args.all or 8 in wanted)) if used}
+                                                 ("all", 8 in wanted)) if used}
     for path in scratch.values():
         if foreign_dir(path):
             parser.error(f"{path} holds files the bench did not make: remove it or pass another --out")
@@ -646,7 +631,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         result["rows"].append(threads_row(sizes))
     if 7 in wanted:
         result["rows"].append(ensemble_row(sizes, device))
-    if args.all or 8 in wanted:
+    if 8 in wanted:
         result["rows"] += reproduce_all_rows(args.figures.split(",") if args.figures else None, args.quick,
                                              args.overrides, scratch["all"])
     result["machine"]["loadavg_end"] = list(os.getloadavg())

@@ -6,6 +6,7 @@ import time
 from typing import Callable, Sequence
 
 import torch
+from torch import nn
 from omegaconf import OmegaConf
 
 from pexp.models import EntryNet, build_model
@@ -31,3 +32,24 @@ def pe_net(size: int, input_shape: Sequence[int], seed: int = 0) -> EntryNet:
     torch.manual_seed(seed)
     return build_model(OmegaConf.create(dict(name="pe_net", size=size, outputs=1, negative_slope=0.01)),
                        input_shape)
+
+
+class CountingModel(nn.Module):
+    """Counts the points that pass through ``model``: with a gradient to the input (a forward-backward pass of
+    an attack step) or without (a check)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.with_gradient = 0
+        self.without_gradient = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            self.with_gradient += len(x)
+        else:
+            self.without_gradient += len(x)
+        return self.model(x)
+
+    def reset(self) -> None:
+        self.with_gradient = self.without_gradient = 0

@@ -82,8 +82,9 @@ def test_main_writes_json_and_markdown(tmp_path, capsys, monkeypatch):
     assert written["total"]["seconds"] == pytest.approx(111)
     assert "## fig-x: 111.0 s" in (tmp_path / "bench" / "accounting.md").read_text()
     assert "fig-x: 111.0 s" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="no figures/"):
+    with pytest.raises(SystemExit, match="2"):
         accounting.main(["--output-dir", str(tmp_path / "empty")])
+    assert "it has no figures/*.meta.json" in capsys.readouterr().err
 
 
 def test_linear_flops_by_the_counter_equal_the_closed_form():
@@ -141,9 +142,9 @@ def test_resumed_training_adds_its_sittings(tmp_path):
 
 def test_an_evaluation_counts_the_rows_through_the_model(tmp_path, monkeypatch):
     """The margin evaluation's counters agree with an independent count of the rows that reach the model."""
-    from pexp.bench import CountingModel
+    from benchmarks.common import CountingModel
     from pexp.eval.evaluate import evaluate
-    from pexp.eval.evaluators import margin
+    from pexp.losses import Loss
 
     cfg = compose_experiment("richness_fig2_all", [
         "data=synthetic_cifar2", "data.n_train=20", "data.n_test=10", "model.size=1", "train.epochs=1",
@@ -151,8 +152,8 @@ def test_an_evaluation_counts_the_rows_through_the_model(tmp_path, monkeypatch):
         "eval.n_test=1", "eval.resolution=0.02", "eval.steps=5", "eval.first_estimate=null", "eval.apgd=false", f"paths.output_dir={tmp_path}"])
     run = train(cfg)
     seen = []
-    original = margin.as_logits
-    monkeypatch.setattr(margin, "as_logits", lambda model, loss: seen.append(CountingModel(original(model, loss)))
+    original = Loss.as_logits  # the margin evaluator's view of the model (mse: the base class's)
+    monkeypatch.setattr(Loss, "as_logits", lambda self, model: seen.append(CountingModel(original(self, model)))
                         or seen[-1])
     evaluate(run, cfg.eval, progress=False)
     out = next((run / "eval").glob("margin-*"))
@@ -176,3 +177,17 @@ def test_a_build_stage_leaves_out_the_work_of_its_runs_done_in_the_call(tmp_path
     (figure,) = accounting.account(tmp_path, throughput=RATE)["figures"]
     build = next(stage for stage in figure["stages"] if stage["stage"] == "build")
     assert build["seconds"] == pytest.approx(50 - 10 - 5) and figure["seconds"] == pytest.approx(51)
+
+
+def test_make_bench_all_is_the_accounting(tmp_path, monkeypatch):
+    """``make bench ARGS=--all`` sums a finished output folder (here an empty one: one line, exit 2, nothing made)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    done = subprocess.run([sys.executable, "benchmarks/bench.py", "--all", "--runs-from", str(tmp_path / "none"),
+                           "--out", str(tmp_path / "bench")], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "none" in done.stderr and not (tmp_path / "bench").exists()

@@ -64,12 +64,12 @@ def test_make_bench_quick_writes_well_formed_json(tmp_path):
 
 @pytest.mark.slow
 def test_bench_all_times_each_figure_from_scratch_on_smoke_configs(tmp_path):
-    """Row 8 (``--all``) on the make-smoke configs of one figure, into <out>/all: its stage times and the total;
+    """Row 8 on the make-smoke configs of one figure, into <out>/all: its stage times and the total;
     run twice, the second run replaces the folder the first one made."""
     out = tmp_path / "bench"
     leftover = out / "all/leftover.txt"
     for _ in range(2):
-        make_bench(f"--quick --all --figures pe-fig2 --rows 8 --out {out}", tmp_path)
+        make_bench(f"--quick --figures pe-fig2 --rows 8 --out {out}", tmp_path)
         assert not leftover.exists()
         rows = json.loads((out / "bench.json").read_text())["rows"]
         assert [row["name"] for row in rows] == ["8. reproduce-all from scratch (smoke): pe-fig2",
