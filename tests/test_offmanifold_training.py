@@ -123,10 +123,11 @@ def test_boundary_height_over_a_data_plane_is_exact_for_a_known_plane():
 
 
 def test_dataset_pca_figure_table_from_stand_ins(tmp_path):
+    from pexp.figures.compose import figure_command
     from pexp.figures.offmanifold import dataset_pca_claims, dataset_pca_table
 
-    table, _ = dataset_pca_table(["synthetic=true", "data.n_train=300", "data.n_test=10",
-                                  f"paths.output_dir={tmp_path}"], "cpu", False)
+    table, _ = dataset_pca_table(figure_command(["synthetic=true", "data.n_train=300", "data.n_test=10",
+                                                 f"paths.output_dir={tmp_path}"]), "cpu", False)
     assert set(table["dataset"]) == {"cifar10", "mnist"} and set(table["data"]) == {"synthetic"}
     claims = dataset_pca_claims(table, {})
     assert len(claims) == 4 and all(c["data"] == "synthetic" for c in claims)

@@ -33,14 +33,23 @@ class SphereLabels(StrEnum):
 
 
 @dataclass
-class Diagonal7Config:
+class FixedPoints:
+    """A toy whose points are fixed: ``n_train`` / ``n_test`` are accepted (``scale=smoke`` sets them for every data
+    set) and change nothing."""
+
+    n_train: Any = UNSET
+    n_test: Any = UNSET
+
+
+@dataclass
+class Diagonal7Config(FixedPoints):
     """data=diagonal7."""
 
     name: str = "diagonal7"
 
 
 @dataclass
-class Grid25Config:
+class Grid25Config(FixedPoints):
     """data=grid25."""
 
     name: str = "grid25"
@@ -48,7 +57,7 @@ class Grid25Config:
 
 
 @dataclass
-class PeFig1Config:
+class PeFig1Config(FixedPoints):
     """data=pe_fig1."""
 
     name: str = "pe_fig1"
@@ -57,7 +66,7 @@ class PeFig1Config:
 
 
 @dataclass
-class PeFig2Config:
+class PeFig2Config(FixedPoints):
     """data=pe_fig2."""
 
     name: str = "pe_fig2"

@@ -7,12 +7,15 @@ import functools
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from hydra import compose, initialize_config_dir
+from hydra import compose
+from hydra.errors import HydraException
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig
 
 from pexp import CONF_DIR
+from pexp.cli import compose_config, hydra_error_line
+from pexp.errors import ConfigError
 from pexp.overrides import Overrides
 
 # Overrides that select what to make, not how: they are not passed on to the runs a figure needs.
@@ -39,9 +42,11 @@ def _compose(arguments: list[str]) -> DictConfig:
 @functools.lru_cache(maxsize=256)
 def _composed(arguments: tuple[str, ...]) -> DictConfig:
     if GlobalHydra.instance().is_initialized():
-        return compose(config_name="config", overrides=list(arguments))
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(arguments))
+        try:
+            return compose(config_name="config", overrides=list(arguments))
+        except HydraException as error:  # a value its schema does not allow: the one line the entry points print
+            raise ConfigError(hydra_error_line(error, arguments)) from error
+    return compose_config(list(arguments))
 
 
 def compose_experiment(experiment: str, overrides: Iterable[str | Override] = ()) -> DictConfig:
@@ -64,7 +69,13 @@ class FigureCommand:
 
     @functools.cached_property
     def cfg(self) -> DictConfig:
-        return self.given if self.given is not None else _compose(self.overrides.strings())
+        """The root config; composed here from the root keys, group choices and ``paths`` only: the other dotted
+        keys belong to the runs' configs (``model.widths`` of an mlp run), which the root's defaults may lack."""
+        if self.given is not None:
+            return self.given
+        own = Overrides(item for item in self.overrides
+                        if "." not in item.key_or_group or item.key_or_group.startswith("paths."))
+        return _compose(own.strings())
 
     @property
     def runs(self) -> Overrides:
