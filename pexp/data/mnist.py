@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from pexp.data import Dataset, Split, data_root, locate_files
-from pexp.errors import DataError
+from pexp.errors import ConfigError, DataError
 from pexp.schema import UNSET, flag, integer, store
 
 
@@ -146,7 +146,6 @@ def load_mnist_pca(cfg: DictConfig) -> Dataset:
     off the span of V). Targets: the ten digits when ``cfg.positive`` is null, else 1 for the digits
     in ``cfg.positive`` and 0 otherwise. Subspace: V^T (k x 784 rows), to split perturbations on / off it.
     """
-    from pexp.config import ConfigError
     from pexp.data import load_dataset
 
     projection = cfg.get("projection", "affine")

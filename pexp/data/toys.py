@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from pexp.data import Dataset, Split
+from pexp.errors import ConfigError
 from pexp.schema import UNSET, integer, number, store
 
 
@@ -200,7 +201,6 @@ def sphere(cfg: DictConfig) -> Dataset:
     points; ``labels=halfspace`` 1 where the first intrinsic coordinate is positive (a random half-space of the
     subspace, since the map is random). Subspace: the (dim, ambient) orthonormal rows of the map.
     """
-    from pexp.config import ConfigError
 
     name = "sphere"
     dim, ambient = int(_require(cfg, "dim", name)), int(_require(cfg, "ambient", name))

@@ -10,7 +10,8 @@ from typing import Callable
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from pexp.config import ConfigError, resolve_device, validate_eval
+from pexp.config import resolve_device, validate_eval
+from pexp.errors import ConfigError
 from pexp.eval.evaluators import DATA_EVALUATORS, EVALUATORS
 from pexp.eval.evaluators.common import RESULTS, eval_dir, run_of
 from pexp.eval.evaluators.offmanifold import boundary_height, complement_basis

@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 
 from pexp import CONF_DIR
 from pexp.cli import preflight
-from pexp.config import ConfigError, check_output_dir, exit_on_user_error, validate_config
+from pexp.config import check_output_dir, exit_on_user_error, validate_config
+from pexp.errors import ConfigError
 from pexp.figures.compose import figure_command
 
 

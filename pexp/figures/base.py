@@ -26,6 +26,7 @@ from pexp.overrides import Overrides, python_command  # noqa: E402
 from pexp.runs import atomic_write, write_csv, write_json, write_text  # noqa: E402
 from pexp.train.ensemble import train_many  # noqa: E402
 from pexp.train.loop import recorded_train_seconds  # noqa: E402
+from pexp.errors import ConfigError  # noqa: E402
 
 Claims = list[dict]
 
@@ -168,7 +169,6 @@ def collect_runs(runs: dict[str, str | Run], evaluator: str, command: FigureComm
 def requested_seeds(figure: Figure, command: FigureCommand | Sequence[str]) -> list[int] | None:
     """The command line's ``seeds`` (``seeds=[1,2,3]``: the composed config's list), None when not set; a figure
     that does not take seeds, or seeds that are not distinct integers >= 0, is a one-line error."""
-    from pexp.config import ConfigError
 
     command = figure_command(command)
     seeds = command.cfg.get("seeds")
@@ -290,7 +290,6 @@ def chosen_evaluator(evaluator: str, command: FigureCommand) -> tuple[str, Overr
     """A figure's eval config, or another option of the same evaluator named on the command line
     (e.g. ``eval=margin_authors`` for a margin figure): that option and the overrides for the runs."""
     from pexp import CONF_DIR
-    from pexp.config import ConfigError
 
     picked, rest = command.overrides.value("eval"), command.runs.without("eval")
     if picked is None or picked == evaluator:

@@ -154,7 +154,6 @@ def mlp(cfg: DictConfig, input_shape: Sequence[int]) -> EntryNet:
     U(-1/sqrt(fan_in), 1/sqrt(fan_in))); ``batch_norm`` (before each ReLU) and ``dropout`` (after the ReLU of every
     hidden layer but the first, as Table 1 of paper TS marks them) give the variants of paper TS's Table 1;
     ``bias: false`` leaves every layer without biases (paper OM's fig4 nets)."""
-    from pexp.config import ConfigError
 
     sizes = [int(torch.tensor(input_shape).prod()), *map(int, cfg.widths)]
     batch_norm, dropout = bool(cfg.get("batch_norm", False)), float(cfg.get("dropout", 0.0))  # paper TS, Table 1
@@ -293,7 +292,6 @@ def replay_pe_fig1_authors(cfg: DictConfig, input_shape: Sequence[int], init: Di
     seeded with ``init.seed``, after drawing the 16 points and, for the squared-error net (``se``), after building
     the cross-entropy net and its ``init.epochs`` epochs of a shuffling DataLoader (two int64 draws each). The net
     built next then has the authors' initial weights for that seed."""
-    from pexp.config import ConfigError
     from pexp.data.toys import draw_pe_fig1_points
 
     if init.get("network") not in ("ce", "se"):

@@ -14,7 +14,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from pexp.config import ConfigError, resolve_device, validate_training
+from pexp.config import resolve_device, validate_training
+from pexp.errors import ConfigError
 from pexp.data import Dataset, load_dataset
 from pexp.losses import Loss, first_layer_norm
 from pexp.models import EntryNet, build_model, predict, score

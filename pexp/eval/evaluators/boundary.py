@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pexp.config import ConfigError
+from pexp.errors import ConfigError
 from pexp.data import load_dataset
 from pexp.eval.geometry import exact_margins_2d
 from pexp.eval.margin import SearchSettings

@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from pexp.config import ConfigError
+from pexp.errors import ConfigError
 from pexp.data import Dataset, load_dataset
 from pexp.eval.evaluators.boundary import trace_boundary
 from pexp.eval.evaluators.common import _subset

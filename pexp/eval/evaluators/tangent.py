@@ -6,7 +6,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from pexp.config import ConfigError
+from pexp.errors import ConfigError
 from pexp.data import load_dataset
 from pexp.eval.evaluators.common import _subset, run_of
 from pexp.eval.tangent import active_counts, add_estimates, epoch_statistics, loss_and_accuracy
