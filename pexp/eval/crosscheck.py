@@ -79,6 +79,7 @@ def crosscheck_split(logits: nn.Module, x: torch.Tensor, y: torch.Tensor, margin
     u = ((x - low) / (high - low)).clamp(0, 1)
     with torch.no_grad():
         right = torch.cat([model(u[i:i + check.batch_size]).argmax(1) for i in range(0, len(u), check.batch_size)]) == y
+    right, margins = right.cpu(), margins.cpu()  # the masks live on the CPU; the points on the model's device
     in_sample = torch.zeros(len(x), dtype=torch.bool)
     in_sample[torch.randperm(len(x), generator=torch.Generator().manual_seed(check.seed))[:check.n_points]] = True
     rows = []
@@ -118,7 +119,8 @@ def crosscheck_margins(run: RunDir, eval_cfg: DictConfig, device: str = "auto", 
         index = torch.as_tensor(part["index"].to_numpy())
         sub = split.subset(index)
         margins = torch.as_tensor(part["margin"].to_numpy(), dtype=torch.float32)
-        found = crosscheck_split(logits, sub.x.to(next(model.parameters()).device), sub.y, margins, bounds,
+        device_of = next(model.parameters()).device
+        found = crosscheck_split(logits, sub.x.to(device_of), sub.y.to(device_of), margins, bounds,
                                  float(eval_cfg.eps_max), check, progress)
         frames.append(found.assign(split=name))
     frame = pd.concat(frames, ignore_index=True)
