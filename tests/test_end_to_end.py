@@ -27,7 +27,8 @@ def test_figure_writes_four_files_and_reuses_runs(tiny, tmp_path, capsys):
     claims = json.loads(paths["claims.json"].read_text())
     assert len(claims) == 4  # input only, all layers, against the unperturbed net, the FMN cross-check
     for item in claims:
-        assert set(item) == {"claim", "measured", "expected", "holds", "data"}
+        assert {"claim", "measured", "expected", "holds", "data"} <= set(item) <= {
+            "claim", "measured", "expected", "holds", "data", "judged", "diagnostic", "diagnosis"}
         assert item["data"] == "synthetic" and isinstance(item["holds"], bool)
     meta = json.loads(paths["meta.json"].read_text())
     assert (meta["id"], meta["paper"], meta["overrides"], meta["data"]) == ("richness-fig2", "R", tiny, ["synthetic"])

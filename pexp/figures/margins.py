@@ -196,7 +196,7 @@ def search_check_claim(table: pd.DataFrame) -> dict:
                  "run and split, the points each stage flipped and the censored count before and after the APGD "
                  "stage are reported with it",
                  measured, ">= 95% of the points: PGD margin <= FMN margin + one grid step (0.001)",
-                 measured["points"] > 0 and share >= 0.95, data_label(table))
+                 measured["points"] > 0 and share >= 0.95, data_label(table), judged=share, diagnostic=True)
 
 
 CROSSCHECK_RADIUS = 0.1   # the papers' plotted range, where the independent check is judged
@@ -224,9 +224,9 @@ def crosscheck_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:
     return [claim(f"another library's attacks (torchattacks APGD, then Square) flip almost none of the sampled "
                   f"points our search puts above a radius <= {CROSSCHECK_RADIUS:g}; the censored points they flip "
                   f"at eps_max are reported beside it", measured,
-                  f"<= {CROSSCHECK_SHARE:.0%} of the (point, radius) pairs", pairs > 0 and flipped <= CROSSCHECK_SHARE * pairs,
-                  
-                  data_label(table))]
+                  f"<= {CROSSCHECK_SHARE:.0%} of the (point, radius) pairs",
+                  pairs > 0 and flipped <= CROSSCHECK_SHARE * pairs, data_label(table),
+                  judged=measured["within the papers' range"], diagnostic=True)]
 
 
 def _lossless(table: pd.DataFrame) -> bool:
