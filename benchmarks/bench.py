@@ -194,7 +194,7 @@ def algorithm1_rows(x: torch.Tensor, y: torch.Tensor, sizes: dict, device: torch
 
 # ------------------------------------------------------------------------------------ row 3: margin search
 def bracket_row(logits: torch.nn.Module, data: object, source: str, sizes: dict, device: torch.device) -> dict:
-    """The accurate default on many test points (issue target: 2,000 CIFAR points in <= 2 minutes), with the
+    """The accurate default on many test points (target: 2,000 CIFAR points in <= 2 minutes), with the
     one-step-below probe (``bracket``) against plain bisection: seconds per 2,000 points and agreement."""
     n = sizes["bracket_points"]
     x, y = data.test.x[:n].to(device), data.test.y[:n].to(device)
