@@ -197,7 +197,7 @@ def _counted(marker: dict) -> dict | None:
     return {key: int(totals[key]) for key in keys} if all(totals.get(key) is not None for key in keys) else None
 
 
-def train_stage(run_dir: Path) -> dict:
+def train_stage(run_dir: Path, formula: bool = True) -> dict:
     """A run's training: seconds (and how they were recorded), passes (counted, else by formula), where."""
     marker = _json(run_dir / COMPLETE)
     if not marker:
@@ -212,7 +212,7 @@ def train_stage(run_dir: Path) -> dict:
     passes, passes_how = _counted(marker), "counted"
     if passes is None:
         epochs = marker.get("epochs_trained")
-        passes, passes_how = (formula_passes(run_dir, int(epochs)) if epochs else None), "formula"
+        passes, passes_how = (formula_passes(run_dir, int(epochs)) if epochs and formula else None), "formula"
     return dict(seconds=seconds, how=how, passes=passes, passes_how=passes_how if passes else None,
                 **_where(marker))
 
@@ -245,24 +245,25 @@ def _eval_dir_of(run: dict, run_dir: Path, output_dir: Path) -> tuple[Path | Non
     return None, ""
 
 
-def account(output_dir: Path | str, throughput: dict | None = None) -> dict:
+def account(output_dir: Path | str, throughput: dict | None = None, floors: bool = True) -> dict:
     """Every figure's stages with seconds, floors and ratios, and the total (shared runs and evaluations once).
-    ``throughput``: :func:`measure_throughput` (measured here when not given)."""
+    ``throughput``: :func:`measure_throughput` (measured here when not given); ``floors=False``: the seconds
+    alone (no throughput measured, no passes counted by formula, no floors)."""
     output_dir = Path(output_dir)
     metas = sorted((output_dir / "figures").glob("*.meta.json"))
     if not metas:
         raise ConfigError(f"--output-dir={output_dir} is not allowed: it has no figures/*.meta.json (make a figure "
                           "or run make reproduce-all first)")
-    throughput = measure_throughput() if throughput is None else throughput
+    throughput = measure_throughput() if throughput is None and floors else throughput
     figures, users = [], Counter()
     for path in metas:
         meta = _json(path)
         stages = []
         for run in meta.get("runs", []):
             run_dir = resolve_dir(run["run_dir"], output_dir)
-            flops = forward_flops(run_dir)
+            flops = forward_flops(run_dir) if floors else None
             eval_dir, guessed = _eval_dir_of(run, run_dir, output_dir)
-            for kind, stage, key in (("train", train_stage(run_dir), run_dir),
+            for kind, stage, key in (("train", train_stage(run_dir, floors), run_dir),
                                      ("evaluate", eval_stage(eval_dir), eval_dir or run_dir / "eval" / "?")):
                 users[str(key)] += 1
                 stage.update(stage=kind, label=run.get("label"), experiment=run.get("experiment"),

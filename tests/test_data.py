@@ -8,7 +8,7 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 
-from pexp.config import DataError
+from pexp.errors import ConfigError, DataError
 from pexp.data import data_root, load_dataset
 from pexp.figures.compose import compose_experiment
 
@@ -86,6 +86,22 @@ def test_checksums_are_verified_by_default_and_the_switch_warns(tmp_path):
     assert data.train.x[0].min() == -1 and data.train.y[0] == 0
     assert data.train.x[1].max() == 1 and data.train.y[1] == 1
     assert not data.test.extras["lossless"].any()  # an unofficial copy without a mask: not known to be exact
+
+
+def test_the_environment_switch_applies_when_no_config_sets_the_key_and_the_command_line_wins(tmp_path, monkeypatch):
+    fake_cifar(tmp_path)
+    unset = compose_experiment("richness_fig2_first", [f"data.root={tmp_path}", "data.download=false"]).data
+    assert "verify_checksums" not in unset
+    monkeypatch.setenv("PEXP_VERIFY_CHECKSUMS", "false")
+    with pytest.warns(UserWarning, match="not the official release"):
+        load_dataset(unset)
+    typed = compose_experiment("richness_fig2_first", [f"data.root={tmp_path}", "data.download=false",
+                                                       "data.verify_checksums=true"]).data
+    with pytest.raises(DataError, match="fail the official MD5 checksum"):
+        load_dataset(typed)
+    monkeypatch.setenv("PEXP_VERIFY_CHECKSUMS", "maybe")
+    with pytest.raises(ConfigError, match="^PEXP_VERIFY_CHECKSUMS='maybe' is not allowed: must be true or false$"):
+        load_dataset(unset)
 
 
 def test_lossless_mask_beside_the_folder_is_used(tmp_path):

@@ -47,6 +47,18 @@ def data_root(cfg: DictConfig) -> Path:
     return Path(root).expanduser()
 
 
+def verify_checksums(cfg: DictConfig) -> bool:
+    """data.verify_checksums of a real data set when given (on the command line or in a config), else the
+    PEXP_VERIFY_CHECKSUMS environment variable (true | false), else true: false accepts a non-official copy with a
+    warning."""
+    if cfg.get("verify_checksums") is not None:
+        return bool(cfg.verify_checksums)
+    value = os.environ.get("PEXP_VERIFY_CHECKSUMS", "true")
+    if value.strip().lower() not in ("true", "false"):
+        raise ConfigError(f"PEXP_VERIFY_CHECKSUMS={value!r} is not allowed: must be true or false")
+    return value.strip().lower() == "true"
+
+
 def locate_files(cfg: DictConfig, name: str, folder: Path, missing: list[str],
                  download: Callable[[Path], object], how: str) -> Path:
     """``folder`` when nothing is ``missing``; else try ``download(root)`` (unless ``data.download=false``), and

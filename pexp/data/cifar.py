@@ -13,7 +13,7 @@ import torch
 import torchvision
 from omegaconf import DictConfig
 
-from pexp.data import Dataset, Split, data_root, locate_files
+from pexp.data import Dataset, Split, data_root, locate_files, verify_checksums
 from pexp.schema import flag, integer, integers, store
 
 
@@ -24,7 +24,7 @@ class CifarConfig:
     name: str = "cifar10"
     root: Optional[str] = None  # this when given, else $PEXP_DATA, else ./data
     classes: Any = integers(list(range(10)), ge=0, le=9, distinct=True)  # CIFAR-10 labels; position = target
-    verify_checksums: Any = flag(True)  # false accepts a non-official copy with a warning
+    verify_checksums: Any = flag()  # unset: PEXP_VERIFY_CHECKSUMS, else true (pexp.data.verify_checksums)
     download: Any = flag(True)  # try torchvision's download when the files are absent
     n_train: Optional[int] = integer(None, ge=1, null=True)  # null: all
     n_test: Optional[int] = integer(None, ge=1, null=True)
@@ -72,11 +72,13 @@ def _verify(folder: Path, verify: bool) -> bool:
     if bad and verify:
         raise DataError(
             f"CIFAR-10 files in {folder} fail the official MD5 checksum ({', '.join(bad)}); if this is a known "
-            f"non-official copy, rerun with data.verify_checksums=false to accept it with a warning"
+            f"non-official copy, rerun with data.verify_checksums=false (every run: PEXP_VERIFY_CHECKSUMS=false) to "
+            f"accept it with a warning"
         )
     if bad:
         warnings.warn(f"CIFAR-10 in {folder} is not the official release ({len(bad)} files differ from the "
-                      f"official MD5s); accepted because data.verify_checksums=false", stacklevel=2)
+                      f"official MD5s); accepted because data.verify_checksums (or "
+                      f"PEXP_VERIFY_CHECKSUMS) is false", stacklevel=2)
     return not bad
 
 
@@ -98,7 +100,7 @@ def _to_unit_range(images: np.ndarray) -> torch.Tensor:
 def load_cifar(cfg: DictConfig) -> Dataset:
     """The classes ``cfg.classes`` of CIFAR-10 (in file order), relabelled 0..k-1 by their position."""
     folder = _locate(cfg)
-    official = _verify(folder, bool(cfg.get("verify_checksums", True)))
+    official = _verify(folder, verify_checksums(cfg))
     classes = list(cfg.classes)
     splits = []
     for names, is_test in ((TRAIN_FILES, False), (TEST_FILES, True)):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from pexp.data import Dataset, Split, data_root, locate_files
+from pexp.data import Dataset, Split, data_root, locate_files, verify_checksums
 from pexp.errors import ConfigError, DataError
 from pexp.schema import UNSET, flag, integer, store
 
@@ -26,7 +26,7 @@ class MnistConfig:
     name: str = "mnist"
     root: Optional[str] = None
     digits: Any = None  # null: all ten digits; else a list, relabelled 0..k-1 by position
-    verify_checksums: Any = flag(True)
+    verify_checksums: Any = flag()  # unset: PEXP_VERIFY_CHECKSUMS, else true (pexp.data.verify_checksums)
     download: Any = flag(True)
     n_train: Optional[int] = integer(None, ge=1, null=True)
     n_test: Optional[int] = integer(None, ge=1, null=True)
@@ -99,10 +99,11 @@ def _verify(folder: Path, verify: bool) -> None:
             bad.append(name)
     if bad and verify:
         raise DataError(f"MNIST files in {folder} fail the official MD5 checksum ({', '.join(bad)}); if this is a "
-                        f"known non-official copy, rerun with data.verify_checksums=false to accept it with a warning")
+                        f"known non-official copy, rerun with data.verify_checksums=false (every run: "
+                        f"PEXP_VERIFY_CHECKSUMS=false) to accept it with a warning")
     if bad:
         warnings.warn(f"MNIST in {folder} is not the official release ({len(bad)} files differ); accepted because "
-                      f"data.verify_checksums=false", stacklevel=2)
+                      f"data.verify_checksums (or PEXP_VERIFY_CHECKSUMS) is false", stacklevel=2)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -116,7 +117,7 @@ def _read_idx(path: Path) -> np.ndarray:
 def load_mnist(cfg: DictConfig) -> Dataset:
     """All of MNIST (or the digits ``cfg.digits``, relabelled 0..k-1 by position), 1x28x28 pixels in [0, 1]."""
     folder = _locate(cfg)
-    _verify(folder, bool(cfg.get("verify_checksums", True)))
+    _verify(folder, verify_checksums(cfg))
     splits = []
     for prefix in ("train", "t10k"):
         images = _read_idx(folder / f"{prefix}-images-idx3-ubyte")
