@@ -38,8 +38,10 @@ test-fast: install
 smoke: install
 	$(PY) scripts/reproduce_all.py --smoke $(ARGS)
 
-# Every figure pexp.figures.FIGURES knows (finished runs reused; a failing figure does not stop the others,
-# the exit status says whether any failed), then outputs/report/index.html.
+# Every figure pexp.figures.FIGURES knows, then outputs/report/index.html. It prints its plan first (runs reused,
+# resumed or trained, and the time this machine recorded for them), resumes an interrupted call (a second call with
+# the same ARGS), and ends with one table (<output>/reproduce-all/summary.md). ARGS="--plan": the plan alone;
+# ARGS="--figures pe-fig1,pe-fig2": those figures. A failing figure does not stop the others.
 reproduce-all: install
 	$(PY) scripts/reproduce_all.py $(ARGS)
 

@@ -331,8 +331,9 @@ def run_all(commands: Sequence[Command], report: list[str],
         if entry["status"] == "made":
             print(f"[reproduce-all] {number}/{len(commands)} {figure_id}: made in an earlier sitting", flush=True)
             continue
-        guess = estimates.get(figure_id, (0.0, 0))[0]
-        print(f"[reproduce-all] {number}/{len(commands)} {figure_id} (estimate {_duration(guess)}; "
+        guess, untimed = estimates.get(figure_id, (0.0, -1))
+        print(f"[reproduce-all] {number}/{len(commands)} {figure_id} (estimate "
+              f"{'-' if untimed < 0 else _duration(guess) + (f' + {untimed} untimed' if untimed else '')}; "
               f"{_duration(time.perf_counter() - started_all)} so far, about {_duration(left)} left): "
               f"{' '.join(argv[1:])}", flush=True)
         started = time.perf_counter()
@@ -347,7 +348,7 @@ def run_all(commands: Sequence[Command], report: list[str],
         if state_path is not None:
             write_json(state_path, state)
         left = max(0.0, left - guess)
-        print(f"[reproduce-all] {figure_id}: {'ok' if result.returncode == 0 else entry['status'].upper()} "
+        print(f"[reproduce-all] {figure_id}: {'ok' if result.returncode == 0 else 'FAILED' + entry['status'][6:]} "
               f"after {time.perf_counter() - started:.0f} s", flush=True)
         if result.returncode != 0:
             failed.append(figure_id)
@@ -381,7 +382,7 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, Overrides]:
         raise ConfigError(hydra_error_line(error, [])) from None
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> int:
     try:
         args, overrides = parse(argv)
     except ConfigError as error:
@@ -409,7 +410,7 @@ def main(argv: Sequence[str]) -> int:
     print(plan_text(plans, estimates, done), flush=True)
     if args.plan:
         return 0
-    failed = run_all(commands, report, state=state, state_path=state_path, estimates=estimates,
+    failed = run_all(commands, report, run, state=state, state_path=state_path, estimates=estimates,
                      plans={plan.figure_id: plan for plan in plans})
     if not [item for item in failed if item != "report"]:
         state["finished_utc"] = _now()
