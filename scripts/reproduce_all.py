@@ -217,6 +217,14 @@ def _duration(seconds: float) -> str:
         f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def guess_text(seconds: float, untimed: int) -> str:
+    """An estimate as read: the seconds recorded, and the units of work never timed on this CPU."""
+    if not untimed:
+        return _duration(seconds)
+    never = f"{untimed} unit(s) never timed on this CPU"
+    return f"{_duration(seconds)} + {never}" if seconds else f"unknown ({never})"
+
+
 def plan_text(plans: Sequence[FigurePlan], estimates: dict[str, tuple[float, int]], done: set[str]) -> str:
     rows = [("figure", "runs reuse/resume/train", "evaluations reuse/todo", "estimate")]
     for plan in plans:
@@ -226,7 +234,7 @@ def plan_text(plans: Sequence[FigurePlan], estimates: dict[str, tuple[float, int
         elif plan.error:
             guess = f"cannot plan: {plan.error}"
         else:
-            guess = _duration(left) + (f" + {unknown} unit(s) never timed on this CPU" if unknown else "")
+            guess = guess_text(left, unknown)
         rows.append((plan.figure_id, "/".join(str(plan.count("train", s)) for s in ("reuse", "resume", "train")),
                      f"{plan.count('evaluate', 'reuse')}/{plan.count('evaluate', 'evaluate')}", guess))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
@@ -234,8 +242,7 @@ def plan_text(plans: Sequence[FigurePlan], estimates: dict[str, tuple[float, int
              for row in rows]
     todo = [estimates[p.figure_id] for p in plans if p.figure_id not in done]
     unknown = sum(u for _, u in todo)
-    lines.append(f"  total estimate: {_duration(sum(s for s, _ in todo))}"
-                 + (f" + {unknown} unit(s) never timed on this CPU ({cpu_model()})" if unknown else ""))
+    lines.append(f"  total estimate: {guess_text(sum(s for s, _ in todo), unknown)} ({cpu_model()})")
     return "\n".join(lines)
 
 
@@ -333,7 +340,7 @@ def run_all(commands: Sequence[Command], report: list[str],
             continue
         guess, untimed = estimates.get(figure_id, (0.0, -1))
         print(f"[reproduce-all] {number}/{len(commands)} {figure_id} (estimate "
-              f"{'-' if untimed < 0 else _duration(guess) + (f' + {untimed} untimed' if untimed else '')}; "
+              f"{'-' if untimed < 0 else guess_text(guess, untimed)}; "
               f"{_duration(time.perf_counter() - started_all)} so far, about {_duration(left)} left): "
               f"{' '.join(argv[1:])}", flush=True)
         started = time.perf_counter()
