@@ -13,7 +13,7 @@ import torch
 import torchvision
 from omegaconf import DictConfig
 
-from pexp.data import Dataset, Split, data_root, locate_files, verify_checksums
+from pexp.data.base import Dataset, Split, data_root, locate_files, verify_checksums
 from pexp.schema import flag, integer, integers, store
 
 

@@ -8,13 +8,14 @@ import warnings
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+import torchvision
 from omegaconf import DictConfig
 
-from pexp.data import Dataset, Split, data_root, locate_files, verify_checksums
+from pexp.data.base import Dataset, Split, data_root, locate_files, verify_checksums
 from pexp.errors import ConfigError, DataError
 from pexp.schema import UNSET, flag, integer, store
 
@@ -79,8 +80,6 @@ def _locate(cfg: DictConfig) -> Path:
     missing = [name for name in FILES if not _present(folder / name)]
 
     def download(root: Path) -> object:
-        import torchvision
-
         return torchvision.datasets.MNIST(str(root), train=True, download=True)
 
     return locate_files(
@@ -138,7 +137,7 @@ def load_mnist(cfg: DictConfig) -> Dataset:
 PROJECTIONS = ("linear", "affine", "none")
 
 
-def load_mnist_pca(cfg: DictConfig) -> Dataset:
+def load_mnist_pca(cfg: DictConfig, load_base: Callable[[DictConfig], Dataset]) -> Dataset:
     """offmanifold-fig4 (b): MNIST (``cfg.base``: the config of mnist or synthetic_mnist) projected onto the top
     ``cfg.components`` principal directions V (d x k) of its training images (eigenvectors of the centred scatter
     matrix), kept in R^784. ``cfg.projection``: "linear" x -> x V V^T (no centring: the authors' projection, so
@@ -146,13 +145,12 @@ def load_mnist_pca(cfg: DictConfig) -> Dataset:
     by the part of the mean off it) or "none" (the images as they are: a network trained on them, attacked on and
     off the span of V). Targets: the ten digits when ``cfg.positive`` is null, else 1 for the digits
     in ``cfg.positive`` and 0 otherwise. Subspace: V^T (k x 784 rows), to split perturbations on / off it.
+    ``load_base``: what builds the base data set from its config (:func:`pexp.data.load_dataset`).
     """
-    from pexp.data import load_dataset
-
     projection = cfg.get("projection", "affine")
     if projection not in PROJECTIONS:
         raise ConfigError(f"data.projection={projection!r} is not allowed: choose one of {', '.join(PROJECTIONS)}")
-    base = load_dataset(cfg.base)
+    base = load_base(cfg.base)
     flat = base.train.x.reshape(len(base.train), -1).double()
     mean = flat.mean(0)
     centred = flat - mean

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from pexp.data import Dataset, Split
+from pexp.data.base import Dataset, Split
 from pexp.schema import UNSET, integer, number, store
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import torch
 from omegaconf import DictConfig
 
-from pexp.data import Dataset, Split
+from pexp.data.base import Dataset, Split
 from pexp.errors import ConfigError
 from pexp.schema import UNSET, integer, number, store
 

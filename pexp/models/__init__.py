@@ -1,6 +1,7 @@
 """Networks with a perturbation entry point before every affine layer (Algorithm 1 of Nar & Sastry)."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Callable, Optional, Sequence
@@ -9,6 +10,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from torch import nn
 
+from pexp.data.toys import draw_pe_fig1_points
 from pexp.errors import ConfigError
 from pexp.schema import UNSET, cross_check, flag, integer, integers, number, store
 
@@ -182,8 +184,6 @@ def fold_batch_norm(model: EntryNet) -> EntryNet:
     (``activation = Sequential(BatchNorm1d, ...)``, as ``mlp`` builds it) is folded into that layer,
     W' = diag(g) W and b' = g (b - running_mean) + beta with g = gamma / sqrt(running_var + eps), and every Dropout
     (the identity at evaluation) is removed: the same outputs as ``model.eval()``, as plain Linear -> ReLU blocks."""
-    import copy
-
     folded = copy.deepcopy(model).eval()
     with torch.no_grad():
         for block in folded.blocks:
@@ -292,8 +292,6 @@ def replay_pe_fig1_authors(cfg: DictConfig, input_shape: Sequence[int], init: Di
     seeded with ``init.seed``, after drawing the 16 points and, for the squared-error net (``se``), after building
     the cross-entropy net and its ``init.epochs`` epochs of a shuffling DataLoader (two int64 draws each). The net
     built next then has the authors' initial weights for that seed."""
-    from pexp.data.toys import draw_pe_fig1_points
-
     if init.get("network") not in ("ce", "se"):
         raise ConfigError(f"init.network={init.get('network')!r} is not allowed with init.rng_order=authors_pe_fig1: "
                           "choose one of ce, se")
