@@ -50,7 +50,9 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from pexp.data import load_dataset  # noqa: E402
 from pexp.errors import ConfigError  # noqa: E402
+from pexp.models import build_model  # noqa: E402
 from pexp.runs import COMPLETE, cpu_model, write_json, write_text  # noqa: E402
 from pexp.train.loop import recorded_train_seconds  # noqa: E402
 from pexp.train.perturb import eps_at_epoch  # noqa: E402
@@ -107,8 +109,6 @@ def measure_throughput() -> dict:
 # ---------------------------------------------------------------------------------------- model FLOPs
 @lru_cache(maxsize=None)
 def _forward_flops(model_yaml: str, input_shape: tuple[int, ...]) -> dict[str, int]:
-    from pexp.models import build_model
-
     torch.manual_seed(0)
     model = build_model(OmegaConf.create(model_yaml), list(input_shape)).eval()
     with torch.no_grad():
@@ -138,8 +138,6 @@ def floor_seconds(flops: dict[str, int], passes: dict[str, int], throughput: dic
 
 @lru_cache(maxsize=None)
 def _n_train(data_yaml: str) -> int | None:
-    from pexp.data import load_dataset
-
     try:
         return len(load_dataset(OmegaConf.create(data_yaml)).train.y)
     except Exception:  # noqa: BLE001 - the data is not here: no formula

@@ -13,14 +13,16 @@ from pexp import CONF_DIR
 from pexp.cli import group_options, preflight
 from pexp.config import check_output_dir, exit_on_user_error, validate_config
 from pexp.errors import ConfigError
+from pexp.eval.crosscheck import CROSSCHECK, crosscheck_margins
+from pexp.eval.evaluate import RESULTS, eval_dir, evaluate, find_run
+from pexp.eval.evaluators import EVALUATORS
+from pexp.figures.compose import compose_experiment
 from pexp.runs import COMPLETE
 
 
 def job_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     """The config an evaluation uses: with ``run=<experiment name>``, that experiment with the same overrides;
     else (``run=<run dir>``, or no run: ``experiment=...``) the composed config itself."""
-    from pexp.figures.compose import compose_experiment
-
     if cfg.run is not None and not Path(str(cfg.run)).is_dir():
         return compose_experiment(str(cfg.run), list(overrides))
     return cfg
@@ -29,8 +31,6 @@ def job_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
 def check_job(cfg: DictConfig, overrides: Sequence[str]) -> None:
     """Before any work: ``run`` names a finished run's directory or an experiment, ``eval`` an evaluator of a
     trained model, and the whole config (the run's training part, the eval part) is allowed."""
-    from pexp.eval.evaluators import EVALUATORS
-
     run = None if cfg.run is None else str(cfg.run)
     if run is not None and Path(run).is_dir():
         if not (Path(run) / COMPLETE).exists():
@@ -56,15 +56,11 @@ def check_job(cfg: DictConfig, overrides: Sequence[str]) -> None:
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    from pexp.eval.evaluate import RESULTS, eval_dir, evaluate, find_run
-
     cfg = job_config(cfg, list(HydraConfig.get().overrides.task))
     run = find_run(cfg)
     results = evaluate(run, cfg.eval, cfg.device, progress=True)
     print(f"{eval_dir(run, cfg.eval).path / RESULTS} ({len(results)} rows)")
     if cfg.crosscheck:
-        from pexp.eval.crosscheck import CROSSCHECK, crosscheck_margins
-
         print(crosscheck_margins(run, cfg.eval, cfg.device).to_string(index=False))
         print(eval_dir(run, cfg.eval).path / CROSSCHECK)
 

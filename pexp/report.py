@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from pexp.figures import FIGURES
 from pexp.runs import atomic_write, write_text
 
 PAPERS = {"R": "Richness of Training Data Does Not Suffice (Nar & Sastry)",
@@ -59,8 +60,6 @@ def data_kind(data: Any) -> str:
 def figure_ids() -> dict[str, str]:
     """Every figure id ``pexp.figures.FIGURES`` knows (the ids of FIGURES.md; a test checks it) with its paper, in
     paper order."""
-    from pexp.figures import FIGURES
-
     order = list(PAPERS)
     ids = {figure_id: figure.paper for figure_id, figure in FIGURES.items()}
     return dict(sorted(ids.items(), key=lambda item: order.index(item[1]) if item[1] in order else len(order)))
@@ -218,8 +217,6 @@ def render_figure(entry: FigureEntry, image_name: str | None, known: bool) -> st
 
 def build_report(figures_dir: Path | str, out_dir: Path | str) -> Path:
     """Write ``<out_dir>/index.html`` (and copy the PNGs into ``<out_dir>/img/``); returns the page's path."""
-    from pexp.figures import FIGURES
-
     figures_dir, out_dir = Path(figures_dir), Path(out_dir)
     ids = figure_ids()
     entries = [read_figure(figures_dir, figure_id, paper) for figure_id, paper in ids.items()]

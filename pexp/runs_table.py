@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from pexp import CONF_DIR
@@ -162,8 +164,6 @@ class Experiments:
 
     def _compose(self, overrides: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, str]]:
         if overrides not in self._composed:
-            from hydra import compose
-
             cfg = compose(config_name="config", overrides=list(overrides))
             raw = _flatten({key: OmegaConf.to_container(cfg, resolve=False).get(key) for key in RUN_KEYS})
             links = {key: value[2:-1] for key, value in raw.items() if _interpolation(value)
@@ -185,8 +185,6 @@ class Experiments:
         return self._run_names
 
     def identity_run_name(self, experiment: str) -> str:
-        from hydra import compose
-
         return str(compose(config_name="config", overrides=[f"experiment={experiment}"]).run_name)
 
     def options(self, group: str) -> dict[str, dict[str, Any]]:
@@ -271,9 +269,6 @@ def list_runs(runs_dir: Path | str, explain: bool = True) -> list[RunRow]:
 
 
 def _hydra():
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     if GlobalHydra.instance().is_initialized():
         return None
     context = initialize_config_dir(config_dir=CONF_DIR, version_base="1.3")

@@ -72,7 +72,7 @@ def crosscheck_split(logits: nn.Module, x: torch.Tensor, y: torch.Tensor, margin
     """One split: ``x, y`` the evaluated points, ``margins`` ours (inf: censored). One row per radius on a seeded
     sample of ``check.n_points``, and one for all the censored points at ``eps_max``: points looked at, points we
     put above the radius (and classified right), flipped by APGD, flipped by Square after APGD, and their sum."""
-    import torchattacks  # noqa: PLC0415 - deferred: an optional attack library only this check needs
+    import torchattacks  # deferred: ~0.5 s to import (scipy.optimize and more), needed by this check only
 
     low, high = bounds
     model = _UnitBox(logits, low, high).eval()

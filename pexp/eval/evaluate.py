@@ -17,7 +17,7 @@ from pexp.eval.evaluators.common import RESULTS, eval_dir, run_of
 from pexp.eval.evaluators.offmanifold import boundary_height, complement_basis
 from pexp.eval.evaluators.pca import pca_results
 from pexp.runs import RunDir, config_hash, run_identity, write_csv, write_json
-from pexp.train.loop import load_trained
+from pexp.train.loop import load_trained, train
 
 __all__ = ["DATA_EVALUATORS", "EVALUATORS", "RESULTS", "boundary_height", "complement_basis", "eval_dir",
            "evaluate", "evaluate_data", "find_run", "pca_results", "run_of"]
@@ -64,8 +64,6 @@ def evaluate_data(cfg: DictConfig) -> pd.DataFrame:
 def find_run(cfg: DictConfig) -> RunDir:
     """``run=<dir>``: that run; ``run=<experiment name>`` or ``experiment=...``: the run of that config
     (trained first when it is missing)."""
-    from pexp.train.loop import train
-
     if cfg.run is not None and Path(str(cfg.run)).is_dir():
         return RunDir(cfg.run)
     return train(cfg)

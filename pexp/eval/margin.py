@@ -201,7 +201,7 @@ def _apgd(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, radius: torch.Ten
     its own ball of ``radius``: per point, whether the adversarial it returned flips the prediction (checked again
     here after projecting it into the ball and the box), and its norm (inf where not). Its random start is drawn
     from a seed taken from torch's global generator, whose state APGD's own seeding leaves unchanged."""
-    import torchattacks
+    import torchattacks  # deferred: ~0.5 s to import (scipy.optimize and more), needed by this stage only
 
     frame = _BallFrame(model, x0, radius, geometry).eval()  # eval: APGD restores the mode it found
     start = frame.start()
@@ -693,7 +693,7 @@ def minimal_norm_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, no
                        batch_size: int = 500) -> torch.Tensor:
     """An independent estimate of the same margins: foolbox 3's fast minimum-norm attack (FMN, l_inf or l2).
     Per point the norm of the adversarial it returns (0 when already misclassified, inf when it found none)."""
-    import foolbox as fb
+    import foolbox as fb  # deferred: its import needs a git executable (GitPython), needed by this attack only
 
     if norm not in NORMS:
         raise ValueError(f"norm={norm!r} is not allowed: choose one of {', '.join(NORMS)}")

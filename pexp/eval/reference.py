@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
+from pexp.eval.margin import _attack, _Geometry
+
 
 def autograd_tangent_sensitivity(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, float]:
     """Per-layer ||d^2 f_j / d theta dx||_F^2 from the full mixed derivative, one input at a time:
@@ -39,8 +41,6 @@ def sweep_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: 
     """l_inf margins by brute force: the margin search's own attack (``pexp.eval.margin``) run at every epsilon of
     ``epsilons`` (ascending) on every point; a point's margin is the smallest epsilon at which it flipped the point
     (0 when it is already misclassified, ``inf`` when no epsilon did). ``model`` returns logits."""
-    from pexp.eval.margin import _attack, _Geometry
-
     model = model.eval()
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)

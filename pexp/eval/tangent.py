@@ -13,6 +13,7 @@ delta_{i-1} = D_{i-1} W_i^T delta_i with delta_L^j = e_j.
 """
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import numpy as np
@@ -321,8 +322,6 @@ def split_statistics(model: nn.Module, x: torch.Tensor, subset: torch.Tensor, ba
     """The label-free statistics of one split (its inputs ``x`` only): mean and standard deviation of T(x) over
     all of ``x`` (eq. (6)); over ``x[subset]``, log S = log of the eq.-(4)-weighted self-normalised mean of
     ||Sens||_F^2 with its effective sample size (eq. (7)), and the log of the plain mean (for reference)."""
-    import time
-
     whole = input_statistics(model, x, batch_size, sensitivity=False)
     started = time.perf_counter()
     part = input_statistics(model, x[subset], batch_size)

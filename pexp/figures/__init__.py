@@ -1,9 +1,10 @@
-"""Figures: ``pexp.figures.FIGURES`` maps each figure id of FIGURES.md to what makes it."""
+"""Figures: ``pexp.figures.FIGURES`` maps each figure id of FIGURES.md to what makes it (the registry lives in
+:mod:`pexp.figures.base`, which needs it too; it is filled here)."""
 from __future__ import annotations
 
 from functools import partial
 
-from pexp.figures.base import Figure, Run
+from pexp.figures.base import FIGURES, Figure, Run
 from pexp.figures.margins import (UNPERTURBED, all_vs_first_claims, eps_sweep_claims, plot_margin_cdfs,
                                   small_test_margin_claims)
 from pexp.figures.offmanifold import (FIG5_VARIANTS, READINGS, SETTINGS, dataset_pca_claims, dataset_pca_configs,
@@ -38,7 +39,7 @@ def om_runs(prefix: str, seeds: tuple[int, ...] = OM_SEEDS, settings: tuple[str,
 ALL_VS_FIRST = dict(runs={"first": "richness_fig2_first", "all": "richness_fig2_all", "unperturbed": "pe_fig4_se"},
                     evaluator="margin", claims=all_vs_first_claims, seeds=True)
 
-FIGURES: dict[str, Figure] = {
+FIGURES.update({
     "richness-fig2": Figure(
         id="richness-fig2",
         paper="R",
@@ -260,4 +261,4 @@ FIGURES: dict[str, Figure] = {
         build=build_table2,
         markdown=table2_markdown,
     ),
-}
+})

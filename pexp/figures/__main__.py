@@ -16,15 +16,14 @@ from pexp import CONF_DIR
 from pexp.cli import preflight
 from pexp.config import check_output_dir, exit_on_user_error, validate_config
 from pexp.errors import ConfigError
+from pexp.figures import FIGURES
+from pexp.figures.base import figure_configs, make_figure, multirun_commands, requested_seeds
 from pexp.figures.compose import figure_command
 
 
 def check_job(cfg: DictConfig, overrides: Sequence[str]) -> None:
     """Before any work: ``fig`` is a figure id, and the config of every run the figure needs (its experiment, its
     evaluator, the command line's overrides) is allowed whole."""
-    from pexp.figures import FIGURES
-    from pexp.figures.base import figure_configs
-
     if cfg.fig not in FIGURES:
         raise ConfigError(f"fig={cfg.fig!r} is not allowed: choose one of {', '.join(FIGURES)}")
     for label, run_cfg in figure_configs(FIGURES[cfg.fig], figure_command(overrides, cfg)).items():
@@ -37,9 +36,6 @@ def check_job(cfg: DictConfig, overrides: Sequence[str]) -> None:
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    from pexp.figures import FIGURES
-    from pexp.figures.base import make_figure
-
     if cfg.fig not in FIGURES:
         raise ConfigError(f"fig={cfg.fig!r} is not allowed: choose one of {', '.join(FIGURES)}")
     paths = make_figure(FIGURES[cfg.fig], figure_command(HydraConfig.get().overrides.task, cfg),
@@ -52,9 +48,6 @@ def train_seeds(argv: list[str]) -> int:
     """``--train-seeds`` (make reproduce FIG=... SEEDS=...): train a seeded figure's runs for every seed as Hydra
     multiruns in parallel (one thread per job), before the figure draws them; the command line is checked whole
     first, as the figure's own."""
-    from pexp.figures import FIGURES
-    from pexp.figures.base import multirun_commands, requested_seeds
-
     flags = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     flags.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     try:
@@ -84,8 +77,6 @@ if __name__ == "__main__":
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
     if "--list" in sys.argv[1:]:
-        from pexp.figures import FIGURES
-
         for figure in FIGURES.values():
             print(f"{figure.id:16s} paper {figure.paper}: {figure.what}")
         sys.exit(0)

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig, ListConfig  # noqa: E402
 
+from pexp import CONF_DIR  # noqa: E402
 from pexp.eval.crosscheck import CROSSCHECK  # noqa: E402
 from pexp.eval.evaluate import evaluate  # noqa: E402
 from pexp.eval.evaluators.common import eval_dir  # noqa: E402
@@ -67,6 +68,11 @@ class Figure:
     # Figures with ``build``: ``configs(command)`` gives the composed configs it will use, by label, so that
     # they are checked before any work (figures with ``runs``: see :func:`figure_configs`).
     configs: Callable[[FigureCommand], dict[str, DictConfig]] | None = None
+
+
+# Each figure id of FIGURES.md -> what makes it: filled by the package pexp.figures (from the figure modules, which
+# build on this one); a package is imported before its modules, so it is full whenever this module is used.
+FIGURES: dict[str, Figure] = {}
 
 
 def run_config(spec: str | Run, evaluator: str, overrides: Overrides) -> DictConfig:
@@ -176,19 +182,13 @@ def requested_seeds(figure: Figure, command: FigureCommand | Sequence[str]) -> l
         return None
     typed = command.overrides.text("seeds", default=str(seeds))
     if not figure.seeds:
-        allowed = ", ".join(sorted(figure_id for figure_id, item in _registry().items() if item.seeds))
+        allowed = ", ".join(sorted(figure_id for figure_id, item in FIGURES.items() if item.seeds))
         raise ConfigError(f"seeds={typed} is not allowed for fig={figure.id}: only {allowed} take seeds")
     seeds = list(seeds) if isinstance(seeds, ListConfig) else [seeds]
     if not seeds or not all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds) \
             or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds={typed} is not allowed: give distinct integers >= 0, e.g. seeds=[1,2,3]")
     return seeds
-
-
-def _registry() -> dict[str, Figure]:
-    from pexp.figures import FIGURES
-
-    return FIGURES
 
 
 def seeded_runs(runs: dict[str, str | Run], seeds: Sequence[int]) -> dict[str, Run]:
@@ -289,8 +289,6 @@ def seeded_claims(claims: Callable[[pd.DataFrame, dict[str, dict]], Claims], tab
 def chosen_evaluator(evaluator: str, command: FigureCommand) -> tuple[str, Overrides]:
     """A figure's eval config, or another option of the same evaluator named on the command line
     (e.g. ``eval=margin_authors`` for a margin figure): that option and the overrides for the runs."""
-    from pexp import CONF_DIR
-
     picked, rest = command.overrides.value("eval"), command.runs.without("eval")
     if picked is None or picked == evaluator:
         return evaluator, rest

@@ -10,10 +10,12 @@ import torch
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
+from pexp.eval.evaluate import evaluate_data
 from pexp.eval.geometry import components_for
-from pexp.figures.base import Claims, Run, claim, data_label
+from pexp.figures.base import Claims, Run, claim, collect_runs, data_label
 from pexp.figures.compose import FigureCommand, compose_experiment
 from pexp.overrides import Overrides
+from pexp.runs import RunDir, training_run_dir
 from pexp.figures.toys import CLASS_COLORS
 
 SETTINGS = {"a": "(a) vanilla", "b": "(b) smaller initialisation", "c": "(c) weight decay"}
@@ -430,8 +432,6 @@ def sweep_configs(experiment: str, overrides: Iterable[str | Override]) -> list[
     init factor and seed (what `make sweep-init` trained: a run counts when composing the experiment with the
     overrides and its own factor and seed gives its directory back); when there are none, the experiment's
     ``sweep.factors`` x ``sweep.seeds``, to be trained."""
-    from pexp.runs import RunDir, training_run_dir
-
     overrides = Overrides(overrides)
     base = compose_experiment(experiment, overrides)
     found = []
@@ -458,8 +458,6 @@ def projected_configs(command: FigureCommand) -> dict[str, DictConfig]:
 def projected_table(command: FigureCommand, device: str, progress: bool) -> tuple[pd.DataFrame, dict]:
     """offmanifold-fig4's table: every run of each data set's sweep (:func:`sweep_configs`), trained if missing,
     attacked by ``eval=projected``; tagged with dataset, factor and seed."""
-    from pexp.figures.base import collect_runs
-
     runs = {f"{dataset}/factor{cfg.init.factor}/seed{cfg.seed}":
             Run(experiment, (f"init.factor={cfg.init.factor}", f"seed={cfg.seed}"),
                 (("dataset", dataset), ("factor", float(cfg.init.factor)), ("seed", int(cfg.seed))))
@@ -553,8 +551,6 @@ PUBLISHED_COMPONENTS = {"cifar10": {0.9: 98, 0.95: 216}, "mnist": {0.9: 86, 0.95
 
 def dataset_pca_table(command: FigureCommand, device: str, progress: bool) -> tuple[pd.DataFrame, dict]:  # noqa: ARG001
     """offmanifold-fig1's table: the spectrum of each data set (cached beside its data config's hash)."""
-    from pexp.eval.evaluate import evaluate_data
-
     frames = [evaluate_data(cfg).assign(dataset=name) for name, cfg in dataset_pca_configs(command).items()]
     return pd.concat(frames, ignore_index=True), {}
 

@@ -1,6 +1,7 @@
 """``eval=boundary``: 2D toys, each training point's distance to the boundary and the boundary traced."""
 from __future__ import annotations
 
+import contourpy
 import numpy as np
 import pandas as pd
 import torch
@@ -51,8 +52,6 @@ def boundary_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out
 def trace_boundary(model: EntryNet, threshold: float, view: list[float], grid: int) -> pd.DataFrame:
     """The decision boundary of a model on 2D inputs, traced on a ``grid`` x ``grid`` mesh over
     view = [x_min, x_max, y_min, y_max]: rows kind=boundary, segment, x0, x1."""
-    import contourpy
-
     x_min, x_max, y_min, y_max = map(float, view)
     gx, gy = np.linspace(x_min, x_max, grid), np.linspace(y_min, y_max, grid)
     mesh = torch.tensor(np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2), dtype=torch.float32)

@@ -12,6 +12,7 @@ from pexp.eval.evaluators.common import _subset, run_of
 from pexp.eval.tangent import active_counts, add_estimates, epoch_statistics, loss_and_accuracy
 from pexp.models import EntryNet, fold_batch_norm
 from pexp.runs import RunDir, write_csv
+from pexp.train.loop import state_path
 
 
 def active_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
@@ -39,8 +40,6 @@ def tangent_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out:
     inputs), the training loss and accuracy on the whole train set and, apart, the actual test loss and accuracy
     on the whole test set; then each estimator's test loss and accuracy (:func:`add_estimates`). Finished epochs
     are kept in ``epochs.csv``, so an interruption resumes."""
-    from pexp.train.loop import state_path
-
     run = run_of(out)
     epochs = int(cfg.train.epochs)
     missing = [epoch for epoch in range(epochs + 1) if not state_path(run, epoch).exists()]

@@ -12,7 +12,6 @@ import math
 import os
 import platform
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -302,8 +301,3 @@ def training_run_dir(cfg: DictConfig) -> RunDir:
     """``<runs_dir>/<run_name>/<hash of the run identity>``."""
     return RunDir(Path(cfg.paths.runs_dir) / str(cfg.run_name) / config_hash(run_identity(cfg)))
 
-
-if __name__ == "__main__":  # python -m pexp.runs: the table of the runs (pexp.runs_table)
-    from pexp.runs_table import main
-
-    sys.exit(main())
