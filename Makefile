@@ -81,12 +81,12 @@ sweep-eps: install
 # the sweep it finds, whatever its factors.
 FACTORS ?=
 SEEDS   ?=
-SWEEP    = $(PY) -c "import sys; from omegaconf import OmegaConf; s = OmegaConf.load(sys.argv[1]).sweep; print(','.join(map(str, s[sys.argv[2]])))"
+SWEEP    = $(PY) -c "import sys; from pexp.figures.compose import compose_experiment; s = compose_experiment(sys.argv[1]).sweep; print(','.join(map(str, s[sys.argv[2]])))"
 sweep-init: install
-	for experiment in om_fig4_sphere om_fig4_mnist; do \
+	for experiment in om_fig4_sphere_authors om_fig4_mnist; do \
 		factors="$(FACTORS)"; seeds="$(SEEDS)"; \
-		test -n "$$factors" || factors=$$($(SWEEP) conf/experiment/$$experiment.yaml factors); \
-		test -n "$$seeds" || seeds=$$($(SWEEP) conf/experiment/$$experiment.yaml seeds); \
+		test -n "$$factors" || factors=$$($(SWEEP) $$experiment factors); \
+		test -n "$$seeds" || seeds=$$($(SWEEP) $$experiment seeds); \
 		OMP_NUM_THREADS=1 $(PY) -m pexp.train -m experiment=$$experiment init.factor=$$factors seed=$$seeds \
 			hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.progress=false $(ARGS) || exit $$?; \
 	done

@@ -230,17 +230,18 @@ def test_fig4_figure_takes_the_factors_of_the_runs_found(tmp_path):
     from pexp.figures import FIGURES
     from pexp.figures.base import write_figure
     from pexp.figures.compose import figure_command
-    from pexp.figures.offmanifold import projected_table, sweep_configs
+    from pexp.figures.offmanifold import FIG4_EXPERIMENTS, projected_table, sweep_configs
     from pexp.train.loop import train
 
     overrides = [f"paths.output_dir={tmp_path}", "train.progress=false", "data.n_train=40", "data.n_test=10",
                  "model.widths=[16,16]", "train.epochs=20", "train.batch_size=20", "optim.lr=0.01",
                  "eval.n_points=6", "eval.steps=200", "synthetic=true"]  # both data sets take them
+    sphere = FIG4_EXPERIMENTS["sphere"]
     for factor in (1, 3):  # what a sweep over two factors leaves behind
-        train(compose_experiment("om_fig4_sphere", [*overrides, f"init.factor={factor}", "seed=2"]))
-    found = sweep_configs("om_fig4_sphere", overrides)
+        train(compose_experiment(sphere, [*overrides, f"init.factor={factor}", "seed=2"]))
+    found = sweep_configs(sphere, overrides)
     assert sorted((float(c.init.factor), int(c.seed)) for c in found) == [(1.0, 2), (3.0, 2)]
-    untouched = sweep_configs("om_fig4_sphere", [*overrides, "data.n_train=41"])  # another config: the sweep's grid
+    untouched = sweep_configs(sphere, [*overrides, "data.n_train=41"])  # another config: the sweep's grid
     assert len(untouched) == 25
     mnist = [*overrides, "sweep.factors=[0.5]", "sweep.seeds=[1]"]
     table, metrics = projected_table(figure_command(mnist), "cpu", False)

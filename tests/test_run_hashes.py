@@ -23,7 +23,7 @@ HASHES = {
     "om_fig3_c_squared": "30e3c432815d",
     "om_fig4_mnist": "b7f39770a771",
     "om_fig4_sphere": "8afd59fbc6c2",
-    "om_fig4_sphere_authors": "2b617b9150b1",
+    "om_fig4_sphere_authors": "0d6a467ba970",
     "om_fig5_a": "0e22ea73a320",
     "om_fig5_b": "424a2e6dfdf7",
     "om_fig5_c": "ed22801c58f7",

@@ -424,7 +424,7 @@ def plot_projected(table: pd.DataFrame, datasets: dict[str, str]) -> plt.Figure:
     return fig
 
 
-FIG4_EXPERIMENTS = {"sphere": "om_fig4_sphere", "mnist": "om_fig4_mnist"}
+FIG4_EXPERIMENTS = {"sphere": "om_fig4_sphere_authors", "mnist": "om_fig4_mnist"}
 
 
 def sweep_configs(experiment: str, overrides: Iterable[str | Override]) -> list[DictConfig]:
