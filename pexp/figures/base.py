@@ -114,6 +114,15 @@ def claim(text: str, measured: object, expected: str, holds: bool, data: str, *,
     return dict(item, **{key: value for key, value in extra.items() if value is not None})
 
 
+def number(value: float | None, unit: str = "", digits: int = 3) -> str:
+    """A measured number as a claim's ``judged`` text shows it: ``digits`` significant digits and its unit
+    ("none" for a value that was not measured, "inf" for a censored one)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "none"
+    text = f"{float(value):.{digits}g}"
+    return text + (unit if unit in ("%", "x") or not unit else f" {unit}")
+
+
 def make_figure(figure: Figure, command: FigureCommand | Sequence[str], figures_dir: Path | str,
                 device: str = "auto", progress: bool = True) -> dict[str, Path]:
     """Train / evaluate what is missing, then write ``<id>.{csv,claims.json,png,pdf,meta.json}`` atomically.
