@@ -130,6 +130,8 @@ def test_tangent_claims_judge_shape_mae_and_ratios():
     estimates = made_up_estimates(12, spread=0.01)
     (loss, accuracy) = assert_judged(fig3_claims(estimates, {}))
     assert accuracy["judged"].startswith(f"eq5 {accuracy['measured']['mae']['eq5']:.3g}, ")
+    for item in (loss, accuracy):  # q within 1% of 1: a failure is the estimate staying at the train value
+        assert ("diagnosis" in item) == (not item["holds"])
     claims = assert_judged(table2_claims(table2(estimates), {}))
     firm = claims[0]
     assert firm["judged"] == "ours / published: " + ", ".join(
@@ -138,6 +140,10 @@ def test_tangent_claims_judge_shape_mae_and_ratios():
     gap = float(table2(estimates).query("estimator == 'baseline'")["mae_accuracy"].iloc[-1])
     assert not firm["holds"] and f"here {gap:.3g} in accuracy" in firm["diagnosis"]
     assert "does not report" in firm["diagnosis"]
+    best = next(item for item in claims if "the lowest CE MAE by eq. (7)" in item["claim"])
+    assert best["judged"] == (f"lowest CE MAE {best['measured']['best_loss']}, lowest accuracy MAE "
+                              f"{best['measured']['best_accuracy']}")
+    assert ("diagnosis" in best) == (not best["holds"])
     far = estimates.assign(q_eq5=3.0, q_eq6=3.0, q_eq7=3.0)  # q far from 1: the MAE is not the gap, no diagnosis
     assert "diagnosis" not in assert_judged(table2_claims(table2(far), {}))[0]
 
