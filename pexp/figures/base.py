@@ -265,8 +265,9 @@ def seeded_claims(claims: Callable[[pd.DataFrame, dict[str, dict]], Claims], tab
     """A figure's claims over several seeds: judged on each seed alone (``seed <s>: ...``) and on the seeds
     pooled (``mean of n seeds: ...``). With as many points per seed, the pooled CDF is exactly the mean of the
     seeds' CDFs, so the pooled claim judges the drawn mean curve; its ``measured`` adds ``holds_per_seed`` and
-    ``spread``: each number the claim measured, as [min, max] over the seeds. Run metrics are averaged over the
-    seeds for the pooled claim (accuracies: the mean accuracy)."""
+    ``spread``: each number the claim measured, as [min, max] over the seeds; its ``judged`` and ``diagnosis`` are
+    those of the seeds pooled, each seed's claim keeps its own. Run metrics are averaged over the seeds for the
+    pooled claim (accuracies: the mean accuracy)."""
     per_seed: dict[int, Claims] = {}
     for seed in seeds:
         seed_metrics = {key.rsplit("/seed", 1)[0]: value for key, value in metrics.items()
