@@ -183,7 +183,7 @@ def render_figure(entry: FigureEntry, image_name: str | None, known: bool) -> st
                          ("checks of our own machinery (diagnostics, not counted)", diagnostics(entry))):
         if not items:
             continue
-        out.append(f"<p><b>{_e(title)}</b></p><table class=\"claims\"><tr><th>claim</th><th>measured</th>"
+        out.append(f"<p><b>{_e(title)}</b></p><table class=\"claims\"><tr><th>claim</th><th>ours</th>"
                    "<th>expected</th><th>verdict</th><th>data</th></tr>")
         for item in items:
             holds = bool(item.get("holds"))
@@ -269,7 +269,7 @@ def markdown_report(entries: Sequence[FigureEntry], figures_dir: Path) -> str:
                 lines += [f"| {caption} | ours | expected | verdict |", "|---|---|---|---|"]
                 for item in items:
                     verdict = "holds" if item.get("holds") else "**fails**"
-                    why = f" Why: {item['diagnosis']}" if item.get("diagnosis") and not item.get("holds") else ""
+                    why = f"<br>*Why:* {item['diagnosis']}" if item.get("diagnosis") and not item.get("holds") else ""
                     lines.append(f"| {_md(item.get('claim', ''))}{_md(why)} | {_md(headline(item))} | "
                                  f"{_md(item.get('expected', ''))} | {verdict} |")
                 lines.append("")

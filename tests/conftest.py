@@ -35,3 +35,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def assert_judged(claims: list[dict]) -> list[dict]:
+    """Every claim carries the number its verdict judges (a short text the report shows first), and a diagnosis
+    only where it fails."""
+    for item in claims:
+        assert isinstance(item.get("judged"), str) and item["judged"].strip(), item["claim"]
+        assert "nan" not in item["judged"].lower().split(), item["judged"]
+        assert "diagnosis" not in item or (not item["holds"] and item["diagnosis"].strip()), item["claim"]
+    return claims

@@ -71,6 +71,7 @@ def test_claim_judges_the_pairs_within_the_papers_range():
     assert holds["holds"] and holds["measured"]["first"]["train at eps_max 0.3"] == "12 of 20 flipped (APGD 9, Square 3)"
     rows[1] = dict(rows[1], apgd_flipped=11, flipped=11)   # 11 of 1,000 pairs > 1%
     (fails,) = crosscheck_claims(table, {"first": {"crosscheck": rows}})
+    assert fails["judged"] == "11 of 1000 (point, radius) pairs"
     assert not fails["holds"] and fails["measured"]["within the papers' range"] == "11 of 1000 (point, radius) pairs"
 
 

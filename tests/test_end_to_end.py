@@ -15,7 +15,7 @@ from pexp.figures.compose import compose_experiment
 from pexp.runs import training_run_dir
 from pexp.train.loop import train
 
-from conftest import ROOT
+from conftest import ROOT, assert_judged
 
 
 @pytest.mark.slow
@@ -24,7 +24,7 @@ def test_figure_writes_four_files_and_reuses_runs(tiny, tmp_path, capsys):
     paths = make_figure(FIGURES["richness-fig2"], tiny, figures_dir, progress=False)
     assert sorted(p.name for p in figures_dir.iterdir()) == sorted(
         f"richness-fig2.{ext}" for ext in ("csv", "claims.json", "png", "pdf", "meta.json"))
-    claims = json.loads(paths["claims.json"].read_text())
+    claims = assert_judged(json.loads(paths["claims.json"].read_text()))
     assert len(claims) == 4  # input only, all layers, against the unperturbed net, the FMN cross-check
     for item in claims:
         assert {"claim", "measured", "expected", "holds", "data"} <= set(item) <= {

@@ -19,7 +19,7 @@ from pexp.figures.base import make_figure
 from pexp.figures.pca import components_needed, layer_pca_claims
 from pexp.models import build_model
 
-from conftest import ROOT
+from conftest import ROOT, assert_judged
 
 SHORT = ["train.epochs=3000", "train.log_every=1000", "train.checkpoint_every=1000", "train.progress=false"]
 
@@ -27,12 +27,12 @@ SHORT = ["train.epochs=3000", "train.log_every=1000", "train.checkpoint_every=10
 @pytest.mark.slow
 def test_pe_fig1_and_pe_fig2_claims_hold_on_shortened_runs(tmp_path):
     overrides = [*SHORT, f"paths.output_dir={tmp_path}"]
-    fig1 = json.loads(make_figure(FIGURES["pe-fig1"], overrides, tmp_path / "f", progress=False)
-                      ["claims.json"].read_text())
+    fig1 = assert_judged(json.loads(make_figure(FIGURES["pe-fig1"], overrides, tmp_path / "f", progress=False)
+                                    ["claims.json"].read_text()))
     assert len(fig1) == 6 and all(item["data"] == "toy" for item in fig1)
     assert any(item["holds"] for item in fig1)
-    fig2 = json.loads(make_figure(FIGURES["pe-fig2"], overrides, tmp_path / "f", progress=False)
-                      ["claims.json"].read_text())
+    fig2 = assert_judged(json.loads(make_figure(FIGURES["pe-fig2"], overrides, tmp_path / "f", progress=False)
+                                    ["claims.json"].read_text()))
     assert len(fig2) == 2 and any(item["holds"] for item in fig2)
     table = pd.read_csv(tmp_path / "f" / "pe-fig2.csv")
     assert {"point", "boundary"} <= set(table["kind"]) and set(table["dataset"]) == {1, 2}
@@ -65,7 +65,7 @@ def test_eps_multirun_composes_and_the_figure_finds_its_runs(tmp_path, tiny, cap
     capsys.readouterr()
     paths = make_figure(FIGURES["pe-fig5"], tiny, tmp_path / "f", progress=False)
     assert capsys.readouterr().out.count("reusing finished run") == 3  # found by config, not trained again
-    claims = json.loads(paths["claims.json"].read_text())
+    claims = assert_judged(json.loads(paths["claims.json"].read_text()))
     assert [c["claim"] for c in claims][0] == "train margins grow with eps"
     assert any(c["claim"].startswith("a small persistently-exciting perturbation") for c in claims)
     assert set(pd.read_csv(paths["csv"])["eps"]) == {0.0, 0.005, 0.01, 0.02}  # with pe-fig4 (b)'s network
@@ -125,8 +125,11 @@ def test_richness_fig1_paper_reading_holds_while_our_own_rule_fails_like_the_mea
     fc1 = [1.0] * 42 + [0.05] * 78                          # 120 wide: 90% of 45.9 needs the 42 large ones
     table = spectrum_table({"conv1": (300, flat(300)), "conv2": (200, flat(200)), "fc1": (120, fc1),
                             "fc2": (84, decaying(84, 0.5))}, ranks={"fc1": 120, "fc2": 30})
-    visual, own = layer_pca_claims(table, {})
+    visual, own = assert_judged(layer_pca_claims(table, {}))
     assert "paper" in visual["claim"] and "cumulative is our reading" in visual["claim"]
+    assert visual["judged"] == f"lowest fc {100 * 43.9 / 45.9:.3g}%, highest conv 40%"
+    assert own["judged"] == "components for 90%: fc1 42 of 120; fc2 4 of 84"
+    assert "our own reading" in own["diagnosis"] and "fails at fc1," in own["diagnosis"]
     assert "our own" in own["claim"] and "not the paper's" in own["expected"]
     assert visual["holds"] and not own["holds"]
     layers = visual["measured"]["layers"]
@@ -144,7 +147,7 @@ def test_richness_fig1_paper_reading_fails_when_a_conv_layer_is_as_concentrated(
     layers within a tenth of their width pass our own rule; an old cached table without ranks reports None."""
     table = spectrum_table({"conv1": (300, flat(300)), "conv2": (200, decaying(200, 0.3)),
                             "fc1": (120, decaying(120, 0.7)), "fc2": (84, decaying(84, 0.5))})
-    visual, own = layer_pca_claims(table, {})
+    visual, own = assert_judged(layer_pca_claims(table, {}))
     assert not visual["holds"] and own["holds"]
     assert visual["measured"]["lowest_fc_share"] < visual["measured"]["highest_conv_share"]
     cached = layer_pca_claims(table.drop(columns="numerical_rank"), {})[0]

@@ -290,7 +290,10 @@ def test_stage_counts_of_the_margin_figures():
     older = stage_counts(rows.drop(columns=["apgd", "stage"]))  # results written before the APGD stage
     assert older["censored_before_apgd"] == older["censored"] == 2 and "margin_from" not in older
     table = pd.concat([rows, rows.assign(split="test")])
-    assert search_check_claim(table)["measured"]["stages"]["first"]["test"] == counts
+    item = search_check_claim(table)
+    assert item["measured"]["stages"]["first"]["test"] == counts
+    assert item["judged"] == f"{100 * item['measured']['pgd_within_one_step_or_below']:.3g}% of " \
+                             f"{item['measured']['points']} points"
 
 
 def test_walk_stops_at_the_first_flip():

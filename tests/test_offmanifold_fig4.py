@@ -14,6 +14,8 @@ from pexp.data import load_dataset
 from pexp.figures.compose import compose_experiment
 from pexp.models import build_model
 
+from conftest import assert_judged
+
 OM_EXPERIMENTS = ["om_fig2_a", "om_fig2_b", "om_fig2_c", "om_fig3_a", "om_fig3_b", "om_fig3_c", "om_fig3_c_bias",
                   "om_fig3_c_squared", "om_fig4_sphere", "om_fig4_sphere_authors", "om_fig4_mnist", "om_fig5_a",
                   "om_fig5_b", "om_fig5_c", "om_fig5_code_a", "om_fig5_code_b", "om_fig5_code_c", "om_fig6_a",
@@ -168,8 +170,11 @@ def test_fig4_summary_min_max_censored_and_gap_to_the_published_values():
     assert summary["mean"] == pytest.approx(3.0) and summary["censored"] == 2 and summary["misclassified"] == 2
     published = PUBLISHED_FIG4["sphere"]["complement"][1]
     assert summary["gap"] == pytest.approx((3.0 - published) / published)
-    claims = projected_claims(table, {})
+    claims = assert_judged(projected_claims(table, {}))
     beside = [c for c in claims if c["claim"] == "sphere: off the subspace distance beside the published values"][0]
+    gap = abs(3.0 - published) / published
+    assert beside["judged"] == f"largest gap {100 * gap:.3g}% (factor 1); factors missing: 0.5, 3, 5, 7"
+    assert "diagnosis" not in beside  # within 30% where measured: it fails for the factors missing alone
     assert beside["measured"]["by_factor"][1.0]["censored"] == 2 and not beside["holds"]  # factors are missing
     assert 0.5 in beside["measured"]["factors_missing"]
     assert "sphere panel is not public" in beside["expected"]
@@ -187,9 +192,10 @@ def test_fig4_the_authors_statistic_counts_censored_points_where_their_walk_ende
     assert summary["mean"] == pytest.approx(2.0) and summary["mean_at_end"] == pytest.approx(4.0)
     published = PUBLISHED_FIG4["mnist"]["complement"][7]
     assert summary["gap_at_end"] == pytest.approx((4.0 - published) / published)
-    beside = [c for c in projected_claims(pd.DataFrame(rows), {})
+    beside = [c for c in assert_judged(projected_claims(pd.DataFrame(rows), {}))
               if c["claim"] == "mnist: off the subspace distance beside the published values"][0]
     assert beside["measured"]["judged_on"] == "gap_at_end"
+    assert "module that loads her MNIST training images is not public" in beside["diagnosis"]
     assert beside["measured"]["largest_relative_gap"] == pytest.approx(abs(4.0 - published) / published)
     old = projected_summary(pd.DataFrame(rows).drop(columns="end")).iloc[0]  # results without the column
     assert math.isnan(old["mean_at_end"]) and old["gap_at_end"] is None and old["mean"] == pytest.approx(2.0)
@@ -248,7 +254,7 @@ def test_fig4_figure_takes_the_factors_of_the_runs_found(tmp_path):
     assert set(table.loc[table["dataset"] == "sphere", "factor"]) == {1.0, 3.0}
     assert set(table.loc[table["dataset"] == "mnist", "factor"]) == {0.5}  # none found: the sweep's own grid
     paths = write_figure(FIGURES["offmanifold-fig4"], table, metrics, tmp_path / "figures")
-    claims = json.loads(paths["claims.json"].read_text())
+    claims = assert_judged(json.loads(paths["claims.json"].read_text()))
     assert any(c["claim"].startswith("sphere: off the subspace distance beside the published") for c in claims)
     assert "censored" in pd.read_csv(paths["csv"]).columns
 

@@ -118,18 +118,22 @@ def test_diagnostics_apart_judged_number_first_and_markdown_twin(tmp_path):
     write_json(folder / "richness-fig2.claims.json", [
         dict(claim="paper claim", measured=many, expected="gap <= 5", judged="gap 7.5", holds=False, data="cifar10",
              diagnosis="the authors' code trains otherwise"),
+        dict(claim="held claim", measured=1.0, expected="x", judged="1 point", holds=True, data="cifar10",
+             diagnosis="a diagnosis of a claim that holds is not shown"),
         dict(claim="search attacks agree", measured={"share": 0.8}, expected=">= 95%", holds=False, data="cifar10",
              diagnostic=True)])
     page_path = build_report(folder, tmp_path / "report")
     text = " ".join(Page(page_path.read_text()).text)
     missing = len(figure_ids()) - 2
-    assert f"2 of 4 claims hold: 0/1 on real data, 2/3 on toy data; {missing} figures missing" in text
+    assert f"3 of 5 claims hold: 1/2 on real data, 2/3 on toy data; {missing} figures missing" in text
     assert "checks of our own machinery (diagnostics, not counted)" in text and "search attacks agree" in text
     assert "gap 7.5" in text and "all numbers" in text and "Why: the authors' code trains otherwise" in text
+    assert "<th>ours</th>" in page_path.read_text()  # the judged number first, under "ours"
     markdown = (tmp_path / "report" / "RESULTS.md").read_text()
-    assert "| paper claim Why: the authors' code trains otherwise | gap 7.5 | gap <= 5 | **fails** |" in markdown
+    assert "| paper claim<br>*Why:* the authors' code trains otherwise | gap 7.5 | gap <= 5 | **fails** |" in markdown
     assert "| diagnostic (not counted) | ours | expected | verdict |" in markdown
-    assert "### richness-fig1: missing" in markdown and "0 of 1 claims hold" in markdown
+    assert "### richness-fig1: missing" in markdown and "1 of 2 claims hold" in markdown
+    assert "not shown" not in text and "not shown" not in markdown  # a diagnosis only where the claim fails
 
 
 def test_unreadable_claims_are_reported_not_fatal(tmp_path):

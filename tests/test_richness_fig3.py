@@ -10,6 +10,8 @@ from pexp.figures.base import make_figure
 from pexp.figures.pca import components_table, richer_layers_claims
 from pexp.report import build_report
 
+from conftest import assert_judged
+
 TINY_PCA = ["data=synthetic_cifar2", "data.n_train=120", "data.n_test=60", "model.size=1", "train.epochs=2",
             "train.batch_size=20", "train.progress=false", "eval.n_train=60"]
 
@@ -24,7 +26,7 @@ def test_richness_fig3_end_to_end_on_synthetic_data(tmp_path, capsys):
     assert set(table["experiment"]) == {"pe_fig4_se", "richness_fig2_first", "richness_fig2_all"}
     for _, curve in table.groupby(["run", "layer"]):
         assert curve["component"].max() <= 60 and abs(curve["cumulative"].iloc[-1] - 1) < 1e-9
-    (item,) = json.loads(paths["claims.json"].read_text())
+    (item,) = assert_judged(json.loads(paths["claims.json"].read_text()))
     assert item["data"] == "synthetic"
     counts = item["measured"]["counts"]
     assert set(counts) == {"layer1_conv1", "layer2_conv2", "layer3_fc1", "layer4_fc2"}
@@ -55,8 +57,8 @@ def test_the_claim_compares_each_layer_and_level():
     counts = components_table(table)
     assert counts["layer1_conv1"]["all layers"]["components_90"] == 3
     assert counts["layer1_conv1"]["no perturbation"]["components_90"] == 1
-    (item,) = richer_layers_claims(table, {})
-    assert not item["holds"]
+    (item,) = assert_judged(richer_layers_claims(table, {}))
+    assert not item["holds"] and item["judged"] == "6 of 8 (layer, level, other training) counts larger"
     assert item["measured"]["not_more"] == ["layer2_fc1 90%: all layers 3 vs input only 3",
                                             "layer2_fc1 99%: all layers 4 vs input only 4"]
     rows = [row for row in rows if not (row["layer"] == 2)]

@@ -13,7 +13,7 @@ from pexp.figures import FIGURES
 from pexp.figures.base import make_figure, multirun_commands, requested_seeds
 from pexp.figures.compose import figure_command
 
-from conftest import ROOT
+from conftest import ROOT, assert_judged
 
 
 @pytest.mark.slow
@@ -32,7 +32,7 @@ def test_two_seeds_draw_a_band_judge_each_seed_and_reuse_the_runs(tiny, tmp_path
     assert len(bands) == 2 * 2 * 2  # two panels x two rows x (train, test)
     low, high = bands[0][1], bands[0][2]
     assert (low <= high).all() and (low < high).any()  # the seeds differ somewhere: a real band
-    claims = json.loads(paths["claims.json"].read_text())
+    claims = assert_judged(json.loads(paths["claims.json"].read_text()))
     texts = [item["claim"] for item in claims]
     pooled = [item for item in claims if item["claim"].startswith("mean of 2 seeds: ")]
     assert len(pooled) == len(claims) // 3 and sum(t.startswith("seed 1: ") for t in texts) == len(pooled)

@@ -11,6 +11,8 @@ from pexp.figures import FIGURES
 from pexp.figures.base import write_figure
 from pexp.figures.tangent import MEAN_OF_VARIANTS, NEAR_GAP, PUBLISHED_MAE, WINDOWS, table2, table2_claims, whole_run
 
+from conftest import assert_judged
+
 
 def made_up_estimates(epochs, seed=0, spread=0.2, runs=("plain",)):
     """A per-epoch estimates table as the tangent evaluator writes it (only the columns table2 reads), states
@@ -105,7 +107,8 @@ def test_mean_of_variants_and_the_csv_round_trip(tmp_path):
 
 
 def bound_claims(table):
-    return [item for item in table2_claims(table, {}) if "close to the mean abs(test - train)" in item["claim"]]
+    return [item for item in assert_judged(table2_claims(table, {}))
+            if "close to the mean abs(test - train)" in item["claim"]]
 
 
 def test_bound_claim_reports_each_mae_beside_the_mean_train_test_gap():
@@ -139,7 +142,8 @@ def test_window_claim_reports_where_the_published_accuracy_mae_is_matched():
     estimates = made_up_estimates(6, spread=0.0)
     gap = np.where(estimates["epoch"] <= 3, 0.01, 0.3)
     estimates = estimates.assign(test_accuracy=estimates["train_accuracy"] - gap)
-    (item,) = [c for c in table2_claims(table2(estimates), {}) if "windows of epochs 1..k" in c["claim"]]
+    (item,) = [c for c in assert_judged(table2_claims(table2(estimates), {}))
+               if "windows of epochs 1..k" in c["claim"]]
     for name in PUBLISHED_MAE:
         accuracy = item["measured"][name]["accuracy"]
         assert list(accuracy["mae"]) == ["1-1", "1-3", "1-5", "1-6"]  # windows 10, 20, 50 capped at 6 epochs
@@ -148,7 +152,9 @@ def test_window_claim_reports_where_the_published_accuracy_mae_is_matched():
         assert accuracy["matched_at"] == ["1-1", "1-3"]
         assert item["measured"][name]["CE per sample"]["matched_at"] == "none"
     assert item["measured"]["capped"] == "k = 10, 20, 50 capped at the 6 epochs available"
-    assert item["holds"]
+    assert item["holds"] and item["judged"] == "accuracy MAE matched at epochs eq5 1-1, 1-3; eq6 1-1, 1-3; eq7 1-1, 1-3"
     late = estimates.assign(test_accuracy=estimates["train_accuracy"] - 0.3)
     (never,) = [c for c in table2_claims(table2(late), {}) if "windows of epochs 1..k" in c["claim"]]
     assert not never["holds"] and never["measured"]["eq5"]["accuracy"]["matched_at"] == "none"
+    assert never["judged"] == "accuracy MAE matched at epochs eq5 none; eq6 none; eq7 none"
+    assert "does not report" in never["diagnosis"]  # q = 1: every MAE is the gap, 30 times the published ~1%

@@ -114,6 +114,15 @@ def claim(text: str, measured: object, expected: str, holds: bool, data: str, *,
     return dict(item, **{key: value for key, value in extra.items() if value is not None})
 
 
+def number(value: float | None, unit: str = "", digits: int = 3) -> str:
+    """A measured number as a claim's ``judged`` text shows it: ``digits`` significant digits and its unit
+    ("none" for a value that was not measured, "inf" for a censored one)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "none"
+    text = f"{float(value):.{digits}g}"
+    return text + (unit if unit in ("%", "x") or not unit else f" {unit}")
+
+
 def make_figure(figure: Figure, command: FigureCommand | Sequence[str], figures_dir: Path | str,
                 device: str = "auto", progress: bool = True) -> dict[str, Path]:
     """Train / evaluate what is missing, then write ``<id>.{csv,claims.json,png,pdf,meta.json}`` atomically.
@@ -256,8 +265,9 @@ def seeded_claims(claims: Callable[[pd.DataFrame, dict[str, dict]], Claims], tab
     """A figure's claims over several seeds: judged on each seed alone (``seed <s>: ...``) and on the seeds
     pooled (``mean of n seeds: ...``). With as many points per seed, the pooled CDF is exactly the mean of the
     seeds' CDFs, so the pooled claim judges the drawn mean curve; its ``measured`` adds ``holds_per_seed`` and
-    ``spread``: each number the claim measured, as [min, max] over the seeds. Run metrics are averaged over the
-    seeds for the pooled claim (accuracies: the mean accuracy)."""
+    ``spread``: each number the claim measured, as [min, max] over the seeds; its ``judged`` and ``diagnosis`` are
+    those of the seeds pooled, each seed's claim keeps its own. Run metrics are averaged over the seeds for the
+    pooled claim (accuracies: the mean accuracy)."""
     per_seed: dict[int, Claims] = {}
     for seed in seeds:
         seed_metrics = {key.rsplit("/seed", 1)[0]: value for key, value in metrics.items()

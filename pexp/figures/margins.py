@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from pexp.figures.base import Claims, claim, data_label, title_suffix
+from pexp.figures.base import Claims, claim, data_label, number, title_suffix
 
 SPLIT_STYLE = {"train": dict(color="tab:blue", linestyle="-"), "test": dict(color="tab:orange", linestyle="--")}
 PAPER_RANGE = 0.1          # the papers plot margins from 0 to about 0.1
@@ -196,7 +196,9 @@ def search_check_claim(table: pd.DataFrame) -> dict:
                  "run and split, the points each stage flipped and the censored count before and after the APGD "
                  "stage are reported with it",
                  measured, ">= 95% of the points: PGD margin <= FMN margin + one grid step (0.001)",
-                 measured["points"] > 0 and share >= 0.95, data_label(table), judged=share, diagnostic=True)
+                 measured["points"] > 0 and share >= 0.95, data_label(table),
+                 judged=f"{number(100 * share, '%')} of {measured['points']} points" if measured["points"] else
+                 "no point measured", diagnostic=True)
 
 
 CROSSCHECK_RADIUS = 0.1   # the papers' plotted range, where the independent check is judged
@@ -266,15 +268,21 @@ def all_vs_first_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims
         measured[label]["correctly_classified"] = correct_only_summary(table, label)
     first, every = measured["first"], measured["all"]
     first_ok = (first.get("test_percent_there") or 0) >= 5 and (first.get("radius_train_1_percent") or 0) > 0
+    close = every["largest_gap"] <= 5 and every["mean_gap_test_minus_train"] < first["mean_gap_test_minus_train"]
     claims = [
         claim("input only: at small radii the test CDF lies well above the train CDF (the train margins are much "
               "larger than the test margins)", first,
               "at the radius where 1% of the train points are flipped, >= 5% of the test points are (5 times as "
-              "many; the issue's statistic); the mean gap over [0, 0.1] is reported", first_ok, data),
+              "many; the issue's statistic); the mean gap over [0, 0.1] is reported", first_ok, data,
+              judged=f"{number(first.get('test_percent_there'), '%')} of the test points at radius "
+                     f"{number(first.get('radius_train_1_percent'))}"),
         claim("all layers: train and test margins close over 0-0.1", every,
               "largest |test % - train %| over [0, 0.1] <= 5 points, and mean gap below the input-only one",
-              every["largest_gap"] <= 5 and every["mean_gap_test_minus_train"] < first["mean_gap_test_minus_train"],
-              data),
+              close, data,
+              judged=f"largest gap {number(every['largest_gap'], 'points')}; mean gap "
+                     f"{number(every['mean_gap_test_minus_train'], 'points')} (input only "
+                     f"{number(first['mean_gap_test_minus_train'], 'points')})",
+              diagnosis=None if close else all_layers_diagnosis(table, first, every)),
     ]
     if "unperturbed" in measured:
         base = measured["unperturbed"]
@@ -284,13 +292,41 @@ def all_vs_first_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims
         if lossless:
             gains["test_improvement_points_lossless"] = (base["lossless_test"]["mean_percent_0_to_0_1"]
                                                          - first["lossless_test"]["mean_percent_0_to_0_1"])
+        raised = train_gain >= 5 and test_gain < train_gain / 2
         claims.append(claim(
             "against the unperturbed net (pe-fig4's squared-error run), perturbing only the input raises the "
             "train margins but not the test margins", gains,
             "fewer train points flipped over [0, 0.1] (mean improvement >= 5 points), test improvement less than "
-            "half the train improvement", train_gain >= 5 and test_gain < train_gain / 2, data))
+            "half the train improvement", raised, data,
+            judged=f"train {number(train_gain, 'points')}, test {number(test_gain, 'points')} fewer flipped",
+            diagnosis=None if raised or train_gain < 5 else
+            "The paper states this in words, comparing its Fig. 6 with its Fig. 4 by eye (PE, Section 6). Measured "
+            f"against the same unperturbed net, the test curve improves by {number(test_gain, 'points')} and the "
+            f"train curve by {number(train_gain, 'points')}: the test margins do improve, the wide train/test gap "
+            "of Fig. 6 notwithstanding."))
     claims += [search_check_claim(table), *crosscheck_claims(table, metrics)]
     return claims
+
+
+def all_layers_diagnosis(table: pd.DataFrame, first: dict, every: dict) -> str | None:
+    """Why "all layers: close" fails, where that is known: the test error alone opens the gap at size 0
+    (pe-multiclass), or every layer's perturbation does narrow the gap but not below our 5-point line (richness-fig2
+    on CIFAR-10, where the gap straddles the line across seeds). None when the gap does not even narrow."""
+    if not (every["largest_gap"] < first["largest_gap"]
+            and every["mean_gap_test_minus_train"] < first["mean_gap_test_minus_train"]):
+        return None
+    at_zero = {split: float(margin_cdf(_split(table, "all", split), np.array([0.0]))[0])
+               for split in ("train", "test")}
+    if at_zero["test"] - at_zero["train"] > 5:
+        return (f"The test error opens the gap before any perturbation: {number(at_zero['test'], '%')} of the test "
+                f"points are misclassified unperturbed against {number(at_zero['train'], '%')} of the train points, "
+                "and the papers' curves count them as flipped at size 0. Over the correctly classified points alone "
+                f"the largest gap is {number(every['correctly_classified']['largest_gap'], 'points')} "
+                "(correctly_classified).")
+    return ("The paper gives no number for 'close': the 5-point line is ours, fixed before measuring. Perturbing "
+            f"every layer does narrow the largest gap, to {number(every['largest_gap'], 'points')} from "
+            f"{number(first['largest_gap'], 'points')} with the input only; on CIFAR-10 it lies on either side of "
+            "the line from seed to seed (docs/figures.md).")
 
 
 def small_test_margin_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:
@@ -303,8 +339,11 @@ def small_test_margin_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> C
         measured["test_accuracy"] = metrics[label].get("test_accuracy")
         if _lossless(table):
             measured["lossless_test"] = curve_summary(table, label, lossless_only=True)["test"]
+        median = measured["test"]["median"]
         out.append(claim(f"{label}: small test margins", measured, "median test margin < 0.1 (censored points "
-                         "count as beyond eps_max)", measured["test"]["median"] < 0.1, data))
+                         "count as beyond eps_max)", median < 0.1, data,
+                         judged=f"median test margin {number(median)}" + (" (half or more censored)"
+                                                                          if median == math.inf else "")))
     out += [search_check_claim(table), *crosscheck_claims(table, metrics)]
     return out
 
@@ -338,18 +377,22 @@ def eps_sweep_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:
                  train_medians={UNPERTURBED: unperturbed["median"],
                                 **{label: medians[label]["train"] for label in labels}}),
             f"mean % of train points flipped over [0, 0.1] lower at {labels[0]} than without perturbation",
-            train[0] < unperturbed["mean_percent_0_to_0_1"], data))
+            train[0] < unperturbed["mean_percent_0_to_0_1"], data,
+            judged=f"{number(train[0], '%')} at {labels[0]}, {number(unperturbed['mean_percent_0_to_0_1'], '%')} "
+                   "without"))
     return [
         claim("train margins grow with eps", dict(mean_train_percent_flipped_0_to_0_1=dict(zip(labels, train)),
                                                   medians=medians),
               "mean % of train points flipped over [0, 0.1] decreasing in eps", all(a > b for a, b in zip(train, train[1:])),
-              data),
+              data, judged=" / ".join(number(value, "%") for value in train) + " train flipped, by eps"),
         claim(f"at {labels[-1]} the training error no longer reaches zero", errors,
-              f"final training error at {labels[-1]} > 0", errors[labels[-1]] > 0, data),
+              f"final training error at {labels[-1]} > 0", errors[labels[-1]] > 0, data,
+              judged=f"training error {number(100 * errors[labels[-1]], '%')}"),
         claim(f"test margins are largest at {labels[-1]}", dict(mean_test_percent_flipped_0_to_0_1=dict(zip(labels, test)),
                                                                 medians=medians,
                                                                 lossless_test_mean_percent_0_to_0_1=lossless),
-              "mean % of test points flipped over [0, 0.1] smallest at the largest eps", test[-1] == min(test), data),
+              "mean % of test points flipped over [0, 0.1] smallest at the largest eps", test[-1] == min(test), data,
+              judged=" / ".join(number(value, "%") for value in test) + " test flipped, by eps"),
         *compared,
         search_check_claim(table),
         *crosscheck_claims(table, metrics),

@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from pexp.figures.base import Claims, claim, data_label, title_suffix
+from pexp.figures.base import Claims, claim, data_label, number, title_suffix
 
 PLOTTED_COMPONENTS = 80
 
@@ -66,7 +66,10 @@ def layer_pca_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:  
     conv = {key: counts[share] for key, counts in layers.items() if key.split("_", 1)[1].startswith("conv")}
     lowest_fc, highest_conv = min(fc.values(), default=None), max(conv.values(), default=None)
     visual = bool(fc and conv) and lowest_fc > highest_conv
-    own = bool(fc) and all(layers[key]["components_90"] <= layers[key]["width"] / 10 for key in fc)
+    kept = [key for key in fc if layers[key]["components_90"] <= layers[key]["width"] / 10]
+    own = bool(fc) and len(kept) == len(fc)
+    fc_counts = "; ".join(f"{key.split('_', 1)[1]} {layers[key]['components_90']} of {layers[key]['width']}"
+                          for key in fc)
     rank = ("numerical rank: singular values of the centred n x width activations above max(n, width) * "
             "float32 eps * the largest (numpy's matrix_rank tolerance)")
     return [
@@ -76,12 +79,19 @@ def layer_pca_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:  
               f"paper's text: that its curves are cumulative is our reading)",
               dict(layers=layers, lowest_fc_share=lowest_fc, highest_conv_share=highest_conv, rank=rank),
               f"min over the fc layers of the cumulative share in {PLOTTED_COMPONENTS} components > max over the "
-              f"conv layers", visual, data_label(table)),
+              f"conv layers", visual, data_label(table),
+              judged=f"lowest fc {number(None if lowest_fc is None else 100 * lowest_fc, '%')}, highest conv "
+                     f"{number(None if highest_conv is None else 100 * highest_conv, '%')}"),
         claim("our own pass rule, not stated in the paper (it gives no number): in each fully connected hidden "
               "layer 90% of the variance lies within a tenth of its width in principal components",
               dict(layers=layers, rank=rank),
               "our reading, not the paper's: components for 90% <= width / 10 in every fully connected hidden "
-              "layer", own, data_label(table)),
+              "layer", own, data_label(table), judged=f"components for 90%: {fc_counts or 'no fc layer'}",
+              diagnosis=None if own else
+              "The rule is our own reading, not the paper's, which gives no number for 'the first few principal "
+              "components' (R, Fig. 1): the paper's visual statement is the claim above. It fails at "
+              f"{', '.join(key.split('_', 1)[1] for key in fc if key not in kept)}, a count that moves with "
+              "centring, tap point, seed and data set (FIGURES.md, Revision 4)."),
     ]
 
 
@@ -132,10 +142,12 @@ def richer_layers_claims(table: pd.DataFrame, metrics: dict[str, dict], richest:
                for layer, runs in counts.items() for level in LEVELS
                for other, found in runs.items() if other != richest
                and runs[richest][f"components_{round(level * 100)}"] <= found[f"components_{round(level * 100)}"]]
+    total = sum(len(runs) - 1 for runs in counts.values()) * len(LEVELS)
     accuracies = {label: dict(train=entry.get("train_accuracy"), test=entry.get("test_accuracy"))
                   for label, entry in metrics.items()}
     return [claim(f"perturbing every layer keeps the hidden layers rich: the {richest} network needs more "
                   "components for 90% and 99% of the variance in each hidden layer than the other trainings",
                   dict(counts=counts, not_more=failing, accuracy=accuracies),
                   f"in every hidden layer and at both levels, {richest} count > each other training's count",
-                  not failing, data_label(table))]
+                  not failing, data_label(table),
+                  judged=f"{total - len(failing)} of {total} (layer, level, other training) counts larger")]

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from pexp.eval.geometry import svm_hard_margin
-from pexp.figures.base import Claims, claim
+from pexp.figures.base import Claims, claim, number
 
 CLASS_COLORS = {0: "tab:red", 1: "tab:blue"}
 LOSS_STYLE = {"ce": dict(color="black", linestyle="-", label="cross-entropy"),
@@ -99,7 +99,9 @@ def pe_fig1_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:
                               largest_gap_exact_vs_search_ce=_search_gap(table, seed=seed, loss="ce"),
                               largest_gap_exact_vs_search_se=_search_gap(table, seed=seed, loss="se"),
                               train_accuracy_ce=accuracy["ce"], train_accuracy_se=accuracy["se"]),
-                         "margin_ce < margin_se, no censored point", ce < se and not any(censored.values()), "toy"))
+                         "margin_ce < margin_se, no censored point", ce < se and not any(censored.values()), "toy",
+                         judged=f"CE {number(ce)} vs SE {number(se)}"
+                         + (f" ({sum(censored.values())} censored)" if any(censored.values()) else "")))
     return out
 
 
@@ -141,5 +143,6 @@ def pe_fig2_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims:  # 
         measured, optimal = smallest_margin(rows), _svm(rows).margin
         out.append(claim(f"data set {dataset}: the cross-entropy margin is far below the optimal (SVM) margin",
                          dict(margin_ce=measured, margin_svm=optimal, ratio=measured / optimal),
-                         "ratio margin_ce / margin_svm <= 0.5", measured / optimal <= 0.5, "toy"))
+                         "ratio margin_ce / margin_svm <= 0.5", measured / optimal <= 0.5, "toy",
+                         judged=f"ratio {number(measured / optimal)}"))
     return out
