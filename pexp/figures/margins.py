@@ -273,7 +273,7 @@ def all_vs_first_claims(table: pd.DataFrame, metrics: dict[str, dict]) -> Claims
         claim("input only: at small radii the test CDF lies well above the train CDF (the train margins are much "
               "larger than the test margins)", first,
               "at the radius where 1% of the train points are flipped, >= 5% of the test points are (5 times as "
-              "many; the issue's statistic); the mean gap over [0, 0.1] is reported", first_ok, data,
+              "many); the mean gap over [0, 0.1] is reported", first_ok, data,
               judged=f"{number(first.get('test_percent_there'), '%')} of the test points at radius "
                      f"{number(first.get('radius_train_1_percent'))}"),
         claim("all layers: train and test margins close over 0-0.1", every,
