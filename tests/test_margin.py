@@ -292,8 +292,10 @@ def test_stage_counts_of_the_margin_figures():
     table = pd.concat([rows, rows.assign(split="test")])
     item = search_check_claim(table)
     assert item["measured"]["stages"]["first"]["test"] == counts
-    assert item["judged"] == f"{100 * item['measured']['pgd_within_one_step_or_below']:.3g}% of " \
-                             f"{item['measured']['points']} points"
+    # of the 10 points measured (margin > 0, both splits), PGD went more than a step below FMN on 2 (0.04 < 0.06 -
+    # 0.001, once per split): beyond the 5% allowed
+    assert item["measured"]["pgd_more_than_one_step_below"] == 2 / 10 and not item["holds"]
+    assert item["judged"] == "20% of 10 points"
 
 
 def test_walk_stops_at_the_first_flip():

@@ -166,10 +166,14 @@ def largest_gap(table: pd.DataFrame, label: str, x_max: float = PAPER_RANGE, los
     return float(np.abs(curves["test"] - curves["train"]).max())
 
 
+FIRST_ESTIMATE_SHARE = 0.05  # at most this share of the points may the PGD bisection take > one step below FMN
+
+
 def search_check(table: pd.DataFrame, resolution: float = 0.001) -> dict:
-    """The two attacks of the margin search on every point both measured: how often the PGD bisection's margin
-    (``pgd``) lies within one grid step of, or below, the minimal-norm attack's (``fmn``), and which was lower how
-    often (the figure's margin is the smaller of the two: the better upper bound on the true margin)."""
+    """The search's first estimate against the PGD bisection that searches below it, on every point both measured:
+    how often PGD found a margin more than one grid step below the minimal-norm attack's (``fmn``: then FMN's
+    bound was loose), how often it found nothing below it (FMN's bound stands), which was lower how often (the
+    figure's margin is the smaller of the two: the better upper bound on the true margin)."""
     if "fmn" not in table or "pgd" not in table:
         return dict(points=0)
     rows = table[np.isfinite(table["fmn"].astype(float)) | np.isinf(table["fmn"].astype(float))]
@@ -178,25 +182,24 @@ def search_check(table: pd.DataFrame, resolution: float = 0.001) -> dict:
     n = len(rows)
     if n == 0:
         return dict(points=0)
-    return dict(points=n, pgd_within_one_step_or_below=float(np.mean(pgd <= fmn + resolution + 1e-9)),
+    return dict(points=n, pgd_more_than_one_step_below=float(np.mean(pgd < fmn - resolution - 1e-9)),
                 pgd_lower=int(np.sum(pgd < fmn - 1e-9)), fmn_lower=int(np.sum(fmn < pgd - 1e-9)),
-                fmn_lower_by_more_than_one_step=int(np.sum(fmn < pgd - resolution - 1e-9)),
                 pgd_found_nothing_below_fmn=int(np.isinf(pgd).sum()), fmn_failed=int(np.isinf(fmn).sum()))
 
 
 def search_check_claim(table: pd.DataFrame) -> dict:
-    """The agreement of the search's two first attacks, with each run's stage counts per split
-    (:func:`stage_counts`: which stage gave the margins, the censored count before and after the APGD stage)."""
+    """How tight the search's first estimate is, with each run's stage counts per split (:func:`stage_counts`:
+    which stage gave the margins, the censored count before and after the APGD stage)."""
     measured = search_check(table)
-    share = measured.get("pgd_within_one_step_or_below", math.nan)
+    share = measured.get("pgd_more_than_one_step_below", math.nan)
     measured["stages"] = {label: {split: stage_counts(table[(table["run"] == label) & (table["split"] == split)])
                                   for split in ("train", "test")} for label in sorted(table["run"].unique())}
-    return claim("the margin search's two attacks agree: PGD bisection (zero start, margin loss) within one grid step "
-                 "of foolbox's minimal-norm attack FMN, or below it (the figure uses the smaller of the two); per "
-                 "run and split, the points each stage flipped and the censored count before and after the APGD "
-                 "stage are reported with it",
-                 measured, ">= 95% of the points: PGD margin <= FMN margin + one grid step (0.001)",
-                 measured["points"] > 0 and share >= 0.95, data_label(table),
+    return claim("the margin search's first estimate is tight: the PGD bisection (zero start, margin loss), which "
+                 "searches below foolbox's minimal-norm attack FMN, rarely finds a margin more than one grid step "
+                 "below it (the figure uses the smaller of the two); per run and split, the points each stage "
+                 "flipped and the censored count before and after the APGD stage are reported with it",
+                 measured, f"<= {FIRST_ESTIMATE_SHARE:.0%} of the points: PGD margin < FMN margin - one grid step "
+                 "(0.001)", measured["points"] > 0 and share <= FIRST_ESTIMATE_SHARE, data_label(table),
                  judged=f"{number(100 * share, '%')} of {measured['points']} points" if measured["points"] else
                  "no point measured", diagnostic=True)
 
