@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from pexp import CONF_DIR
 from pexp.errors import ConfigError
+from pexp.schema import UNSET, cross_check, has_schema
 
 NORMS = {"linf": math.inf, "l2": 2.0}
 OBJECTIVES = ("margin", "ce")
@@ -357,6 +358,22 @@ class SearchSettings:
     def build(self) -> MarginSearch:
         """The search these settings choose, with its parts."""
         return SEARCHES[self.search](self)
+
+
+# The eval config keys of the search settings, for the schema of every evaluator that searches (it extends this):
+# each key is declared by its setting above, unset until an eval config sets it (the setting's default applies).
+SearchKeys = dataclasses.make_dataclass(
+    "SearchKeys", [(item.name, Any, field(default=UNSET)) for item in fields(SearchSettings) if item.metadata["config"]],
+    namespace={"__doc__": "The search settings an eval config may set, checked by SearchSettings.",
+               "__module__": __name__})
+
+
+@cross_check("eval")
+def check_search(cfg: Any) -> None:
+    """The search settings of an evaluator that searches (its schema extends :data:`SearchKeys`), checked where they
+    are declared."""
+    if has_schema(cfg.eval, SearchKeys):
+        SearchSettings.from_config(cfg.eval)
 
 
 def protocol(name: str) -> dict[str, Any]:
