@@ -7,12 +7,12 @@ from typing import Any, Callable
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pexp.data import Split
 from pexp.errors import ConfigError
 from pexp.runs import RunDir, config_hash, hashable
-from pexp.schema import SCHEMA_PREFIX, cross_check, has_schema, store
+from pexp.schema import SCHEMA_PREFIX, cross_check, store
 
 NOT_HASHED = ("batch_size", "progress")
 RESULTS = "results.csv"
@@ -41,16 +41,18 @@ def register(name: str, schema: type, results: Callable[..., pd.DataFrame] | Non
 
 @cross_check("eval")
 def check_name(cfg: Any) -> None:
-    """eval.name is a registered evaluator's, and the eval config extends that evaluator's schema."""
+    """eval.name is a registered evaluator's, and the eval config is built from that evaluator's schema."""
     name = cfg.eval.name
     if name not in SCHEMAS:
         raise ConfigError(f"eval.name={name!r} is not allowed: choose one of {', '.join(SCHEMAS)}")
-    if not has_schema(cfg.eval, SCHEMAS[name]):
+    if OmegaConf.get_type(cfg.eval) is not SCHEMAS[name]:
         raise ConfigError(f"eval.name={name!r} is not allowed with this eval config: an option of evaluator {name} "
                           f"extends its schema (defaults: [{SCHEMA_PREFIX}{name}, _self_])")
 
 
 class SplitName(StrEnum):
+    """A data set's split, where an evaluator lets its config choose one."""
+
     train = "train"
     test = "test"
 

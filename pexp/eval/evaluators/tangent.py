@@ -1,7 +1,7 @@
-"""Paper TS: ``eval=active`` (active hidden units) and ``eval=tangent`` (per-epoch statistics and estimates)."""
+"""Paper TS: ``eval=active`` (active hidden units), ``eval=tangent`` (per-epoch statistics and estimates) and the
+settings of ``eval=bound`` (the bound of eq. (2), whose table tangent-fig2 computes)."""
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -16,7 +16,7 @@ from pexp.eval.evaluators.common import _subset, register, run_of
 from pexp.eval.tangent import active_counts, add_estimates, epoch_statistics, loss_and_accuracy
 from pexp.models import EntryNet, fold_batch_norm
 from pexp.runs import RunDir, write_csv
-from pexp.schema import UNSET, cross_check, has_schema, integer, number
+from pexp.schema import UNSET, cross_check, has_schema, integer, is_number, number
 from pexp.train.loop import state_path
 
 
@@ -74,7 +74,7 @@ def check_bound_lists(cfg: Any) -> None:
         value = cfg.eval.get(key)
         values = list(value) if OmegaConf.is_list(value) else value
         if not isinstance(values, list) or not values or any(
-                not isinstance(v, numbers.Real) or isinstance(v, bool) or (v < low if low_allowed else v <= low)
+                not is_number(v) or (v < low if low_allowed else v <= low)
                 or (integers and not float(v).is_integer()) for v in values):
             raise ConfigError(f"eval.{key}={values} is not allowed: must be a non-empty list of "
                               f"{'integers' if integers else 'numbers'} >{'=' if low_allowed else ''} {low}")
