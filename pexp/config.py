@@ -19,7 +19,6 @@ import torch
 from omegaconf import DictConfig
 
 from pexp.errors import ConfigError, DataError  # noqa: F401 - defined at the bottom layer, named here for the rest
-from pexp.eval import evaluators  # noqa: F401 - the evaluators register their schemas and rules (eval group)
 from pexp.losses import validate_loss
 from pexp.models import layer_names  # noqa: F401 - the check of init.layers reads the models' names from it
 from pexp.schema import UNSET, check_groups, cross_check, flag, integer, store
@@ -65,7 +64,7 @@ def validate_training(cfg: DictConfig) -> None:
 
 def validate_eval(cfg: DictConfig) -> None:
     """Check the eval group: its schema's declared fields, then the rules the evaluators registered (eval.name is
-    a registered evaluator's, the margin search's settings, each evaluator's own)."""
+    a registered evaluator's, the margin search's settings, each evaluator's own; pexp.eval.evaluators)."""
     check_groups(cfg, "eval")
 
 
