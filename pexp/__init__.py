@@ -10,5 +10,7 @@ warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_\w+' is 
                         category=UserWarning)
 
 # Each config group's schema registers itself in Hydra's ConfigStore beside the code it configures (pexp.schema):
-# importing the training loop imports them all, before anything composes a config.
+# importing the training loop imports the training groups', the evaluators the eval group's (each evaluator's schema
+# and rules), before anything composes or checks a config.
 from pexp import train  # noqa: E402,F401
+from pexp.eval import evaluators  # noqa: E402,F401

@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import errno
 import functools
-import numbers
 import os
 import sys
 import tempfile
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pexp.checks import check_bool, check_choice, check_number, get_required as _get
 from pexp.errors import ConfigError, DataError  # noqa: F401 - defined at the bottom layer, named here for the rest
 from pexp.losses import validate_loss
 from pexp.models import layer_names  # noqa: F401 - the check of init.layers reads the models' names from it
@@ -64,88 +62,10 @@ def validate_training(cfg: DictConfig) -> None:
     validate_loss(cfg)  # the loss owns its rule (pexp.losses)
 
 
-EVALUATORS = ("margin", "boundary", "pca", "offmanifold", "projected", "dataset_pca", "active", "tangent", "bound")
-PROJECTION_MODES = ("unrestricted", "subspace", "complement")
-
-
-def _validate_ts_eval(cfg: DictConfig) -> None:
-    """The paper TS evaluators: active counts, per-epoch estimators, and the bound of eq. (2)."""
-    if cfg.eval.name == "bound":
-        for key in ("d_in", "outputs", "width"):
-            check_number(cfg, f"eval.{key}", low=1, integer=True)
-        for key in ("sigma", "w_max", "mu_fraction", "sigma_fraction"):
-            check_number(cfg, f"eval.{key}", low=0, low_open=True)
-        check_number(cfg, "eval.mu", low=0)
-        for key, low, integer in (("depths", 1, True), ("mus", 0, False), ("sigmas", 0, False),
-                                  ("w_maxes", 0, False), ("widths", 1, True)):
-            values = list(_get(cfg, f"eval.{key}"))
-            bad = [v for v in values if not isinstance(v, numbers.Real) or isinstance(v, bool) or v < low
-                   or (v == 0 and key in ("sigmas", "w_maxes")) or (integer and not float(v).is_integer())]
-            if not values or bad:
-                raise ConfigError(f"eval.{key}={values} is not allowed: must be a non-empty list of "
-                                  f"{'integers' if integer else 'numbers'} >{'=' if key in ('mus',) or integer else ''} {low}")
-        return
-    check_number(cfg, "eval.batch_size", low=1, integer=True)
-    check_number(cfg, "eval.n_train", low=2, integer=True, optional=True)
-    check_number(cfg, "eval.n_test", low=2, integer=True, optional=True)
-    if cfg.eval.name == "tangent":
-        check_number(cfg, "eval.depth", low=2, integer=True, optional=True)
-
-
-def _validate_search(cfg: DictConfig) -> None:
-    """The margin search's own settings, where the eval config sets them: checked by the search's settings
-    (pexp.eval.margin.SearchSettings), and the protocol label the results carry."""
-    from pexp.eval.margin import SearchSettings
-
-    SearchSettings.from_config(cfg.eval)
-    if cfg.eval.get("protocol") is not None:
-        check_choice(cfg, "eval.protocol", ["accurate", "authors"])
-
-
 def validate_eval(cfg: DictConfig) -> None:
-    """Check the eval group: the margin search settings of the evaluators that search, then each one's own."""
-    check_choice(cfg, "eval.name", EVALUATORS)
-    if cfg.eval.name in ("active", "tangent", "bound"):
-        _validate_ts_eval(cfg)
-        return
-    check_number(cfg, "eval.batch_size", low=1, integer=True)
-    if "seed" in cfg.eval:
-        check_number(cfg, "eval.seed", low=0, integer=True)
-    if cfg.eval.name == "pca":
-        check_number(cfg, "eval.n_train", low=2, integer=True, optional=True)
-        return
-    if cfg.eval.name == "dataset_pca":
-        check_choice(cfg, "eval.split", ["train", "test"])
-        return
-    if cfg.eval.name == "offmanifold":
-        check_number(cfg, "eval.max_distance", low=0, low_open=True)
-        check_number(cfg, "eval.tolerance", low=0, low_open=True)
-        check_number(cfg, "eval.grid", low=2, integer=True)
-        check_number(cfg, "eval.surface_grid", low=2, integer=True, optional=True)
-        return
-    _validate_search(cfg)
-    if cfg.eval.name == "projected":
-        check_number(cfg, "eval.n_points", low=1, integer=True)
-        if _get(cfg, "eval.split") is not None:
-            check_choice(cfg, "eval.split", ["train", "test"])
-        bounds = _get(cfg, "eval.bounds")
-        if bounds is not None and not (OmegaConf.is_list(bounds) and len(bounds) == 2 and all(isinstance(b, numbers.Real) for b in bounds)
-                                       and bounds[0] < bounds[1]):
-            raise ConfigError(f"eval.bounds={list(bounds) if OmegaConf.is_list(bounds) else bounds!r} is not "
-                              f"allowed: must be null (no box) or [low, high] with low < high")
-        modes = list(_get(cfg, "eval.modes"))
-        if not modes or any(mode not in PROJECTION_MODES for mode in modes):
-            raise ConfigError(f"eval.modes={modes} is not allowed: must be a non-empty list of "
-                              f"{', '.join(PROJECTION_MODES)}")
-    if cfg.eval.name == "margin":
-        check_number(cfg, "eval.n_train", low=1, integer=True, optional=True)
-        check_number(cfg, "eval.n_test", low=1, integer=True, optional=True)
-    if cfg.eval.name == "boundary":
-        check_number(cfg, "eval.grid", low=2, integer=True)
-        view = list(_get(cfg, "eval.view"))
-        if len(view) != 4 or not (view[0] < view[1] and view[2] < view[3]):
-            raise ConfigError(f"eval.view={view} is not allowed: must be [x_min, x_max, y_min, y_max] with "
-                              f"x_min < x_max and y_min < y_max")
+    """Check the eval group: its schema's declared fields, then the rules the evaluators registered (eval.name is
+    a registered evaluator's, the margin search's settings, each evaluator's own; pexp.eval.evaluators)."""
+    check_groups(cfg, "eval")
 
 
 def validate_config(cfg: DictConfig) -> None:

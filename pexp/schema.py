@@ -53,6 +53,13 @@ def cross_check(group: str) -> Callable[[Callable[[DictConfig], None]], Callable
     return register
 
 
+def has_schema(node: Any, schema: type) -> bool:
+    """Whether a composed config node was built from ``schema`` (or a schema extending it): what a group's rule
+    asks to apply only to the options of one schema."""
+    kind = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    return isinstance(kind, type) and issubclass(kind, schema)
+
+
 def check_groups(cfg: DictConfig, *groups: str) -> None:
     """The declared fields of ``groups`` (``""``: the root's own keys), then the rules their code registered."""
     check_fields(cfg, *groups)
@@ -120,7 +127,8 @@ def _within(value: Any, meta: dict) -> bool:
         (meta.get("le"), lambda v, b: v <= b), (meta.get("lt"), lambda v, b: v < b)))
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """An int or float (not a bool)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
@@ -135,7 +143,7 @@ def allowed(value: Any, meta: dict) -> bool:
         return bool(items) and all(isinstance(i, int) and not isinstance(i, bool) and _within(i, meta)
                                    for i in items) and (not meta.get("length") or len(items) == meta["length"]) \
             and (not meta.get("distinct") or len(set(items)) == len(items))
-    if not _is_number(value) or (kind == "integer" and not float(value).is_integer()):
+    if not is_number(value) or (kind == "integer" and not float(value).is_integer()):
         return False
     return _within(value, meta)
 

@@ -16,7 +16,7 @@ from pexp.eval.evaluators import DATA_EVALUATORS, EVALUATORS
 from pexp.eval.evaluators.common import RESULTS, eval_dir, run_of
 from pexp.eval.evaluators.offmanifold import boundary_height, complement_basis
 from pexp.eval.evaluators.pca import pca_results
-from pexp.runs import RunDir, config_hash, run_identity, write_csv, write_json
+from pexp.runs import RunDir, config_hash, hashable, run_identity, write_csv, write_json
 from pexp.train.loop import load_trained, train
 
 __all__ = ["DATA_EVALUATORS", "EVALUATORS", "RESULTS", "boundary_height", "complement_basis", "eval_dir",
@@ -31,7 +31,7 @@ def _cached(out: RunDir, eval_cfg: DictConfig, compute: Callable[[], pd.DataFram
             if not out.complete:
                 started = time.perf_counter()
                 write_csv(out / RESULTS, compute())
-                write_json(out / "eval.json", OmegaConf.to_container(eval_cfg, resolve=True))
+                write_json(out / "eval.json", hashable(eval_cfg))  # without the unset keys
                 out.mark_complete(dict(seconds=time.perf_counter() - started))
     return pd.read_csv(out / RESULTS)
 

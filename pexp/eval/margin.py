@@ -1,8 +1,8 @@
 """The one margin search of pexp: the smallest perturbation that flips each point's prediction.
 
 The search is built from one :class:`SearchSettings` (every setting declared once, with what it allows, checked when
-built; ``SearchSettings.from_config(cfg.eval)`` reads an eval config) as a small object per algorithm, registered
-by name in :data:`SEARCHES`:
+built; ``SearchSettings.from_config(cfg.eval)`` reads an eval config, whose keys :data:`SearchKeys` declares for the
+schema of every evaluator that searches) as a small object per algorithm, registered by name in :data:`SEARCHES`:
 
 - ``search``: ``"bisect"`` (default, :class:`Bisect`) runs batched projected gradient steps on every still-open
   point at once, each point at its own radius, and bisects each point's radius over a grid (0, resolution,
@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from pexp import CONF_DIR
 from pexp.errors import ConfigError
+from pexp.schema import UNSET, cross_check, has_schema
 
 NORMS = {"linf": math.inf, "l2": 2.0}
 OBJECTIVES = ("margin", "ce")
@@ -357,6 +358,23 @@ class SearchSettings:
     def build(self) -> MarginSearch:
         """The search these settings choose, with its parts."""
         return SEARCHES[self.search](self)
+
+
+# The eval config keys of the search settings, for the schema of every evaluator that searches (it extends this):
+# each key is declared by its setting above, unset until an eval config sets it (the setting's default applies).
+SearchKeys = dataclasses.make_dataclass(
+    "SearchKeys",
+    [(item.name, Any, field(default=UNSET)) for item in fields(SearchSettings) if item.metadata["config"]],
+    namespace={"__doc__": "The search settings an eval config may set, checked by SearchSettings.",
+               "__module__": __name__})
+
+
+@cross_check("eval")
+def check_search(cfg: Any) -> None:
+    """The search settings of an evaluator that searches (its schema extends :data:`SearchKeys`), checked where they
+    are declared."""
+    if has_schema(cfg.eval, SearchKeys):
+        SearchSettings.from_config(cfg.eval)
 
 
 def protocol(name: str) -> dict[str, Any]:

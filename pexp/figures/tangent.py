@@ -2,6 +2,7 @@
 label-free estimates of the test loss and accuracy over training (tangent-fig3, tangent-table2)."""
 from __future__ import annotations
 
+from dataclasses import fields
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -9,6 +10,8 @@ import pandas as pd
 from omegaconf import DictConfig
 from scipy import stats
 
+from pexp.config import validate_eval
+from pexp.eval.evaluators.tangent import BoundConfig
 from pexp.eval.tangent import ESTIMATORS, mean_absolute_errors, sensitivity_bound
 from pexp.figures.base import Claims, Run, claim, collect_runs, data_label, number
 from pexp.figures.compose import FigureCommand, compose_experiment
@@ -141,20 +144,12 @@ def bound_table(bound_cfg) -> pd.DataFrame:  # noqa: ANN001 - the eval=bound con
 
 def fig2_configs(command: FigureCommand) -> dict[str, DictConfig]:
     """tangent-fig2's one config: the bound's settings (``eval=bound``; other evaluators' settings do not apply)."""
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
-    from pexp import CONF_DIR
-
-    keys = {f"eval.{key}" for key in OmegaConf.load(Path(CONF_DIR) / "eval" / "bound.yaml")}
+    keys = {f"eval.{item.name}" for item in fields(BoundConfig)}
     others = [item.key_or_group for item in command.runs.under("eval") if item.key_or_group not in keys]
     return {"bound": compose_experiment("ts_cifar10", ["eval=bound", *command.runs.without(*others)])}
 
 
 def build_fig2(command: FigureCommand, device: str, progress: bool) -> tuple[pd.DataFrame, dict]:  # noqa: ARG001
-    from pexp.config import validate_eval
-
     cfg = fig2_configs(command)["bound"]
     validate_eval(cfg)
     return bound_table(cfg.eval), {}

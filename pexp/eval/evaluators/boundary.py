@@ -1,19 +1,47 @@
 """``eval=boundary``: 2D toys, each training point's distance to the boundary and the boundary traced."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import contourpy
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pexp.errors import ConfigError
 from pexp.data import load_dataset
+from pexp.eval.evaluators.common import register
 from pexp.eval.geometry import exact_margins_2d
-from pexp.eval.margin import SearchSettings
+from pexp.eval.margin import SearchKeys, SearchSettings
 from pexp.losses import Loss
 from pexp.models import AsLogits, EntryNet, score
 from pexp.runs import RunDir
+from pexp.schema import UNSET, cross_check, has_schema, integer, is_number
+
+
+@dataclass
+class BoundaryConfig(SearchKeys):
+    """eval=boundary (conf/eval/boundary.yaml): the l2 search settings (:data:`pexp.eval.margin.SearchKeys`) and the
+    traced region."""
+
+    name: str = "boundary"
+    view: Any = UNSET  # [x_min, x_max, y_min, y_max]: check_view
+    grid: int = integer(400, ge=2)  # grid points per axis
+    seed: int = integer(0, ge=0)
+
+
+@cross_check("eval")
+def check_view(cfg: Any) -> None:
+    if not has_schema(cfg.eval, BoundaryConfig):
+        return
+    value = cfg.eval.get("view")
+    view = list(value) if OmegaConf.is_list(value) else value
+    if not (isinstance(view, list) and len(view) == 4 and all(is_number(v) for v in view)
+            and view[0] < view[1] and view[2] < view[3]):
+        raise ConfigError(f"eval.view={view!r} is not allowed: must be [x_min, x_max, y_min, y_max] with "
+                          f"x_min < x_max and y_min < y_max")
 
 
 def boundary_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
@@ -47,6 +75,9 @@ def boundary_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out
                                search_margin=searched.numpy(), eps_max=float(eval_cfg.eps_max),
                                rng_order=str(cfg.data.get("rng_order", "pexp"))))
     return pd.concat([points, boundary], ignore_index=True)
+
+
+register("boundary", BoundaryConfig, boundary_results)
 
 
 def trace_boundary(model: EntryNet, threshold: float, view: list[float], grid: int) -> pd.DataFrame:

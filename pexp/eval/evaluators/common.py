@@ -1,14 +1,60 @@
-"""What every evaluator shares: its cache directory beside the run, the run it belongs to, seeded subsets."""
+"""What every evaluator shares: the registry of evaluators by ``eval.name`` (each one's schema and function), its
+cache directory beside the run, the run it belongs to, seeded subsets."""
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import Any, Callable
+
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pexp.data import Split
+from pexp.errors import ConfigError
 from pexp.runs import RunDir, config_hash, hashable
+from pexp.schema import SCHEMA_PREFIX, cross_check, store
 
 NOT_HASHED = ("batch_size", "progress")
 RESULTS = "results.csv"
+
+# Every evaluator by its eval.name (the names eval.name allows): the schema of its eval configs.
+SCHEMAS: dict[str, type] = {}
+# The functions that compute an evaluator's table: of a trained run, (model, cfg, eval_cfg, out, progress) ...
+EVALUATORS: dict[str, Callable[..., pd.DataFrame]] = {}
+# ... or of a data set alone, (cfg, eval_cfg). An evaluator in neither (eval=bound) is computed by its figure.
+DATA_EVALUATORS: dict[str, Callable[[DictConfig, DictConfig], pd.DataFrame]] = {}
+
+
+def register(name: str, schema: type, results: Callable[..., pd.DataFrame] | None = None,
+             data: bool = False) -> None:
+    """``eval.name=<name>``: its schema (a dataclass stored as ``eval/base_<name>``, which its conf/eval options
+    extend: ``defaults: [base_<name>, _self_]``) and the function that computes its table, of a trained run, or of
+    a data set alone (``data``); none for a table its figure computes. A new evaluator is one schema and function
+    registered here, and one conf/eval file."""
+    if name in SCHEMAS:
+        raise ValueError(f"an evaluator named {name!r} is registered already ({SCHEMAS[name].__name__})")
+    SCHEMAS[name] = schema
+    store(schema, name, "eval")
+    if results is not None:
+        (DATA_EVALUATORS if data else EVALUATORS)[name] = results
+
+
+@cross_check("eval")
+def check_name(cfg: Any) -> None:
+    """eval.name is a registered evaluator's, and the eval config is built from that evaluator's schema."""
+    name = cfg.eval.name
+    if name not in SCHEMAS:
+        raise ConfigError(f"eval.name={name!r} is not allowed: choose one of {', '.join(SCHEMAS)}")
+    if OmegaConf.get_type(cfg.eval) is not SCHEMAS[name]:
+        raise ConfigError(f"eval.name={name!r} is not allowed with this eval config: an option of evaluator {name} "
+                          f"extends its schema (defaults: [{SCHEMA_PREFIX}{name}, _self_])")
+
+
+class SplitName(StrEnum):
+    """A data set's split, where an evaluator lets its config choose one."""
+
+    train = "train"
+    test = "test"
 
 
 def eval_dir(run: RunDir, eval_cfg: DictConfig) -> RunDir:

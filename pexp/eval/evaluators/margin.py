@@ -2,17 +2,40 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Optional
 
 import pandas as pd
 import torch
 from omegaconf import DictConfig
 
 from pexp.data import load_dataset
-from pexp.eval.evaluators.common import _subset, run_of
-from pexp.eval.margin import STAGES, SearchSettings
+from pexp.eval.evaluators.common import _subset, register, run_of
+from pexp.eval.margin import STAGES, SearchKeys, SearchSettings
 from pexp.losses import Loss
 from pexp.models import EntryNet
 from pexp.runs import RunDir, write_csv
+from pexp.schema import UNSET, integer
+
+
+class Protocol(StrEnum):
+    """The label a margin table carries: the accurate search (default) or the authors' protocol."""
+
+    accurate = "accurate"
+    authors = "authors"
+
+
+@dataclass
+class MarginConfig(SearchKeys):
+    """eval=margin and eval=margin_authors (conf/eval/margin.yaml, margin_authors.yaml): the search settings
+    (:data:`pexp.eval.margin.SearchKeys`) and the points searched."""
+
+    name: str = "margin"
+    protocol: Optional[Protocol] = UNSET
+    n_train: Optional[int] = integer(None, ge=1, null=True)  # a seeded random subset of the training set; null: all
+    n_test: Optional[int] = integer(None, ge=1, null=True)  # null or >= its size: the whole test set
+    seed: int = integer(0, ge=0)
 
 
 def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
@@ -53,3 +76,6 @@ def margin_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: 
                   f"({seconds:.1f}s)")
         frames.append(pd.read_csv(part))
     return pd.concat(frames, ignore_index=True)
+
+
+register("margin", MarginConfig, margin_results)

@@ -2,21 +2,74 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pexp.errors import ConfigError
 from pexp.data import Dataset, load_dataset
 from pexp.eval.evaluators.boundary import trace_boundary
-from pexp.eval.evaluators.common import _subset
+from pexp.eval.evaluators.common import SplitName, register
 from pexp.eval.geometry import offmanifold_distance
-from pexp.eval.margin import SearchSettings
+from pexp.eval.margin import SearchKeys, SearchSettings
 from pexp.losses import Loss
 from pexp.models import AsLogits, EntryNet
 from pexp.runs import RunDir
+from pexp.schema import UNSET, choices, cross_check, has_schema, integer, is_number, number
+
+
+@dataclass
+class OffmanifoldConfig:
+    """eval=offmanifold (conf/eval/offmanifold.yaml)."""
+
+    name: str = "offmanifold"
+    max_distance: Any = number(3.0, gt=0)  # the scan's reach along the normal
+    tolerance: Any = number(1e-3, gt=0)  # the bisection's
+    view: Any = UNSET  # the traced region of 2D data (the mesh of the data plane's coordinates for 3D data)
+    grid: int = integer(400, ge=2)  # grid points per axis of the trace
+    surface_grid: Optional[int] = integer(UNSET, ge=2, null=True)  # 3D data on a plane: the boundary's height
+    batch_size: int = integer(65536, ge=1)
+
+
+class ProjectionMode(StrEnum):
+    """Where eval=projected's perturbations may go: anywhere, within the data subspace, or orthogonal to it."""
+
+    unrestricted = "unrestricted"
+    subspace = "subspace"
+    complement = "complement"
+
+
+@dataclass
+class ProjectedConfig(SearchKeys):
+    """eval=projected (conf/eval/projected.yaml): the search settings (:data:`pexp.eval.margin.SearchKeys`), the
+    modes and the points (``modes`` and ``bounds``: check_projected)."""
+
+    name: str = "projected"
+    modes: Any = UNSET  # a non-empty list of ProjectionMode names
+    n_points: int = integer(200, ge=1)  # the first n_points of split
+    split: Optional[SplitName] = UNSET  # default train
+    bounds: Any = UNSET  # [low, high]: the box inputs are clipped to; null (default): none
+    seed: int = integer(0, ge=0)
+
+
+@cross_check("eval")
+def check_projected(cfg: Any) -> None:
+    if not has_schema(cfg.eval, ProjectedConfig):
+        return
+    bounds = cfg.eval.get("bounds")
+    if bounds is not None and not (OmegaConf.is_list(bounds) and len(bounds) == 2 and all(is_number(b) for b in bounds)
+                                   and bounds[0] < bounds[1]):
+        raise ConfigError(f"eval.bounds={list(bounds) if OmegaConf.is_list(bounds) else bounds!r} is not "
+                          f"allowed: must be null (no box) or [low, high] with low < high")
+    value = cfg.eval.get("modes")
+    modes = list(value) if OmegaConf.is_list(value) else value
+    if not isinstance(modes, list) or not modes or any(mode not in list(ProjectionMode) for mode in modes):
+        raise ConfigError(f"eval.modes={modes} is not allowed: must be a non-empty list of {choices(ProjectionMode)}")
 
 
 def complement_basis(subspace: torch.Tensor) -> torch.Tensor:
@@ -100,3 +153,7 @@ def projected_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, ou
                                         distance=distance.numpy(), misclassified=(distance == 0).numpy(),
                                         censored=torch.isinf(distance).numpy(), end=found["end"].double().numpy())))
     return pd.concat(frames, ignore_index=True)
+
+
+register("offmanifold", OffmanifoldConfig, offmanifold_results)
+register("projected", ProjectedConfig, projected_results)

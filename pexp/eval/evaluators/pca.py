@@ -1,16 +1,39 @@
 """``eval=pca`` (hidden-layer activations of a run) and ``eval=dataset_pca`` (a whole data set, no model)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
 
 from pexp.data import load_dataset
-from pexp.eval.evaluators.common import _subset
+from pexp.eval.evaluators.common import SplitName, _subset, register
 from pexp.eval.geometry import cumulative_explained_variance, explained_fractions, numerical_rank, principal_variances
 from pexp.models import EntryNet
 from pexp.runs import RunDir
+from pexp.schema import integer
+
+
+@dataclass
+class PcaConfig:
+    """eval=pca and eval=pca_subset (conf/eval/pca.yaml, pca_subset.yaml)."""
+
+    name: str = "pca"
+    n_train: Optional[int] = integer(None, ge=2, null=True)  # a seeded random subset of the training set; null: all
+    batch_size: int = integer(500, ge=1)  # forward batch
+    seed: int = integer(0, ge=0)
+
+
+@dataclass
+class DatasetPcaConfig:
+    """eval=dataset_pca (conf/eval/dataset_pca.yaml): no model."""
+
+    name: str = "dataset_pca"
+    split: SplitName = SplitName.train
+    batch_size: int = integer(5000, ge=1)  # rows per batch of the covariance
 
 
 def pca_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
@@ -44,3 +67,7 @@ def dataset_pca_results(cfg: DictConfig, eval_cfg: DictConfig) -> pd.DataFrame:
     cumulative = cumulative_explained_variance(split.x, batch_size=int(eval_cfg.batch_size))
     return pd.DataFrame(dict(component=np.arange(1, len(cumulative) + 1), cumulative=cumulative.numpy(),
                              n=len(split), data=data.source))
+
+
+register("pca", PcaConfig, pca_results)
+register("dataset_pca", DatasetPcaConfig, dataset_pca_results, data=True)

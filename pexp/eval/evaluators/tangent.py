@@ -1,18 +1,83 @@
-"""Paper TS: ``eval=active`` (active hidden units) and ``eval=tangent`` (per-epoch statistics and estimates)."""
+"""Paper TS: ``eval=active`` (active hidden units), ``eval=tangent`` (per-epoch statistics and estimates) and the
+settings of ``eval=bound`` (the bound of eq. (2), whose table tangent-fig2 computes)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from pexp.errors import ConfigError
 from pexp.data import load_dataset
-from pexp.eval.evaluators.common import _subset, run_of
+from pexp.eval.evaluators.common import _subset, register, run_of
 from pexp.eval.tangent import active_counts, add_estimates, epoch_statistics, loss_and_accuracy
 from pexp.models import EntryNet, fold_batch_norm
 from pexp.runs import RunDir, write_csv
+from pexp.schema import UNSET, cross_check, has_schema, integer, is_number, number
 from pexp.train.loop import state_path
+
+
+@dataclass
+class ActiveConfig:
+    """eval=active (conf/eval/active.yaml)."""
+
+    name: str = "active"
+    n_train: Optional[int] = integer(None, ge=2, null=True)  # a seeded random subset of the training set; null: all
+    n_test: Optional[int] = integer(None, ge=2, null=True)  # null: the whole test set
+    batch_size: int = integer(1024, ge=1)
+    seed: int = integer(0, ge=0)
+
+
+@dataclass
+class TangentConfig(ActiveConfig):
+    """eval=tangent (conf/eval/tangent.yaml): the subsets are eq. (7)'s."""
+
+    name: str = "tangent"
+    depth: Optional[int] = integer(None, ge=2, null=True)  # k of psi*(k, mu, sigma); null: the weight layers'
+
+
+@dataclass
+class BoundConfig:
+    """eval=bound (conf/eval/bound.yaml): the settings of the bound of eq. (2), no data (tangent-fig2 computes its
+    table, pexp.figures.tangent.bound_table). The lists of each panel: check_bound_lists."""
+
+    name: str = "bound"
+    depths: Any = UNSET
+    d_in: int = integer(3072, ge=1)
+    outputs: int = integer(10, ge=1)
+    width: int = integer(1000, ge=1)
+    mu: Any = number(480, ge=0)
+    sigma: Any = number(40, gt=0)
+    w_max: Any = number(0.1, gt=0)
+    mus: Any = UNSET
+    sigmas: Any = UNSET
+    w_maxes: Any = UNSET
+    widths: Any = UNSET
+    mu_fraction: Any = number(0.48, gt=0)
+    sigma_fraction: Any = number(0.04, gt=0)
+
+
+# Each list of BoundConfig: its lowest value, whether it is allowed (> or >=), whether of integers.
+BOUND_LISTS = (("depths", 1, True, True), ("mus", 0, True, False), ("sigmas", 0, False, False),
+               ("w_maxes", 0, False, False), ("widths", 1, True, True))
+
+
+@cross_check("eval")
+def check_bound_lists(cfg: Any) -> None:
+    """Each list of eval=bound is a non-empty list of numbers (integers) above its lowest value."""
+    if not has_schema(cfg.eval, BoundConfig):
+        return
+    for key, low, low_allowed, integers in BOUND_LISTS:
+        value = cfg.eval.get(key)
+        values = list(value) if OmegaConf.is_list(value) else value
+        if not isinstance(values, list) or not values or any(
+                not is_number(v) or (v < low if low_allowed else v <= low)
+                or (integers and not float(v).is_integer()) for v in values):
+            raise ConfigError(f"eval.{key}={values} is not allowed: must be a non-empty list of "
+                              f"{'integers' if integers else 'numbers'} >{'=' if low_allowed else ''} {low}")
 
 
 def active_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out: RunDir,
@@ -69,3 +134,8 @@ def tangent_results(model: EntryNet, cfg: DictConfig, eval_cfg: DictConfig, out:
           f"{inputs} inputs ({out.path})")
     return add_estimates(stats, depth).assign(batch_norm=bool(cfg.model.get("batch_norm", False)),
                                               dropout=float(cfg.model.get("dropout", 0.0)))
+
+
+register("active", ActiveConfig, active_results)
+register("tangent", TangentConfig, tangent_results)
+register("bound", BoundConfig)
