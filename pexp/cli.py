@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -81,9 +82,26 @@ def _flatten(text: str) -> str:
                                                                           "object_type=")))
 
 
+# Hydra's message when an option (an experiment) sets a key the schema of another group's chosen option lacks.
+FOREIGN_KEY = re.compile(r"In '(?P<group>[\w/]+)/(?P<option>\w+)': ConfigKeyError raised while composing config:\s*"
+                         r"Key '(?P<key>\w+)' not in '(?P<schema>\w+)'\s*full_key: (?P<full_key>[\w.]+)")
+
+
+def _foreign_key(match: re.Match, job: Sequence[str]) -> str:
+    """``experiment=om_fig3_a is not allowed with eval=margin: ...`` for a key one option sets in another group."""
+    target = match["full_key"].split(".")[0]
+    chosen = next((o for o in reversed(job) if o.lstrip("+~").split("=", 1)[0] == target), None)
+    return (f"{match['group']}={match['option']} is not allowed with {chosen or f'the default {target} option'}: "
+            f"it sets {match['full_key']}, which that option's schema ({match['schema']}) does not have; choose the "
+            f"{match['group']}'s own {target} option or another {match['group']}")
+
+
 def hydra_error_line(error: Exception, job: Sequence[str]) -> str:
     """One line naming the value and what is allowed, for an error Hydra raises while composing ``job``."""
     cause = error.__cause__
+    foreign = FOREIGN_KEY.search(str(error))
+    if foreign:
+        return _foreign_key(foreign, job)
     if isinstance(error, MissingConfigException) and getattr(error, "missing_cfg_file", None):
         return _missing_option(error, job)
     if isinstance(error, OverrideParseException):

@@ -67,6 +67,9 @@ def test_the_issue_cases_are_one_line_exit_2_before_any_work(tmp_path, module, a
     ("pexp.train", ["model.sizee=3"], "model.sizee=3 is not allowed: model (pe_net) has no key 'sizee' (its keys: "
                                       "name, size, outputs, negative_slope; ++model.sizee=3 adds it)"),
     ("pexp.figures", ["fig=pe-fig1", "eval.grid=3"], "eval.grid=3 is not allowed: eval (margin) has no key 'grid'"),
+    ("pexp.evaluate", ["run=om_fig3_a", "eval=margin"],
+     "experiment=om_fig3_a is not allowed with eval=margin: it sets eval.view, which that option's schema "
+     "(MarginConfig) does not have; choose the experiment's own eval option or another experiment"),
     ("pexp.train", ["perturb.eps=[0.01"], "the override 'perturb.eps=[0.01' cannot be read: no viable alternative"),
     ("pexp.train", ["+seed=3"], "Could not append to config. An item is already at 'seed'."),
     ("pexp.train", ["perturb.eps=0.01,0.02"], "Ambiguous value for argument 'perturb.eps=0.01,0.02'"),
