@@ -23,6 +23,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from pexp import CONF_DIR
 from pexp.errors import ConfigError, DataError
+from pexp.overrides import Overrides
 from pexp.schema import SCHEMA_PREFIX, schema_error_line
 
 # A job's check: its composed config (no hydra node) and its overrides (no hydra ones); raises ConfigError.
@@ -90,8 +91,9 @@ FOREIGN_KEY = re.compile(r"In '(?P<group>[\w/]+)/(?P<option>\w+)': ConfigKeyErro
 def _foreign_key(match: re.Match, job: Sequence[str]) -> str:
     """``experiment=om_fig3_a is not allowed with eval=margin: ...`` for a key one option sets in another group."""
     target = match["full_key"].split(".")[0]
-    chosen = next((o for o in reversed(job) if o.lstrip("+~").split("=", 1)[0] == target), None)
-    return (f"{match['group']}={match['option']} is not allowed with {chosen or f'the default {target} option'}: "
+    chosen = Overrides.readable(job).last(target)
+    chosen = str(chosen.input_line) if chosen is not None else f"the default {target} option"
+    return (f"{match['group']}={match['option']} is not allowed with {chosen}: "
             f"it sets {match['full_key']}, which that option's schema ({match['schema']}) does not have; choose the "
             f"{match['group']}'s own {target} option or another {match['group']}")
 
