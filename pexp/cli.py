@@ -46,8 +46,8 @@ def _missing_option(error: Exception, job: Sequence[str]) -> str:
     """``model=resnet is not allowed: choose one of linear, mlp, ...`` from Hydra's MissingConfigException."""
     path = str(error.missing_cfg_file)
     group, _, value = path.partition("/")
-    for override in job:
-        key = override.lstrip("+~").split("=", 1)[0]
+    for override in Overrides.readable(job):
+        key = override.key_or_group
         if path.startswith(key + "/"):
             group, value = key, path[len(key) + 1:]
             break
@@ -62,8 +62,9 @@ def _missing_key(cause: OmegaConfBaseException, job: Sequence[str]) -> str:
     """``eval.grid=3 is not allowed: eval (margin) has no key 'grid' (its keys: ...)`` from Hydra's
     'Could not override' error."""
     full_key = str(cause.full_key)
-    override = next((o for o in job if o.lstrip("+~").split("=", 1)[0] == full_key), None) or next(
-        (o for o in job if o.lstrip("+~").split("=", 1)[0].startswith(full_key + ".")), full_key)
+    given = [(item.key_or_group, str(item.input_line)) for item in Overrides.readable(job)]
+    override = next((line for key, line in given if key == full_key), None) or next(
+        (line for key, line in given if key.startswith(full_key + ".")), full_key)
     parent = full_key.rpartition(".")[0]
     node = getattr(cause, "parent_node", None)
     keys = [str(key) for key in node.keys() if key != "hydra"] if isinstance(node, DictConfig) else []
