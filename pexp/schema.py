@@ -30,6 +30,18 @@ from pexp.errors import ConfigError
 UNSET: Any = MISSING  # an optional key: absent until a config sets it
 
 
+@dataclasses.dataclass
+class ScaleKeys:
+    """The eval keys ``scale=smoke`` sets (conf/scale/smoke.yaml) whichever evaluator a run uses: declared by every
+    evaluator's schema (which extends this), unset until a config sets them; an evaluator that neither subsets its
+    points nor searches leaves them unread, and an evaluator that reads one declares it again with its checks."""
+
+    n_train: Any = UNSET
+    n_test: Any = UNSET
+    resolution: Any = UNSET
+    fmn_steps: Any = UNSET
+
+
 SCHEMA_PREFIX = "base_"  # a schema's name in its group, beside the group's options (which never start so)
 
 

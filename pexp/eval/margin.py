@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from pexp import CONF_DIR
 from pexp.errors import ConfigError
-from pexp.schema import UNSET, cross_check, has_schema
+from pexp.schema import UNSET, ScaleKeys, cross_check, has_schema
 
 NORMS = {"linf": math.inf, "l2": 2.0}
 OBJECTIVES = ("margin", "ce")
@@ -365,6 +365,7 @@ class SearchSettings:
 SearchKeys = dataclasses.make_dataclass(
     "SearchKeys",
     [(item.name, Any, field(default=UNSET)) for item in fields(SearchSettings) if item.metadata["config"]],
+    bases=(ScaleKeys,),
     namespace={"__doc__": "The search settings an eval config may set, checked by SearchSettings.",
                "__module__": __name__})
 

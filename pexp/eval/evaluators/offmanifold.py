@@ -20,11 +20,11 @@ from pexp.eval.margin import SearchKeys, SearchSettings
 from pexp.losses import Loss
 from pexp.models import AsLogits, EntryNet
 from pexp.runs import RunDir
-from pexp.schema import UNSET, choices, cross_check, has_schema, integer, is_number, number
+from pexp.schema import UNSET, ScaleKeys, choices, cross_check, has_schema, integer, is_number, number
 
 
 @dataclass
-class OffmanifoldConfig:
+class OffmanifoldConfig(ScaleKeys):
     """eval=offmanifold (conf/eval/offmanifold.yaml)."""
 
     name: str = "offmanifold"

@@ -14,11 +14,11 @@ from pexp.eval.evaluators.common import SplitName, _subset, register
 from pexp.eval.geometry import cumulative_explained_variance, explained_fractions, numerical_rank, principal_variances
 from pexp.models import EntryNet
 from pexp.runs import RunDir
-from pexp.schema import integer
+from pexp.schema import ScaleKeys, integer
 
 
 @dataclass
-class PcaConfig:
+class PcaConfig(ScaleKeys):
     """eval=pca and eval=pca_subset (conf/eval/pca.yaml, pca_subset.yaml)."""
 
     name: str = "pca"
@@ -28,7 +28,7 @@ class PcaConfig:
 
 
 @dataclass
-class DatasetPcaConfig:
+class DatasetPcaConfig(ScaleKeys):
     """eval=dataset_pca (conf/eval/dataset_pca.yaml): no model."""
 
     name: str = "dataset_pca"

@@ -16,12 +16,12 @@ from pexp.eval.evaluators.common import _subset, register, run_of
 from pexp.eval.tangent import active_counts, add_estimates, epoch_statistics, loss_and_accuracy
 from pexp.models import EntryNet, fold_batch_norm
 from pexp.runs import RunDir, write_csv
-from pexp.schema import UNSET, cross_check, has_schema, integer, is_number, number
+from pexp.schema import UNSET, ScaleKeys, cross_check, has_schema, integer, is_number, number
 from pexp.train.loop import state_path
 
 
 @dataclass
-class ActiveConfig:
+class ActiveConfig(ScaleKeys):
     """eval=active (conf/eval/active.yaml)."""
 
     name: str = "active"
@@ -40,7 +40,7 @@ class TangentConfig(ActiveConfig):
 
 
 @dataclass
-class BoundConfig:
+class BoundConfig(ScaleKeys):
     """eval=bound (conf/eval/bound.yaml): the settings of the bound of eq. (2), no data (tangent-fig2 computes its
     table, pexp.figures.tangent.bound_table). The lists of each panel: check_bound_lists."""
 
