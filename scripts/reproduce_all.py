@@ -183,7 +183,7 @@ def learn_history(output_dir: Path, smoke: bool) -> None:
         every = json.loads(history_path().read_text())
     except (OSError, ValueError):
         every = {}
-    mine, runs_dir = every.setdefault(cpu_model(), {}), output_dir / "runs"
+    mine, runs_dir = every.setdefault(cpu_model(), {}), (output_dir / "runs").resolve()
     for figure in result["figures"]:
         drawn = [stage["seconds"] for stage in figure["stages"] if stage["stage"] not in ("train", "evaluate")
                  and stage["seconds"] is not None]
@@ -192,9 +192,9 @@ def learn_history(output_dir: Path, smoke: bool) -> None:
         for stage in figure["stages"]:
             if stage["stage"] in ("train", "evaluate") and stage["seconds"] is not None \
                     and stage["cpu"] in (None, cpu_model()):
-                key = Path(stage["key"])
-                key = key.relative_to(runs_dir) if key.is_relative_to(runs_dir) else Path(*key.parts[-4:])
-                mine[f"{stage['stage']}:{key}"] = stage["seconds"]
+                key = Path(stage["key"]).resolve()
+                if key.is_relative_to(runs_dir):  # the plan's keys: folders under runs_dir
+                    mine[f"{stage['stage']}:{key.relative_to(runs_dir)}"] = stage["seconds"]
     write_json(history_path(), every)
 
 
