@@ -504,6 +504,7 @@ def reproduce_all_script() -> object:
     commands and the runner that makes them."""
     spec = importlib.util.spec_from_file_location("reproduce_all", HERE.parent / "scripts" / "reproduce_all.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

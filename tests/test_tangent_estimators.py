@@ -14,6 +14,8 @@ from pexp.figures import FIGURES
 from pexp.figures.base import make_figure
 from pexp.models import build_model, fold_batch_norm
 
+from conftest import assert_judged
+
 # Two epochs of training (states 0, 1, 2), label-free statistics plus the truth (test_loss, test_accuracy).
 # psi*(3, mu, sigma) = (sigma^2 + mu^2)^2 since 1F1(-1; 1/2; -z) = 1 + 2z.
 TRACE = pd.DataFrame(dict(
@@ -162,8 +164,9 @@ def test_figures_and_evaluators_on_a_tiny_run(tmp_path):
                for fig in ("tangent-fig1", "tangent-fig2", "tangent-fig3", "tangent-fig4", "tangent-table2")}
     for fig, paths in written.items():
         assert all(path.exists() for path in paths.values())
-        for item in json.loads(paths["claims.json"].read_text()):
-            assert set(item) == {"claim", "measured", "expected", "holds", "data"}
+        for item in assert_judged(json.loads(paths["claims.json"].read_text())):
+            assert {"claim", "measured", "expected", "holds", "data", "judged"} <= set(item) <= {
+                "claim", "measured", "expected", "holds", "data", "judged", "diagnosis"}
             assert item["data"] == ("toy" if fig == "tangent-fig2" else "synthetic")
     table = pd.read_csv(written["tangent-table2"]["csv"])
     estimators = ["eq5", "eq5_constants", "eq6", "eq7", "baseline"]
