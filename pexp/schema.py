@@ -65,6 +65,12 @@ def cross_check(group: str) -> Callable[[Callable[[DictConfig], None]], Callable
     return register
 
 
+def plain_list(value: Any) -> Any:
+    """A config value as a python list when it is a list node (what a rule checks and its error line shows), else as
+    it is."""
+    return list(value) if OmegaConf.is_list(value) else value
+
+
 def has_schema(node: Any, schema: type) -> bool:
     """Whether a composed config node was built from ``schema`` (or a schema extending it): what a group's rule
     asks to apply only to the options of one schema."""

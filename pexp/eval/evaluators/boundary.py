@@ -8,7 +8,7 @@ import contourpy
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pexp.errors import ConfigError
 from pexp.data import load_dataset
@@ -18,7 +18,7 @@ from pexp.eval.margin import SearchKeys, SearchSettings
 from pexp.losses import Loss
 from pexp.models import AsLogits, EntryNet, score
 from pexp.runs import RunDir
-from pexp.schema import UNSET, cross_check, has_schema, integer, is_number
+from pexp.schema import UNSET, cross_check, has_schema, integer, is_number, plain_list
 
 
 @dataclass
@@ -36,8 +36,7 @@ class BoundaryConfig(SearchKeys):
 def check_view(cfg: Any) -> None:
     if not has_schema(cfg.eval, BoundaryConfig):
         return
-    value = cfg.eval.get("view")
-    view = list(value) if OmegaConf.is_list(value) else value
+    view = plain_list(cfg.eval.get("view"))
     if not (isinstance(view, list) and len(view) == 4 and all(is_number(v) for v in view)
             and view[0] < view[1] and view[2] < view[3]):
         raise ConfigError(f"eval.view={view!r} is not allowed: must be [x_min, x_max, y_min, y_max] with "

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pexp.errors import ConfigError
 from pexp.data import Dataset, load_dataset
@@ -20,7 +20,7 @@ from pexp.eval.margin import SearchKeys, SearchSettings
 from pexp.losses import Loss
 from pexp.models import AsLogits, EntryNet
 from pexp.runs import RunDir
-from pexp.schema import UNSET, ScaleKeys, choices, cross_check, has_schema, integer, is_number, number
+from pexp.schema import UNSET, ScaleKeys, choices, cross_check, has_schema, integer, is_number, number, plain_list
 
 
 @dataclass
@@ -61,13 +61,12 @@ class ProjectedConfig(SearchKeys):
 def check_projected(cfg: Any) -> None:
     if not has_schema(cfg.eval, ProjectedConfig):
         return
-    bounds = cfg.eval.get("bounds")
-    if bounds is not None and not (OmegaConf.is_list(bounds) and len(bounds) == 2 and all(is_number(b) for b in bounds)
+    bounds = plain_list(cfg.eval.get("bounds"))
+    if bounds is not None and not (isinstance(bounds, list) and len(bounds) == 2 and all(is_number(b) for b in bounds)
                                    and bounds[0] < bounds[1]):
-        raise ConfigError(f"eval.bounds={list(bounds) if OmegaConf.is_list(bounds) else bounds!r} is not "
+        raise ConfigError(f"eval.bounds={bounds!r} is not "
                           f"allowed: must be null (no box) or [low, high] with low < high")
-    value = cfg.eval.get("modes")
-    modes = list(value) if OmegaConf.is_list(value) else value
+    modes = plain_list(cfg.eval.get("modes"))
     if not isinstance(modes, list) or not modes or any(mode not in list(ProjectionMode) for mode in modes):
         raise ConfigError(f"eval.modes={modes} is not allowed: must be a non-empty list of {choices(ProjectionMode)}")
 

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from pexp.errors import ConfigError
@@ -16,7 +16,7 @@ from pexp.eval.evaluators.common import _subset, register, run_of
 from pexp.eval.tangent import active_counts, add_estimates, epoch_statistics, loss_and_accuracy
 from pexp.models import EntryNet, fold_batch_norm
 from pexp.runs import RunDir, write_csv
-from pexp.schema import UNSET, ScaleKeys, cross_check, has_schema, integer, is_number, number
+from pexp.schema import UNSET, ScaleKeys, cross_check, has_schema, integer, is_number, number, plain_list
 from pexp.train.loop import state_path
 
 
@@ -71,8 +71,7 @@ def check_bound_lists(cfg: Any) -> None:
     if not has_schema(cfg.eval, BoundConfig):
         return
     for key, low, low_allowed, integers in BOUND_LISTS:
-        value = cfg.eval.get(key)
-        values = list(value) if OmegaConf.is_list(value) else value
+        values = plain_list(cfg.eval.get(key))
         if not isinstance(values, list) or not values or any(
                 not is_number(v) or (v < low if low_allowed else v <= low)
                 or (integers and not float(v).is_integer()) for v in values):
