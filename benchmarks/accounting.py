@@ -14,19 +14,19 @@ For every ``<output-dir>/figures/<id>.meta.json`` the time of its stages is summ
 A run (or evaluation) that several figures use counts in each figure's table, marked shared, and once in the
 total. Reused runs count with their recorded seconds: the total is what the work took, over every sitting.
 
-The floor of a stage is the multiply-adds of its model passes over this machine's throughput, measured once per
-call at torch's current thread count (float32 ``torch.mm`` of 1024 x 1024 matrices; ``conv2d`` of PE-net's second
-convolution on a batch of 50), the FLOPs of each measured op counted by ``torch.utils.flop_counter``. Per model,
-F = the FLOPs of one sample's forward pass (``FlopCounterMode`` on the model built from the run's config), split
-into matmul and convolution FLOPs, each over its own rate. A stage's passes come from the counters its sittings
-recorded ("counted"): forward rows x F, backward rows that reached the weights (a weight update: input and weight
-gradients) x 2F, other backward rows (the input gradients of the perturbation and margin searches) x F. Without
-counters (older runs, toy ensembles whose backward pass is written by hand) the training passes come from the
-config ("formula"): per epoch, n_train rows forward and backward for a plain epoch; Algorithm 1 at a radius > 0
-adds per sample 2 x pieces - 1 forward and input-gradient backward rows for the search (its first step is one pass
-over the clean batch, the next pieces - 1 over both perturbed copies) and trains on the two perturbed copies (2
-forward, 2 weight backward). The formula leaves out the error counts of the log rows; an evaluation without
-counters has no floor. Stages above 2x their floor are flagged.
+The floor of a stage is the multiply-adds of its model passes over this machine's throughput at the thread count the
+stage ran with, measured once per call and count (float32 ``torch.mm`` of 1024 x 1024 matrices; ``conv2d`` of
+PE-net's second convolution on a batch of 50), the FLOPs of each measured op counted by
+``torch.utils.flop_counter``. Per model, F = the FLOPs of one sample's forward pass (``FlopCounterMode`` on the
+model built from the run's config), split into matmul and convolution FLOPs, each over its own rate. A stage's
+passes come from the counters its sittings recorded ("counted"): forward rows x F, backward rows that reached the
+weights (a weight update: input and weight gradients) x 2F, other backward rows (the input gradients of the
+perturbation and margin searches) x F. Without counters (older runs, toy ensembles whose backward pass is written by
+hand) the training passes come from the config ("formula"): per epoch, n_train rows forward and backward for a plain
+epoch; Algorithm 1 at a radius > 0 adds per sample 2 x pieces - 1 forward and input-gradient backward rows for the
+search (its first step is one pass over the clean batch, the next pieces - 1 over both perturbed copies) and trains
+on the two perturbed copies (2 forward, 2 weight backward). The formula leaves out the error counts of the log rows;
+an evaluation without counters has no floor. Stages above 2x their floor are flagged.
 
 ``python benchmarks/accounting.py [--output-dir DIR]`` (default: $PEXP_OUTPUT, else outputs) prints one table per
 figure and the total, and writes them to ``<output-dir>/bench/accounting.{json,md}`` (``--bench-dir``: elsewhere).
@@ -91,8 +91,18 @@ def _rate(fn, *args, round_seconds: float = 0.05, rounds: int = 10) -> tuple[flo
     return flops / best / 1e9, flops
 
 
-def measure_throughput() -> dict:
-    """This machine's float32 matmul and conv2d throughput now, at torch's thread count, with the load average."""
+def measure_throughput(threads: int | None = None) -> dict:
+    """This machine's float32 matmul and conv2d throughput now, at ``threads`` torch threads (default: torch's
+    count now), with the load average."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        return _throughput()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _throughput() -> dict:
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=generator) for _ in range(2))
     x, w = (torch.randn(*shape, generator=generator) for shape in CONV_SHAPES)
@@ -252,7 +262,6 @@ def account(output_dir: Path | str, throughput: dict | None = None, floors: bool
     if not metas:
         raise ConfigError(f"--output-dir={output_dir} is not allowed: it has no figures/*.meta.json (make a figure "
                           "or run make reproduce-all first)")
-    throughput = measure_throughput() if throughput is None and floors else throughput
     figures, users = [], Counter()
     for path in metas:
         meta = _json(path)
@@ -281,10 +290,12 @@ def account(output_dir: Path | str, throughput: dict | None = None, floors: bool
                                how=how, passes=None, passes_how=None, note="", flops=None, cpu=None, threads=None,
                                loadavg_start=None, loadavg_end=None, finished=None))
         figures.append(dict(id=meta.get("id", path.name.split(".")[0]), meta=str(path), stages=stages))
+    rates = _rates_by_threads([stage for figure in figures for stage in figure["stages"]], throughput) \
+        if floors else {}
     for figure in figures:
         for stage in figure["stages"]:
             stage["shared"] = users[stage["key"]] > 1 and stage["stage"] in ("train", "evaluate")
-            floor = floor_seconds(stage["flops"], stage["passes"], throughput) \
+            floor = floor_seconds(stage["flops"], stage["passes"], rates[_threads(stage)]) \
                 if stage["flops"] and stage["passes"] else None
             stage["floor_seconds"] = floor
             stage["ratio"] = stage["seconds"] / floor if floor and stage["seconds"] is not None else None
@@ -300,7 +311,20 @@ def account(output_dir: Path | str, throughput: dict | None = None, floors: bool
                  shared=sum(1 for key, count in users.items() if count > 1), units=len(unique))
     total["ratio"] = total["seconds"] / total["floor_seconds"] if total["floor_seconds"] else None
     return dict(output_dir=str(output_dir), created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                throughput=throughput, figures=figures, total=total)
+                throughput=rates.get(_threads({})), throughput_by_threads=rates, figures=figures, total=total)
+
+
+def _threads(stage: dict) -> int:
+    """The thread count a stage's floor is taken at: the torch threads its last sitting ran with (at most this
+    machine's CPUs), else torch's count now."""
+    return min(int(stage.get("threads") or torch.get_num_threads()), os.cpu_count() or 1)
+
+
+def _rates_by_threads(stages: list[dict], throughput: dict | None) -> dict[int, dict]:
+    """The throughput at every thread count the stages ran with and at torch's count now: ``throughput`` for each
+    when given, else measured (:func:`measure_throughput`) once per count."""
+    counts = sorted({_threads({})} | {_threads(stage) for stage in stages if stage["flops"] and stage["passes"]})
+    return {count: throughput if throughput is not None else measure_throughput(count) for count in counts}
 
 
 def _finished(path: Path | str) -> float | None:
@@ -351,12 +375,16 @@ def stage_cells(stage: dict) -> list[str]:
 
 def markdown(result: dict) -> str:
     """The tables as markdown: one per figure, then the total."""
+    rates = result["throughput_by_threads"].values()
     t = result["throughput"]
     lines = [f"# Time accounted: {result['output_dir']}", "",
-             f"Throughput measured {result['created_utc']} on {t['cpu']}, {t['threads']} threads, load "
-             f"{t['loadavg_start']:.2f}/{t['loadavg_end']:.2f}: matmul {t['matmul_gflops']:.1f} GFLOP/s "
-             f"({t['matmul_op']}), conv2d {t['conv_gflops']:.1f} GFLOP/s ({t['conv_op']}).", ""]
-    if max(t["loadavg_start"], t["loadavg_end"]) > (t.get("cpu_count") or 1):
+             f"Throughput measured {result['created_utc']} on {t['cpu']}; each stage's floor is taken at the thread "
+             "count it ran with:", ""]
+    lines += [f"- {r['threads']} thread(s), load {r['loadavg_start']:.2f}/{r['loadavg_end']:.2f}: matmul "
+              f"{r['matmul_gflops']:.1f} GFLOP/s ({r['matmul_op']}), conv2d {r['conv_gflops']:.1f} GFLOP/s "
+              f"({r['conv_op']})." for r in rates]
+    lines.append("")
+    if any(max(r["loadavg_start"], r["loadavg_end"]) > (r.get("cpu_count") or 1) for r in rates):
         lines += [f"The machine was loaded while measuring (load above its {t.get('cpu_count')} CPUs): the throughput "
                   "is below what it does when quiet, so the floors are too high and the ratios too low.", ""]
     for figure in result["figures"]:
@@ -399,9 +427,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    t = result["throughput"]
-    print(f"[accounting] {t['cpu']}, {t['threads']} threads: matmul {t['matmul_gflops']:.1f} GFLOP/s, conv2d "
-          f"{t['conv_gflops']:.1f} GFLOP/s (load {t['loadavg_start']:.2f}/{t['loadavg_end']:.2f})")
+    for t in result["throughput_by_threads"].values():
+        print(f"[accounting] {t['cpu']}, {t['threads']} thread(s): matmul {t['matmul_gflops']:.1f} GFLOP/s, conv2d "
+              f"{t['conv_gflops']:.1f} GFLOP/s (load {t['loadavg_start']:.2f}/{t['loadavg_end']:.2f})")
     print(text(result))
     bench = Path(args.bench_dir) if args.bench_dir else Path(args.output_dir) / "bench"
     write_json(bench / "accounting.json", result)

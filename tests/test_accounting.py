@@ -76,7 +76,7 @@ def test_sums_per_figure_and_a_shared_run_once(tmp_path):
 
 def test_main_writes_json_and_markdown(tmp_path, capsys, monkeypatch):
     _meta(tmp_path, "fig-x", dict(a=_run(tmp_path, "a", 100.0, 10.0)), draw=1.0)
-    monkeypatch.setattr(accounting, "measure_throughput", lambda: RATE)
+    monkeypatch.setattr(accounting, "measure_throughput", lambda threads=None: RATE)
     accounting.main(["--output-dir", str(tmp_path)])
     written = json.loads((tmp_path / "bench" / "accounting.json").read_text())
     assert written["total"]["seconds"] == pytest.approx(111)
@@ -85,6 +85,31 @@ def test_main_writes_json_and_markdown(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit, match="2"):
         accounting.main(["--output-dir", str(tmp_path / "empty")])
     assert "it has no figures/*.meta.json" in capsys.readouterr().err
+
+
+def test_each_floor_is_taken_at_the_threads_its_stage_ran_with(tmp_path, monkeypatch):
+    """A stage that ran on one thread is held to the one-thread rate, one on two threads to the two-thread rate."""
+    counted = dict(forward_rows=10, backward_rows=6, weight_backward_rows=4)  # 20 F = 600 FLOPs
+    one, two = _run(tmp_path, "one", 100.0, 10.0, passes=counted), _run(tmp_path, "two", 100.0, 10.0, passes=counted)
+    marker = json.loads((one[0] / "COMPLETE").read_text())
+    marker["sitting"]["torch_threads"] = 1
+    write_json(one[0] / "COMPLETE", marker)
+    _meta(tmp_path, "fig-x", dict(one=one, two=two), draw=1.0)
+    asked = []
+
+    def measure(threads=None):
+        asked.append(threads)
+        return dict(RATE, threads=threads, matmul_gflops=1e-6 * threads)  # 1,000 FLOP/s per thread
+
+    monkeypatch.setattr(accounting, "measure_throughput", measure)
+    monkeypatch.setattr(accounting.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(accounting.torch, "get_num_threads", lambda: 2)
+    result = accounting.account(tmp_path)
+    assert sorted(asked) == [1, 2] and sorted(result["throughput_by_threads"]) == [1, 2]
+    floors = {stage["label"]: stage["floor_seconds"] for stage in result["figures"][0]["stages"]
+              if stage["stage"] == "train"}
+    assert floors == dict(one=pytest.approx(0.6), two=pytest.approx(0.3))
+    assert "1 thread(s)" in accounting.markdown(result) and "2 thread(s)" in accounting.markdown(result)
 
 
 def test_linear_flops_by_the_counter_equal_the_closed_form():
