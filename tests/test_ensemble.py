@@ -174,16 +174,21 @@ def test_what_is_batched():
     assert not stackable(build_model(OmegaConf.merge(mlp, dict(batch_norm=True)), (2,)))
 
 
-def test_channels_last_switch_trains_the_same_run_to_float_tolerance(tmp_path):
-    """``+train.channels_last=true`` (the opt-in memory layout for Algorithm 1 on CPU) is its own run (hashed) and
-    ends at the same weights as the default layout, up to rounding."""
+def test_memory_format_is_not_hashed_and_trains_the_same_run_to_float_tolerance(tmp_path):
+    """Algorithm 1 on CPU trains in channels-last by default (``train.memory_format=auto``): the same run (hash) as
+    PyTorch's default layout (``contiguous``), ending at the same weights up to rounding; the model it writes is
+    laid out channels-last."""
     base = ["data=synthetic_cifar2", "scale=smoke", "data.n_train=100", "train.epochs=1", "train.progress=false",
-            "perturb.eps=0.02", f"paths.output_dir={tmp_path}"]
-    runs = [train(compose_experiment("richness_fig2_all", base + extra)) for extra in ([], ["+train.channels_last=true"])]
-    assert runs[0].path != runs[1].path
-    default, channels_last = (torch.load(run / "model.pt", weights_only=False)["state_dict"] for run in runs)
-    for name, value in default.items():
-        assert torch.allclose(channels_last[name], value, rtol=1e-3, atol=1e-5), name
+            "perturb.eps=0.02", "device=cpu"]
+    runs = [train(compose_experiment("richness_fig2_all", [*base, f"paths.output_dir={tmp_path / layout}",
+                                                           f"train.memory_format={layout}"]))
+            for layout in ("auto", "contiguous")]
+    assert runs[0].path.relative_to(tmp_path / "auto") == runs[1].path.relative_to(tmp_path / "contiguous")
+    auto, contiguous = (torch.load(run / "model.pt", weights_only=False)["state_dict"] for run in runs)
+    conv = next(name for name, value in auto.items() if value.dim() == 4)
+    assert auto[conv].is_contiguous(memory_format=torch.channels_last) and contiguous[conv].is_contiguous()
+    for name, value in contiguous.items():
+        assert torch.allclose(auto[name], value, rtol=1e-3, atol=1e-5), name
 
 
 @pytest.mark.parametrize("name,outputs,extra", [("mse", 1, {"targets": [-1.0, 1.0]}), ("logistic", 1, {}),

@@ -73,6 +73,14 @@ class EntryNet(nn.Module):
         return self.blocks[self.layer_names.index(name)].affine
 
 
+def prefers_channels_last(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether image batches ``x`` through ``model`` run faster in channels-last memory format: images through a
+    convolutional model on the CPU, where convolutions and max-pooling in that format are 1.3-1.5x faster (measured
+    on the PE-net: Algorithm 1 steps 1.5x, plain steps 1.35x, one-sample steps 1.1x; the same values up to float
+    rounding, like another CPU's kernels)."""
+    return x.dim() == 4 and x.device.type == "cpu" and any(p.dim() == 4 for p in model.parameters())
+
+
 def score(outputs: torch.Tensor) -> torch.Tensor:
     """The scalar a model's decision thresholds: f for one output, logit_1 - logit_0 for two."""
     return outputs[:, 0] if outputs.shape[1] == 1 else outputs[:, 1] - outputs[:, 0]

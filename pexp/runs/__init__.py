@@ -30,7 +30,8 @@ TMP_SUFFIX = ".tmp"  # temporary files of atomic_write: .<stem>.<random>.tmp<suf
 # to find/show things (not hashed).
 RUN_KEYS = ("data", "model", "loss", "perturb", "init", "optim", "train", "seed")
 NOT_HASHED = {"data.root", "data.download", "data.verify_checksums", "data.base.root", "data.base.download",
-              "data.base.verify_checksums", "train.progress", "train.log_every", "train.checkpoint_every"}
+              "data.base.verify_checksums", "train.progress", "train.log_every", "train.checkpoint_every",
+              "train.memory_format"}
 
 
 def _unset_dropped(tree: Any) -> Any:

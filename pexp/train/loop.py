@@ -18,7 +18,7 @@ from pexp.config import resolve_device, validate_training
 from pexp.errors import ConfigError
 from pexp.data import Dataset, load_dataset
 from pexp.losses import Loss, first_layer_norm
-from pexp.models import EntryNet, build_model, predict, score
+from pexp.models import EntryNet, build_model, predict, prefers_channels_last, score
 from pexp.runs import RunDir, hashable, torch_save, training_run_dir, write_csv, write_json, write_text
 from pexp.schema import UNSET, cross_check, flag, integer, number, store
 from pexp.train.optim import LrSchedule, build_optimizer
@@ -188,6 +188,15 @@ def save_progress(run: RunDir, model: EntryNet, optimizer: torch.optim.Optimizer
     run.record_sitting()
 
 
+class MemoryFormat(StrEnum):
+    """How a run's image batches are laid out in memory: ``auto`` channels-last where that is faster (images through
+    a convolutional model on the CPU, :func:`pexp.models.prefers_channels_last`), ``contiguous`` PyTorch's default
+    everywhere. It changes float rounding only, like the device or the CPU's kernels, so it is not hashed."""
+
+    auto = "auto"
+    contiguous = "contiguous"
+
+
 class TargetSplit(StrEnum):
     train = "train"
     test = "test"
@@ -208,7 +217,7 @@ class TrainConfig:
     target_check_every: Optional[int] = integer(ge=1, null=True)
     target_check_first: Optional[int] = integer(ge=1, null=True)
     keep_states: Any = flag()  # every epoch's weights, for the per-epoch evaluators
-    channels_last: Any = flag()  # faster convolutions on some CPUs (hashed)
+    memory_format: MemoryFormat = MemoryFormat.auto  # the layout of image batches (not hashed: like the device)
 
 
 store(TrainConfig, "train", "train")
@@ -269,10 +278,11 @@ def target_reached(rule: StopRule, model: EntryNet, data: Dataset, threshold: fl
 def _train_locked(cfg: DictConfig, run: RunDir) -> None:
     device = resolve_device(cfg.device)
     data, model, optimizer, reduction, start_epoch, rows = start_run(cfg, run, device)
-    if cfg.train.get("channels_last", False):  # opt-in (+train.channels_last=true, hashed): faster convolutions
-        # and pooling on CPU, other rounding; the weights keep their values, only their memory layout changes
+    if cfg.train.get("memory_format", MemoryFormat.auto) == MemoryFormat.auto and \
+            prefers_channels_last(model, data.train.x):  # the weights keep their values, only their layout changes
         model.to(memory_format=torch.channels_last)
-        data = replace(data, train=replace(data.train, x=data.train.x.contiguous(memory_format=torch.channels_last)))
+        data = replace(data, **{name: replace(split, x=split.x.contiguous(memory_format=torch.channels_last))
+                                for name, split in (("train", data.train), ("test", data.test))})
     keep_states = bool(cfg.train.get("keep_states", False))  # every epoch's weights, for per-epoch evaluators
     x_train, y_train = data.train.x, data.train.y
     loss = Loss.from_config(cfg.loss)  # read once: a DictConfig access costs tens of microseconds
