@@ -20,7 +20,8 @@ PE-net's second convolution on a batch of 50), the FLOPs of each measured op cou
 ``torch.utils.flop_counter``. Per model, F = the FLOPs of one sample's forward pass (``FlopCounterMode`` on the
 model built from the run's config), split into matmul and convolution FLOPs, each over its own rate. A stage's
 passes come from the counters its sittings recorded ("counted"): forward rows x F, backward rows that reached the
-weights (a weight update: input and weight gradients) x 2F, other backward rows (the input gradients of the
+weights (a weight update: input and weight gradients, the first affine layer's input gradient excepted, which no
+update computes) x (2F - F_first), other backward rows (the input gradients of the
 perturbation and margin searches) x F. Without counters (older runs, toy ensembles whose backward pass is written by
 hand) the training passes come from the config ("formula"): per epoch, n_train rows forward and backward for a plain
 epoch; Algorithm 1 at a radius > 0 adds per sample 2 x pieces - 1 forward and input-gradient backward rows for the
@@ -65,12 +66,13 @@ CONV_SHAPES = ((50, 12, 14, 14), (32, 12, 5, 5))  # PE-net (size 2)'s second con
 
 
 # ------------------------------------------------------------------------------------------- throughput
-def counted_flops(fn, *args) -> dict[str, int]:
-    """The FLOPs of ``fn(*args)`` by ``torch.utils.flop_counter``, split into matmul, conv and other."""
+def counted_flops(fn, *args, module: str = "Global") -> dict[str, int]:
+    """The FLOPs of ``fn(*args)`` by ``torch.utils.flop_counter``, split into matmul, conv and other: all of them,
+    or those of one ``module`` (``<class>.<name>``, as the counter names a module)."""
     with FlopCounterMode(display=False) as counter:
         fn(*args)
     split = Counter()
-    for op, flops in counter.get_flop_counts().get("Global", {}).items():
+    for op, flops in counter.get_flop_counts().get(module, {}).items():
         name = str(op).split(".")[1] if "." in str(op) else str(op)
         split["matmul" if name in MATMUL_OPS else "conv" if name in CONV_OPS else "other"] += int(flops)
     return dict(matmul=split["matmul"], conv=split["conv"], other=split["other"])
@@ -118,16 +120,19 @@ def _throughput() -> dict:
 
 # ---------------------------------------------------------------------------------------- model FLOPs
 @lru_cache(maxsize=None)
-def _forward_flops(model_yaml: str, input_shape: tuple[int, ...]) -> dict[str, int]:
+def _forward_flops(model_yaml: str, input_shape: tuple[int, ...]) -> dict:
     torch.manual_seed(0)
     model = build_model(OmegaConf.create(model_yaml), list(input_shape)).eval()
+    first = next(name for name, layer in model.named_modules() if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)))
     with torch.no_grad():
-        return counted_flops(model, torch.zeros(1, *input_shape))
+        return dict(counted_flops(model, torch.zeros(1, *input_shape)),
+                    first=counted_flops(model, torch.zeros(1, *input_shape), module=f"{type(model).__name__}.{first}"))
 
 
 def forward_flops(run_dir: Path) -> dict[str, int] | None:
     """F: the FLOPs of one sample's forward pass through the run's model (from its config.yaml and the input
-    shape its metrics.json records), split into matmul / conv / other; None when the run lacks them."""
+    shape its metrics.json records), split into matmul / conv / other, and ``first``: those of its first affine
+    layer alone; None when the run lacks them."""
     try:
         cfg = OmegaConf.load(run_dir / "config.yaml")
         shape = tuple(int(s) for s in json.loads((run_dir / "metrics.json").read_text())["input_shape"])
@@ -136,14 +141,19 @@ def forward_flops(run_dir: Path) -> dict[str, int] | None:
     return _forward_flops(OmegaConf.to_yaml(cfg.model, resolve=True), shape)
 
 
-def floor_seconds(flops: dict[str, int], passes: dict[str, int], throughput: dict) -> float:
+def floor_seconds(flops: dict, passes: dict[str, int], throughput: dict) -> float:
     """Seconds of ``passes`` (forward_rows, backward_rows, weight_backward_rows) at F = ``flops`` per row: forward
-    and input-gradient backward rows cost F, weight-update backward rows 2F; matmul and conv FLOPs each over its
-    own rate (other FLOPs, elementwise, at the matmul rate)."""
+    and input-gradient backward rows cost F, weight-update backward rows 2F less the first affine layer's F (its
+    input gradient is never computed in an update); matmul and conv FLOPs each over its own rate (other FLOPs,
+    elementwise, at the matmul rate)."""
+
+    def seconds(split: dict) -> float:
+        return (split["matmul"] + split["other"]) / (throughput["matmul_gflops"] * 1e9) \
+            + split["conv"] / (throughput["conv_gflops"] * 1e9)
+
     weight = int(passes["weight_backward_rows"])
     rows = int(passes["forward_rows"]) + (int(passes["backward_rows"]) - weight) + 2 * weight
-    return rows * ((flops["matmul"] + flops["other"]) / (throughput["matmul_gflops"] * 1e9)
-                   + flops["conv"] / (throughput["conv_gflops"] * 1e9))
+    return rows * seconds(flops) - weight * seconds(flops["first"])
 
 
 @lru_cache(maxsize=None)

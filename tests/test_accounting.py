@@ -64,12 +64,13 @@ def test_sums_per_figure_and_a_shared_run_once(tmp_path):
               if stage["shared"]}
     assert shared == {("b", "train"), ("b", "evaluate")} and result["total"]["shared"] == 2
     train_a = x["stages"][0]
-    # 10 forward rows x F + 2 input-gradient rows x F + 4 weight-update rows x 2F = 20 F = 600 FLOPs at 1,000/s
-    assert (train_a["passes_how"], train_a["floor_seconds"], train_a["ratio"]) == ("counted", pytest.approx(0.6),
-                                                                                   pytest.approx(100 / 0.6))
+    # 10 forward rows x F + 2 input-gradient rows x F + 4 weight-update rows x (2F - F_first), F_first = 2 x 4 x 3:
+    # 20 x 30 - 4 x 24 = 504 FLOPs at 1,000/s
+    assert (train_a["passes_how"], train_a["floor_seconds"], train_a["ratio"]) == ("counted", pytest.approx(0.504),
+                                                                                   pytest.approx(100 / 0.504))
     assert train_a["slow"] and train_a["cpu"] == "test CPU" and train_a["threads"] == 2
-    train_b = x["stages"][2]  # 21 forward x F + 21 weight-update rows x 2F = 63 F = 1,890 FLOPs
-    assert (train_b["passes_how"], train_b["floor_seconds"]) == ("formula", pytest.approx(1.89))
+    train_b = x["stages"][2]  # 21 forward x F + 21 weight-update rows x (2F - F_first) = 63 x 30 - 21 x 24 = 1,386
+    assert (train_b["passes_how"], train_b["floor_seconds"]) == ("formula", pytest.approx(1.386))
     evaluate_a = x["stages"][1]
     assert evaluate_a["floor_seconds"] is None and evaluate_a["seconds"] == 10.0  # no counters: no floor
 
@@ -89,7 +90,7 @@ def test_main_writes_json_and_markdown(tmp_path, capsys, monkeypatch):
 
 def test_each_floor_is_taken_at_the_threads_its_stage_ran_with(tmp_path, monkeypatch):
     """A stage that ran on one thread is held to the one-thread rate, one on two threads to the two-thread rate."""
-    counted = dict(forward_rows=10, backward_rows=6, weight_backward_rows=4)  # 20 F = 600 FLOPs
+    counted = dict(forward_rows=10, backward_rows=6, weight_backward_rows=4)  # 20 F - 4 F_first = 504 FLOPs
     one, two = _run(tmp_path, "one", 100.0, 10.0, passes=counted), _run(tmp_path, "two", 100.0, 10.0, passes=counted)
     marker = json.loads((one[0] / "COMPLETE").read_text())
     marker["sitting"]["torch_threads"] = 1
@@ -108,7 +109,7 @@ def test_each_floor_is_taken_at_the_threads_its_stage_ran_with(tmp_path, monkeyp
     assert sorted(asked) == [1, 2] and sorted(result["throughput_by_threads"]) == [1, 2]
     floors = {stage["label"]: stage["floor_seconds"] for stage in result["figures"][0]["stages"]
               if stage["stage"] == "train"}
-    assert floors == dict(one=pytest.approx(0.6), two=pytest.approx(0.3))
+    assert floors == dict(one=pytest.approx(0.504), two=pytest.approx(0.252))
     assert "1 thread(s)" in accounting.markdown(result) and "2 thread(s)" in accounting.markdown(result)
 
 
