@@ -21,13 +21,13 @@ PE-net's second convolution on a batch of 50), the FLOPs of each measured op cou
 model built from the run's config), split into matmul and convolution FLOPs, each over its own rate. A stage's
 passes come from the counters its sittings recorded ("counted"): forward rows x F, backward rows that reached the
 weights (a weight update: input and weight gradients, the first affine layer's input gradient excepted, which no
-update computes) x (2F - F_first), other backward rows (the input gradients of the
-perturbation and margin searches) x F. Without counters (older runs, toy ensembles whose backward pass is written by
-hand) the training passes come from the config ("formula"): per epoch, n_train rows forward and backward for a plain
-epoch; Algorithm 1 at a radius > 0 adds per sample 2 x pieces - 1 forward and input-gradient backward rows for the
-search (its first step is one pass over the clean batch, the next pieces - 1 over both perturbed copies) and trains
-on the two perturbed copies (2 forward, 2 weight backward). The formula leaves out the error counts of the log rows;
-an evaluation without counters has no floor. Stages above 2x their floor are flagged.
+update computes) x (2F - F_first), other backward rows (the input gradients of the perturbation and margin searches)
+x F. Without counters (older runs, toy ensembles whose backward pass is written by hand) the training passes come
+from the config ("formula"): per epoch, n_train rows forward and backward for a plain epoch; Algorithm 1 at a radius
+> 0 adds per sample 2 x pieces - 1 forward and input-gradient backward rows for the search (its first step is one
+pass over the clean batch, the next pieces - 1 over both perturbed copies) and trains on the two perturbed copies (2
+forward, 2 weight backward). The formula leaves out the error counts of the log rows; an evaluation without counters
+has no floor. Stages above 2x their floor are flagged.
 
 ``python benchmarks/accounting.py [--output-dir DIR]`` (default: $PEXP_OUTPUT, else outputs) prints one table per
 figure and the total, and writes them to ``<output-dir>/bench/accounting.{json,md}`` (``--bench-dir``: elsewhere).
