@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -59,6 +59,9 @@ def _projected(outputs: torch.Tensor, directions: torch.Tensor | None) -> torch.
 
 
 COLUMN_STARTS = 4  # per output: the 4k largest columns of J start the ascent beside the 2k other starts
+# Columns of J per block of an ascent step: the step's (B, block, starts) products stay in the CPU's cache instead of
+# making a round trip through memory (on the PE-net with ten classes, 50 x 6,656 x 54 floats: 1.7x faster per call).
+COLUMN_BLOCK = 256
 
 
 def output_jacobian(model: EntryNet, x: torch.Tensor, active: list[bool]) -> torch.Tensor:
@@ -93,7 +96,7 @@ def direction_starts(jacobian: torch.Tensor) -> torch.Tensor:
     batch, k, size = jacobian.shape
     eigenvectors = torch.linalg.eigh(jacobian @ jacobian.transpose(1, 2)).eigenvectors.flip(2)
     units = torch.eye(k, dtype=jacobian.dtype, device=jacobian.device).expand(batch, k, k)
-    largest = jacobian.norm(dim=1).topk(min(COLUMN_STARTS * k, size), dim=1).indices
+    largest = jacobian.square().sum(1).topk(min(COLUMN_STARTS * k, size), dim=1).indices  # the norms' order
     columns = jacobian.gather(2, largest[:, None, :].expand(batch, k, largest.shape[1]))
     columns = columns / columns.norm(dim=1, keepdim=True).clamp_min(torch.finfo(jacobian.dtype).tiny)
     return torch.cat([eigenvectors, units, columns], dim=2)
@@ -107,19 +110,33 @@ def best_directions(jacobian: torch.Tensor, rounds: int, starts: torch.Tensor | 
     maximum (on small random ReLU nets, about one sample in seven ends below 99% of the exact maximum), hence
     several. The sign of v is immaterial (-v swaps the argmax and argmin perturbations); it is fixed so that v's
     first entry is >= 0, which makes v = 1 for k = 1 (two classes: the binary Algorithm 1)."""
-    transposed = jacobian.transpose(1, 2)
     v = direction_starts(jacobian) if starts is None else starts
-    products = jacobian.new_empty(transposed.shape[:2] + v.shape[2:])  # (B, D, S), reused: no new pages per step
     for _ in range(rounds):
-        moved = jacobian @ torch.bmm(transposed, v, out=products).sign_()
+        moved = torch.zeros_like(v)
+        for columns, products in _column_blocks(jacobian, v):
+            moved.baddbmm_(columns, products.sign_())
         length = moved.norm(dim=1, keepdim=True)
         moved = torch.where(length > 0, moved / length.clamp_min(1e-30), v)
         if torch.equal(moved, v):  # every start at its fixed point: more steps change nothing
             break
         v = moved
-    values = torch.bmm(transposed, v, out=products).abs_().sum(1)  # (B, S)
+    values = sum(products.abs_().sum(1) for _, products in _column_blocks(jacobian, v))  # (B, S)
     best = v.gather(2, values.argmax(1)[:, None, None].expand(-1, v.shape[1], 1)).squeeze(2)
     return torch.where(best[:, :1] < 0, -best, best)
+
+
+def _column_blocks(jacobian: torch.Tensor, v: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """J^T v by blocks of :data:`COLUMN_BLOCK` columns of J (B, k, D), for starts v (B, k, S): each block's columns
+    (B, k, c) and its products (B, c, S), computed into one of two buffers reused from block to block (no new pages
+    per block)."""
+    batch, _, size = jacobian.shape
+    buffers: dict[int, torch.Tensor] = {}
+    for first in range(0, size, COLUMN_BLOCK):
+        columns = jacobian[:, :, first:first + COLUMN_BLOCK]
+        width = columns.shape[2]
+        if width not in buffers:
+            buffers[width] = jacobian.new_empty(batch, width, v.shape[2])
+        yield columns, torch.bmm(columns.transpose(1, 2), v, out=buffers[width])
 
 
 def extreme_perturbations(model: EntryNet, x: torch.Tensor, eps: float, pieces: int,
