@@ -42,10 +42,11 @@ def test_missing_cifar_says_where_it_looked_and_how_to_provide_it(tmp_path):
 
 
 def test_failed_download_is_reported(tmp_path, monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("no network")
+    class Refuse(torchvision.datasets.CIFAR10):  # the official file lists, but no download
+        def __init__(self, *args, **kwargs):
+            raise OSError("no network")
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", refuse)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Refuse)
     cfg = OmegaConf.create({**CIFAR, "root": str(tmp_path), "download": True})
     with pytest.raises(DataError, match="download failed: OSError: no network"):
         load_dataset(cfg)

@@ -44,3 +44,13 @@ def test_every_module_is_listed():
 @pytest.mark.parametrize("module", MODULES)
 def test_imports_first(module, failures):
     assert module not in failures, f"import {module} (first of pexp) fails: {failures[module]}"
+
+
+def test_the_entry_points_leave_torchvision_unimported():
+    """torchvision takes about 1.4 s to import (it imports torch._dynamo): only reading CIFAR-10 or MNIST (their
+    official file lists, checksums, downloads) imports it, not every figure, evaluation or report process."""
+    code = ("import sys, pexp.figures.__main__, pexp.evaluate, pexp.report, pexp.runs.__main__; "
+            "print('torchvision' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -38,6 +39,15 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
+
+
+def torchvision_datasets() -> ModuleType:
+    """``torchvision.datasets``, imported when first needed (the official file lists and checksums, the downloads):
+    importing torchvision takes about 1.4 s (it imports torch._dynamo), which every process that reads neither
+    CIFAR-10 nor MNIST would pay."""
+    import torchvision  # deferred: see above
+
+    return torchvision.datasets
 
 
 def data_root(cfg: DictConfig) -> Path:

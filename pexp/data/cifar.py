@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Optional
+import functools
 import hashlib
 import pickle
 import warnings
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from omegaconf import DictConfig
 
-from pexp.data.base import Dataset, Split, data_root, locate_files, verify_checksums
+from pexp.data.base import Dataset, Split, data_root, locate_files, torchvision_datasets, verify_checksums
+from pexp.errors import DataError
 from pexp.schema import flag, integer, integers, store
 
 
@@ -40,13 +41,17 @@ class Cifar2Config(CifarConfig):
 
 store(CifarConfig, "cifar10", "data")
 store(Cifar2Config, "cifar2", "data")
-from pexp.errors import DataError
 
 FOLDER = "cifar-10-batches-py"
 LOSSLESS_MASK = "cifar-10-batches-py.test_is_lossless.npy"  # optional: marks test images known to be exact
-TRAIN_FILES = [name for name, _ in torchvision.datasets.CIFAR10.train_list]
-TEST_FILES = [name for name, _ in torchvision.datasets.CIFAR10.test_list]
-OFFICIAL_MD5 = dict(torchvision.datasets.CIFAR10.train_list + torchvision.datasets.CIFAR10.test_list)
+
+
+@functools.cache
+def official_files() -> tuple[list[str], list[str], dict[str, str]]:
+    """The official release's training files, test files and each file's MD5, as torchvision records them."""
+    release = torchvision_datasets().CIFAR10
+    return ([name for name, _ in release.train_list], [name for name, _ in release.test_list],
+            dict(release.train_list + release.test_list))
 
 
 def _md5(path: Path) -> str:
@@ -59,16 +64,19 @@ def _md5(path: Path) -> str:
 
 def _locate(cfg: DictConfig) -> Path:
     folder = data_root(cfg) / FOLDER
-    missing = [name for name in TRAIN_FILES + TEST_FILES if not (folder / name).is_file()]
+    train_files, test_files, _ = official_files()
+    missing = [name for name in train_files + test_files if not (folder / name).is_file()]
     return locate_files(
-        cfg, "CIFAR-10", folder, missing, lambda root: torchvision.datasets.CIFAR10(str(root), train=True, download=True),
+        cfg, "CIFAR-10", folder, missing,
+        lambda root: torchvision_datasets().CIFAR10(str(root), train=True, download=True),
         f"Put the python version of CIFAR-10 ({FOLDER}/data_batch_1..5, test_batch) under a folder and "
         f"set PEXP_DATA=<that folder> (or data.root=<folder>), or use data=synthetic_cifar2 for a synthetic stand-in.")
 
 
 def _verify(folder: Path, verify: bool) -> bool:
     """True when every file has its official MD5. A mismatch is an error unless ``verify`` is False."""
-    bad = [name for name in TRAIN_FILES + TEST_FILES if _md5(folder / name) != OFFICIAL_MD5[name]]
+    train_files, test_files, official = official_files()
+    bad = [name for name in train_files + test_files if _md5(folder / name) != official[name]]
     if bad and verify:
         raise DataError(
             f"CIFAR-10 files in {folder} fail the official MD5 checksum ({', '.join(bad)}); if this is a known "
@@ -103,7 +111,8 @@ def load_cifar(cfg: DictConfig) -> Dataset:
     official = _verify(folder, verify_checksums(cfg))
     classes = list(cfg.classes)
     splits = []
-    for names, is_test in ((TRAIN_FILES, False), (TEST_FILES, True)):
+    train_files, test_files, _ = official_files()
+    for names, is_test in ((train_files, False), (test_files, True)):
         images, labels = _read_batches(folder, names)
         keep = np.isin(labels, classes)
         position = np.full(labels.max() + 1, -1, dtype=np.int64)

@@ -12,10 +12,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-import torchvision
 from omegaconf import DictConfig
 
-from pexp.data.base import Dataset, Split, data_root, locate_files, verify_checksums
+from pexp.data.base import Dataset, Split, data_root, locate_files, torchvision_datasets, verify_checksums
 from pexp.errors import ConfigError, DataError
 from pexp.schema import UNSET, flag, integer, store
 
@@ -80,7 +79,7 @@ def _locate(cfg: DictConfig) -> Path:
     missing = [name for name in FILES if not _present(folder / name)]
 
     def download(root: Path) -> object:
-        return torchvision.datasets.MNIST(str(root), train=True, download=True)
+        return torchvision_datasets().MNIST(str(root), train=True, download=True)
 
     return locate_files(
         cfg, "MNIST", folder, missing, download,
