@@ -17,6 +17,7 @@ from pexp.figures.compose import compose_experiment
 from pexp.losses import Loss
 from pexp.models import build_model, simplex_targets
 from pexp.train.loop import train, training_step
+from pexp.train import perturb
 from pexp.train.optim import SummedMomentum
 from pexp.train.perturb import (active_layers, best_directions, direction_starts, extreme_perturbations,
                                 output_directions, output_jacobian)
@@ -197,6 +198,17 @@ def test_directions_reach_the_exact_maximum_on_small_relu_nets(k, size, widths):
     ratios = small_net_ratios(k, size, widths)
     assert (ratios <= 1 + 1e-9).all()
     assert float((ratios >= 0.99).double().mean()) >= 0.99
+
+
+@pytest.mark.parametrize("block", [64, 256])
+def test_directions_by_column_blocks_equal_one_block(monkeypatch, block):
+    """The ascent takes J^T v by blocks of columns (the last one shorter) and sums J d over them: the same
+    directions as one block of every column, up to the summation order (float64, Gaussian J: no sign near 0)."""
+    jacobian = torch.randn(16, 4, 1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    monkeypatch.setattr(perturb, "COLUMN_BLOCK", 10 ** 6)
+    whole = best_directions(jacobian, 10)
+    monkeypatch.setattr(perturb, "COLUMN_BLOCK", block)
+    torch.testing.assert_close(best_directions(jacobian, 10), whole)
 
 
 def test_the_top_eigenvector_alone_misses_the_bar():
