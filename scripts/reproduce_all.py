@@ -10,18 +10,20 @@ commands instead.
 
 Each figure is its own ``python -m pexp.figures fig=<id> ...`` process (finished runs and evaluations are reused,
 interrupted runs resume from their checkpoints). A failing figure does not stop the others. What the call has done
-is kept in ``<output_dir>/reproduce-all/state.json``: a second call with the same overrides after an interruption
-resumes, skipping the figures already made; once every figure is made the next call starts a new one. It ends with
-one table (also ``<output_dir>/reproduce-all/summary.{md,json}``): per figure the seconds its runs, evaluations and
-drawing took over every sitting (from their records, ``benchmarks/accounting.py``), the wall seconds of its calls,
-the runs reused from before, and its paper claims holding / failing. ``--smoke`` makes every figure from tiny
-configs under outputs/smoke (the CI run). Extra overrides reach every figure.
+is kept in ``<output_dir>/reproduce-all/state.json``, also when it is stopped by Ctrl-C or SIGTERM (with the wall
+seconds spent so far): a second call with the same overrides resumes, skipping the figures already made; once every
+figure is made the next call starts a new one. It ends with one table (also
+``<output_dir>/reproduce-all/summary.{md,json}``): per figure the seconds its runs, evaluations and drawing took over
+every sitting (from their records, ``benchmarks/accounting.py``), the wall seconds of its calls, the runs reused from
+before, and its paper claims holding / failing. ``--smoke`` makes every figure from tiny configs under outputs/smoke
+(the CI run). Extra overrides reach every figure.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -436,5 +438,14 @@ def main(argv: Sequence[str], run: Callable[..., subprocess.CompletedProcess] = 
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    signal.signal(signal.SIGTERM, _interrupt)  # a `kill` stops it as Ctrl-C does: the state keeps the seconds spent
+    try:
+        raise SystemExit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        print("[reproduce-all] interrupted; a second call with the same arguments resumes", file=sys.stderr)
+        raise SystemExit(130) from None

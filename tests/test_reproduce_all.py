@@ -113,7 +113,8 @@ def test_an_interrupted_call_resumes_where_it_stopped_and_ends_with_one_table(tm
 
 
 @pytest.mark.slow
-def test_killed_mid_way_a_second_call_resumes_and_finishes(tmp_path):
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_mid_way_a_second_call_resumes_and_finishes(tmp_path, how):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     command = [sys.executable, "scripts/reproduce_all.py", "--smoke", "--figures", "tangent-fig2,offmanifold-fig1",
                f"paths.output_dir={tmp_path}"]
@@ -125,9 +126,14 @@ def test_killed_mid_way_a_second_call_resumes_and_finishes(tmp_path):
         if state_path.exists() and '"made"' in state_path.read_text():
             break
         time.sleep(0.1)
-    os.killpg(first.pid, signal.SIGKILL)  # the whole group: the script and the figure it runs
+    time.sleep(1.0)  # inside the next figure's process (its imports alone take longer)
+    os.killpg(first.pid, how)  # the whole group: the script and the figure it runs
     first.wait()
-    assert json.loads(state_path.read_text())["figures"]["tangent-fig2"]["status"] == "made"
+    figures = json.loads(state_path.read_text())["figures"]
+    assert figures["tangent-fig2"]["status"] == "made"
+    if how == signal.SIGTERM:  # stopped as by Ctrl-C: the figure it was in keeps its call and seconds
+        assert first.returncode == 130 and figures["offmanifold-fig1"]["calls"] == 1
+        assert figures["offmanifold-fig1"]["wall_seconds"] > 0
     second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
     assert "tangent-fig2: made in an earlier sitting" in second.stdout

@@ -458,7 +458,8 @@ def plot_projected(table: pd.DataFrame, datasets: dict[str, str]) -> plt.Figure:
                             marker="o", capsize=3, color=colors[mode], label=f"{label} (ours)")
                 for _, row in rows[rows["censored"] > 0].iterrows():
                     ax.annotate(f"{row['censored']} cens.", (row["factor"], row["mean"]), fontsize=6,
-                                color=colors[mode], textcoords="offset points", xytext=(4, 4))
+                                color=colors[mode], textcoords="offset points", xytext=(0, -10), ha="center",
+                                va="top")  # under the point's bar, inside the axes at the last factor too
             published = PUBLISHED_FIG4.get(dataset, {}).get(mode)
             if published:
                 ax.plot(list(published), list(published.values()), linestyle="--", marker="x", color=colors[mode],
