@@ -146,6 +146,14 @@ def test_tangent_claims_judge_shape_mae_and_ratios():
     assert ("diagnosis" in best) == (not best["holds"])
     far = estimates.assign(q_eq5=3.0, q_eq6=3.0, q_eq7=3.0)  # q far from 1: the MAE is not the gap, no diagnosis
     assert "diagnosis" not in assert_judged(table2_claims(table2(far), {}))[0]
+    # eq. (7) alone far from 1: explained only when its weights collapsed onto one input (effective sample size ~1)
+    for ess, explained in ((1.05, True), (20.0, False)):
+        odd = estimates.assign(q_eq7=3.0, ess_train=ess, ess_test=ess)
+        claims = [*fig3_claims(odd, {}), *table2_claims(table2(odd), {})]
+        bound = next(item for item in claims if "with q near 1, so each MAE" in item["claim"])
+        for item in (claims[0], claims[2], bound):  # fig3's CE, Table 2's firm accuracy claim, the bound
+            assert not item["holds"] and ("diagnosis" in item) == explained
+            assert not explained or f"median effective sample size {ess:.2f}" in item["diagnosis"]
 
 
 def test_offmanifold_fig3_and_fig1_claims_judge_the_distances_and_counts():
